@@ -1,0 +1,113 @@
+"""The numpy interpreter: the oracle every compiled result is checked against.
+
+It runs each node's numpy reference in order and checks every result against the node's
+inferred type, with symbolic dimensions bound from the actual inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from kiln.errors import InputError, KilnError
+from kiln.ir.graph import Graph, Value
+from kiln.ir.ops import get_op
+from kiln.ir.types import TensorType
+
+
+def bind_shape(v: Value, array: np.ndarray, bindings: dict[str, int], what: str) -> None:
+    """Check ``array`` against ``v``'s type, binding symbolic dims; raise InputError if off."""
+    t = v.type
+    if array.dtype.name != t.dtype:
+        raise InputError(
+            f"{what} %{v.name} expects dtype {t.dtype}, got {array.dtype.name}"
+            f" (convert with .astype(np.{t.dtype}) if that is what you mean)"
+        )
+    if array.ndim != t.rank:
+        raise InputError(f"{what} %{v.name} expects shape {t}, got {tuple(array.shape)}")
+    for want, got in zip(t.shape, array.shape):
+        if isinstance(want, str):
+            if bindings.setdefault(want, got) != got:
+                raise InputError(
+                    f"{what} %{v.name}: dimension {want} is {got} here but "
+                    f"{bindings[want]} in an earlier input (shape {t}, got {array.shape})"
+                )
+        elif want != got:
+            raise InputError(f"{what} %{v.name} expects shape {t}, got {tuple(array.shape)}")
+
+
+def resolve(t: TensorType, bindings: Mapping[str, int]) -> tuple:
+    return tuple(bindings.get(d, d) if isinstance(d, str) else d for d in t.shape)
+
+
+def interpret(
+    graph: Graph,
+    inputs: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Run ``graph`` on numpy arrays; returns the outputs in order.
+
+    ``params`` overrides (or supplies) the graph's stored weights by name.
+    """
+    missing = [v.name for v in graph.inputs if v.name not in inputs]
+    extra = sorted(set(inputs) - set(graph.input_names))
+    if missing or extra:
+        raise InputError(
+            f"graph {graph.name!r} takes inputs {graph.input_names}; "
+            f"missing {missing}, unexpected {extra}"
+        )
+    weights = dict(graph.weights)
+    weights.update(params or {})
+    env: dict[Value, np.ndarray] = {}
+    bindings: dict[str, int] = {}
+    for v in graph.inputs:
+        env[v] = np.asarray(inputs[v.name])
+        bind_shape(v, env[v], bindings, "input")
+    for v in graph.params:
+        if v.name not in weights:
+            raise InputError(f"parameter %{v.name} ({v.type}) has no value; pass it in params")
+        env[v] = np.asarray(weights[v.name])
+        bind_shape(v, env[v], bindings, "parameter")
+    for node in graph.nodes:
+        results = run_node(node, [env[v] for v in node.inputs])
+        for v, r in zip(node.outputs, results):
+            if r.dtype.name != v.dtype or r.shape != resolve(v.type, bindings):
+                if r.dtype.name == v.dtype and _binds_new_symbols(v.type, r.shape, bindings):
+                    env[v] = r
+                    continue
+                raise KilnError(
+                    f"{node.describe()}: reference gave {r.dtype.name}{list(r.shape)}, but type "
+                    f"inference says {v.type}: a bug in op {node.op!r}"
+                )
+            env[v] = r
+    return [env[v] for v in graph.outputs]
+
+
+def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) -> bool:
+    """Accept a result whose unbound symbolic dims take their first concrete size here."""
+    if len(shape) != t.rank:
+        return False
+    for want, got in zip(t.shape, shape):
+        if isinstance(want, str):
+            if bindings.setdefault(want, got) != got:
+                return False
+        elif want != got:
+            return False
+    return True
+
+
+def run_node(node, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Run one node's reference; failures are reported with the node they happened in."""
+    opdef = get_op(node.op)
+    try:
+        result = opdef.reference(*args, **node.attrs)
+    except KilnError:
+        raise
+    except Exception as e:  # a numpy error inside a reference: say where it happened
+        shapes = ", ".join(f"{a.dtype.name}{list(a.shape)}" for a in args)
+        raise KilnError(f"{node.describe()} failed on inputs ({shapes}): {e}") from e
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    if len(results) != len(node.outputs):
+        raise KilnError(f"{node.describe()}: reference gave {len(results)} outputs")
+    return [np.asarray(r) for r in results]

@@ -1,0 +1,264 @@
+"""Elementwise ops: arithmetic, comparisons and logic with numpy broadcasting, unary math,
+``where``, ``cast`` and ``clip``. Binary ops need equal dtypes (kiln never promotes silently).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir.ops.registry import (
+    broadcast_shapes,
+    elementwise_flops,
+    fail,
+    register,
+    same_as_input,
+    same_dtype,
+)
+from kiln.ir.types import TensorType, check_dtype, is_float, to_numpy_dtype
+
+
+def _binary(types, attrs):
+    return TensorType(broadcast_shapes(*(t.shape for t in types)), same_dtype(types))
+
+
+def _compare(types, attrs):
+    same_dtype(types)
+    return TensorType(broadcast_shapes(*(t.shape for t in types)), "bool")
+
+
+def _logical(types, attrs):
+    for t in types:
+        if t.dtype != "bool":
+            fail(f"logical ops take bool inputs, got {t.dtype}")
+    return TensorType(broadcast_shapes(*(t.shape for t in types)), "bool")
+
+
+def _numeric(types, attrs):
+    if types[0].dtype == "bool":
+        fail("needs a numeric input, got bool")
+    return types[0]
+
+
+_flops = elementwise_flops(1)
+
+# -- binary arithmetic -------------------------------------------------------------------------
+
+
+@register("add", infer=_binary, arity=2, flops=_flops)
+def add(a, b):
+    return np.add(a, b)
+
+
+@register("sub", infer=_binary, arity=2, flops=_flops)
+def sub(a, b):
+    return np.subtract(a, b)
+
+
+@register("mul", infer=_binary, arity=2, flops=_flops)
+def mul(a, b):
+    return np.multiply(a, b)
+
+
+@register("div", infer=_binary, arity=2, flops=_flops)
+def div(a, b):
+    """True division for floats; for integers, C-style division truncating toward zero."""
+    if np.issubdtype(a.dtype, np.integer):
+        q = np.trunc(np.true_divide(a, b))
+        return q.astype(a.dtype)
+    return np.true_divide(a, b)
+
+
+@register("pow", infer=_binary, arity=2, flops=_flops)
+def pow_(a, b):
+    return np.power(a, b)
+
+
+@register("maximum", infer=_binary, arity=2, flops=_flops)
+def maximum(a, b):
+    return np.maximum(a, b)
+
+
+@register("minimum", infer=_binary, arity=2, flops=_flops)
+def minimum(a, b):
+    return np.minimum(a, b)
+
+
+# -- comparisons and logic ---------------------------------------------------------------------
+
+
+@register("equal", infer=_compare, arity=2, flops=_flops)
+def equal(a, b):
+    return np.equal(a, b)
+
+
+@register("not_equal", infer=_compare, arity=2, flops=_flops)
+def not_equal(a, b):
+    return np.not_equal(a, b)
+
+
+@register("less", infer=_compare, arity=2, flops=_flops)
+def less(a, b):
+    return np.less(a, b)
+
+
+@register("less_equal", infer=_compare, arity=2, flops=_flops)
+def less_equal(a, b):
+    return np.less_equal(a, b)
+
+
+@register("greater", infer=_compare, arity=2, flops=_flops)
+def greater(a, b):
+    return np.greater(a, b)
+
+
+@register("greater_equal", infer=_compare, arity=2, flops=_flops)
+def greater_equal(a, b):
+    return np.greater_equal(a, b)
+
+
+@register("logical_and", infer=_logical, arity=2, flops=_flops)
+def logical_and(a, b):
+    return np.logical_and(a, b)
+
+
+@register("logical_or", infer=_logical, arity=2, flops=_flops)
+def logical_or(a, b):
+    return np.logical_or(a, b)
+
+
+@register("logical_xor", infer=_logical, arity=2, flops=_flops)
+def logical_xor(a, b):
+    return np.logical_xor(a, b)
+
+
+@register("logical_not", infer=_logical, arity=1, flops=_flops)
+def logical_not(a):
+    return np.logical_not(a)
+
+
+# -- unary math --------------------------------------------------------------------------------
+
+
+@register("neg", infer=_numeric, flops=_flops)
+def neg(x):
+    return np.negative(x)
+
+
+@register("abs", infer=_numeric, flops=_flops)
+def abs_(x):
+    return np.abs(x)
+
+
+@register("sign", infer=_numeric, flops=_flops)
+def sign(x):
+    return np.sign(x)
+
+
+@register("exp", infer=same_as_input(floats=True), flops=_flops)
+def exp(x):
+    return np.exp(x)
+
+
+@register("log", infer=same_as_input(floats=True), flops=_flops)
+def log(x):
+    return np.log(x)
+
+
+@register("sqrt", infer=same_as_input(floats=True), flops=_flops)
+def sqrt(x):
+    return np.sqrt(x)
+
+
+@register("rsqrt", infer=same_as_input(floats=True), flops=elementwise_flops(2))
+def rsqrt(x):
+    return (1 / np.sqrt(x)).astype(x.dtype)
+
+
+@register("reciprocal", infer=same_as_input(floats=True), flops=_flops)
+def reciprocal(x):
+    return np.reciprocal(x)
+
+
+@register("sin", infer=same_as_input(floats=True), flops=_flops)
+def sin(x):
+    return np.sin(x)
+
+
+@register("cos", infer=same_as_input(floats=True), flops=_flops)
+def cos(x):
+    return np.cos(x)
+
+
+@register("erf", infer=same_as_input(floats=True), flops=_flops)
+def erf(x):
+    from math import erf as _erf
+
+    return np.vectorize(_erf, otypes=[np.float64])(x).astype(x.dtype)
+
+
+@register("floor", infer=same_as_input(floats=True), flops=_flops)
+def floor(x):
+    return np.floor(x)
+
+
+@register("ceil", infer=same_as_input(floats=True), flops=_flops)
+def ceil(x):
+    return np.ceil(x)
+
+
+@register("round", infer=same_as_input(floats=True), flops=_flops)
+def round_(x):
+    """Round half to even, as numpy, PyTorch and ONNX do."""
+    return np.round(x)
+
+
+# -- selection, casts, clipping ----------------------------------------------------------------
+
+
+def _where(types, attrs):
+    cond, a, b = types
+    if cond.dtype != "bool":
+        fail(f"where's condition must be bool, got {cond.dtype}")
+    return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), same_dtype([a, b]))
+
+
+@register("where", infer=_where, arity=3, flops=_flops)
+def where(cond, a, b):
+    return np.where(cond, a, b)
+
+
+def _cast(types, attrs):
+    return types[0].with_dtype(check_dtype(attrs["dtype"]))
+
+
+@register("cast", infer=_cast, attrs={"dtype": "float32"})
+def cast(x, dtype):
+    """Float to int truncates toward zero; to bool is ``x != 0``."""
+    return x.astype(to_numpy_dtype(dtype))
+
+
+def _clip(types, attrs):
+    t = _numeric(types, attrs)
+    lo, hi = attrs["min"], attrs["max"]
+    if lo is not None and hi is not None and lo > hi:
+        fail(f"clip min {lo} > max {hi}")
+    if not is_float(t.dtype) and any(isinstance(v, float) for v in (lo, hi)):
+        fail(f"clip bounds {lo}, {hi} must be ints for {t.dtype}")
+    return t
+
+
+@register("clip", infer=_clip, attrs={"min": None, "max": None}, flops=_flops)
+def clip(x, min, max):
+    """Bounds are attributes; None means unbounded on that side."""
+    out = x
+    if min is not None:
+        out = np.maximum(out, np.asarray(min, x.dtype))
+    if max is not None:
+        out = np.minimum(out, np.asarray(max, x.dtype))
+    return out
+
+
+@register("identity", infer=same_as_input(), flops=lambda i, o, a: 0)
+def identity(x):
+    return x.copy()
+

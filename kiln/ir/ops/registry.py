@@ -1,0 +1,191 @@
+"""The op table: one ``OpDef`` per op, holding its attribute schema, type inference, numpy
+reference and FLOP estimate. Other layers keep their own tables keyed by the same names.
+
+An op is added with the ``register`` decorator on its numpy reference::
+
+    @register("leaky_relu", infer=same_as_input(floats=True), attrs={"alpha": 0.01})
+    def leaky_relu(x, alpha):
+        return np.where(x >= 0, x, x * np.asarray(alpha, x.dtype))
+
+``infer(types, attrs)`` gets the input ``TensorType``s and the complete attributes and returns
+the output type (or a list of them). It reports bad inputs by raising ``ShapeError`` (or
+``AttributeError_``) with a short message; ``infer_node`` adds the op, the input names and
+types, and the origin, so every message names the node and the shapes at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kiln.errors import AttributeError_, KilnError, ShapeError, UnsupportedOpError
+from kiln.ir.types import Dim, TensorType, format_types, is_float
+
+REQUIRED = object()  # attribute schema marker: no default, the user must give it
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    attrs: Mapping[str, Any]
+    infer: Callable[[list[TensorType], dict], Any]
+    reference: Callable[..., Any]
+    arity: tuple[int, int | None]  # (min, max) number of inputs; max None: variadic
+    flops: Callable[[list[TensorType], list[TensorType], dict], int] | None = None
+    doc: str = ""
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(
+    name: str,
+    *,
+    infer: Callable[[list[TensorType], dict], Any],
+    attrs: Mapping[str, Any] | None = None,
+    arity: int | tuple[int, int | None] = 1,
+    flops: Callable | None = None,
+):
+    """Decorator: register ``fn`` as the numpy reference of op ``name``."""
+
+    def wrap(fn: Callable) -> Callable:
+        if name in OPS:
+            raise KilnError(f"op {name!r} is registered twice")
+        ar = (arity, arity) if isinstance(arity, int) else arity
+        OPS[name] = OpDef(name, dict(attrs or {}), infer, fn, ar, flops, (fn.__doc__ or "").strip())
+        return fn
+
+    return wrap
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise UnsupportedOpError(f"unknown op {name!r}; see kiln.ir.OPS for the op set") from None
+
+
+def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Check attribute names against the schema, fill defaults, freeze lists into tuples."""
+    from kiln.ir.graph import freeze_attr
+
+    unknown = sorted(set(attrs) - set(opdef.attrs))
+    if unknown:
+        known = ", ".join(opdef.attrs) or "none"
+        raise AttributeError_(f"unknown attribute(s) {unknown} (known: {known})")
+    out = {}
+    for key, default in opdef.attrs.items():
+        if key in attrs:
+            out[key] = freeze_attr(attrs[key])
+        elif default is REQUIRED:
+            raise AttributeError_(f"missing required attribute {key!r}")
+        else:
+            out[key] = default
+    return out
+
+
+def infer_node(op: str, inputs: Sequence, attrs: Mapping[str, Any], origin: str = ""):
+    """Complete ``attrs`` and infer output types for ``op`` applied to ``inputs`` (Values).
+
+    Returns ``(attrs, [TensorType, ...])``; errors name the op, inputs, shapes and origin.
+    """
+    opdef = get_op(op)
+    types = [v.type for v in inputs]
+
+    def context() -> str:
+        args = ", ".join(f"%{v.name}: {v.type}" for v in inputs)
+        where = f" at {origin}" if origin else ""
+        return f"{op}({args}){where}"
+
+    lo, hi = opdef.arity
+    if len(types) < lo or (hi is not None and len(types) > hi):
+        want = str(lo) if lo == hi else f"{lo}..{hi if hi is not None else ''}"
+        raise ShapeError(f"{context()}: takes {want} inputs, got {len(types)}")
+    try:
+        full = complete_attrs(opdef, attrs)
+        out = opdef.infer(types, full)
+    except (ShapeError, AttributeError_) as e:
+        raise type(e)(f"{context()}: {e}") from None
+    out_types = [out] if isinstance(out, TensorType) else list(out)
+    return full, out_types
+
+
+# -- helpers for inference rules ---------------------------------------------------------------
+
+
+def fail(msg: str) -> None:
+    raise ShapeError(msg)
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        fail(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def normalize_axes(axes, rank: int) -> tuple[int, ...]:
+    """None means all axes; negative axes count from the end; duplicates are an error."""
+    if axes is None:
+        return tuple(range(rank))
+    if isinstance(axes, int):
+        axes = (axes,)
+    out = tuple(sorted(normalize_axis(a, rank) for a in axes))
+    if len(set(out)) != len(out):
+        fail(f"repeated axis in {axes}")
+    return out
+
+
+def broadcast_shapes(*shapes: Sequence[Dim]) -> tuple[Dim, ...]:
+    """numpy broadcasting over static and symbolic dims (a symbol only matches itself or 1)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Dim] = []
+    for i in range(rank):
+        dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            fail(f"shapes {' and '.join(str(tuple(s)) for s in shapes)} do not broadcast")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def same_dtype(types: Sequence[TensorType]) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) > 1:
+        fail(f"dtypes differ ({format_types(types)}); insert a cast")
+    return types[0].dtype
+
+
+def require_float(t: TensorType) -> None:
+    if not is_float(t.dtype):
+        fail(f"needs a floating-point input, got {t.dtype}")
+
+
+def static_dim(d: Dim, what: str) -> int:
+    if not isinstance(d, int):
+        fail(f"{what} must be static, got symbolic dimension {d!r}")
+    return d
+
+
+def numel(shape: Sequence[Dim]) -> int:
+    """Elements of a shape, counting a symbolic dim as 1 (for FLOP estimates only)."""
+    return int(np.prod([d if isinstance(d, int) else 1 for d in shape], dtype=np.int64))
+
+
+def same_as_input(floats: bool = False):
+    """Inference rule for unary ops: output type = input type."""
+
+    def infer(types, attrs):
+        if floats:
+            require_float(types[0])
+        return types[0]
+
+    return infer
+
+
+def elementwise_flops(per_element: int = 1):
+    def flops(in_types, out_types, attrs):
+        return per_element * sum(numel(t.shape) for t in out_types)
+
+    return flops
