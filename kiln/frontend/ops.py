@@ -1,0 +1,468 @@
+"""``kiln.ops``: the DSL's functional API, one function per op.
+
+Names and arguments follow ``torch.nn.functional`` where PyTorch has the op (``conv2d(x, w,
+bias, stride, padding, dilation, groups)``, ``pad`` with PyTorch's last-axis-first pairs), and
+numpy elsewhere (``sum(x, axis, keepdims)``). Each function adds nodes to the graph being
+traced and returns Tensors.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Sequence
+
+from kiln.errors import KilnError, TraceError, UnsupportedOpError
+from kiln.frontend.dsl import Tensor, as_tensor, constant, emit, emit1
+from kiln.ir.types import is_float
+
+# -- elementwise --------------------------------------------------------------------------------
+
+
+def _binary(op: str):
+    def fn(a: Any, b: Any) -> Tensor:
+        return emit1(op, [a, b])
+
+    fn.__name__ = op
+    fn.__doc__ = f"Elementwise {op} with numpy broadcasting."
+    return fn
+
+
+def _unary(op: str):
+    def fn(x: Any) -> Tensor:
+        return emit1(op, [x])
+
+    fn.__name__ = op
+    fn.__doc__ = f"Elementwise {op}."
+    return fn
+
+
+add, sub, mul, div, pow, maximum, minimum = map(
+    _binary, ["add", "sub", "mul", "div", "pow", "maximum", "minimum"])
+equal, not_equal, less, less_equal, greater, greater_equal = map(
+    _binary, ["equal", "not_equal", "less", "less_equal", "greater", "greater_equal"])
+logical_and, logical_or, logical_xor = map(_binary, ["logical_and", "logical_or", "logical_xor"])
+logical_not, neg, abs, sign, exp, log, sqrt, rsqrt, reciprocal = map(
+    _unary, ["logical_not", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "reciprocal"])
+sin, cos, erf, floor, ceil, round = map(_unary, ["sin", "cos", "erf", "floor", "ceil", "round"])
+relu, sigmoid, tanh, silu = map(_unary, ["relu", "sigmoid", "tanh", "silu"])
+identity = _unary("identity")
+
+
+def where(cond: Any, a: Any, b: Any) -> Tensor:
+    """``a`` where ``cond`` is true, else ``b`` (broadcasting)."""
+    like = next((t for t in (a, b) if not isinstance(t, (int, float, bool))), None)
+    like = as_tensor(like) if like is not None else None
+    return emit1("where", [as_tensor(cond), as_tensor(a, like), as_tensor(b, like)])
+
+
+def masked_fill(x: Any, mask: Any, value: float) -> Tensor:
+    """PyTorch's ``x.masked_fill(mask, value)``: ``value`` where the bool ``mask`` is true."""
+    x = as_tensor(x)
+    return emit1("where", [mask, full((), value, x.dtype), x])
+
+
+def cast(x: Any, dtype: str) -> Tensor:
+    return emit1("cast", [x], {"dtype": dtype})
+
+
+def clip(x: Any, min: float | None = None, max: float | None = None) -> Tensor:
+    return emit1("clip", [x], {"min": min, "max": max})
+
+
+clamp = clip
+
+
+def leaky_relu(x: Any, negative_slope: float = 0.01) -> Tensor:
+    return emit1("leaky_relu", [x], {"alpha": negative_slope})
+
+
+def elu(x: Any, alpha: float = 1.0) -> Tensor:
+    return emit1("elu", [x], {"alpha": alpha})
+
+
+def gelu(x: Any, approximate: str = "none") -> Tensor:
+    return emit1("gelu", [x], {"approximate": approximate})
+
+
+def softplus(x: Any, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return emit1("softplus", [x], {"beta": beta, "threshold": threshold})
+
+
+def heaviside(x: Any, value_at_zero: float = 1.0) -> Tensor:
+    """The perceptron's step function."""
+    return emit1("heaviside", [x], {"value_at_zero": value_at_zero})
+
+
+def hardtanh(x: Any, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    return emit1("hardtanh", [x], {"min_val": min_val, "max_val": max_val})
+
+
+# -- linear algebra, reductions, softmax --------------------------------------------------------
+
+
+def matmul(a: Any, b: Any) -> Tensor:
+    return emit1("matmul", [a, b])
+
+
+def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
+    """``x @ weight.T + bias`` with PyTorch's weight layout [out_features, in_features]."""
+    y = matmul(x, transpose(weight))
+    return y if bias is None else add(y, bias)
+
+
+def _reduce(op: str):
+    def fn(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        axes = (axis,) if isinstance(axis, int) else axis
+        return emit1(op, [x], {"axes": axes, "keepdims": keepdims})
+
+    fn.__name__ = op
+    fn.__doc__ = f"{op} over ``axis`` (None: all axes)."
+    return fn
+
+
+sum, mean, prod, max, min, logsumexp = map(
+    _reduce, ["sum", "mean", "prod", "max", "min", "logsumexp"])
+
+
+def argmax(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
+    return emit1("argmax", [x], {"axis": axis, "keepdims": keepdims})
+
+
+def argmin(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
+    return emit1("argmin", [x], {"axis": axis, "keepdims": keepdims})
+
+
+def softmax(x: Any, axis: int = -1) -> Tensor:
+    return emit1("softmax", [x], {"axis": axis})
+
+
+def log_softmax(x: Any, axis: int = -1) -> Tensor:
+    return emit1("log_softmax", [x], {"axis": axis})
+
+
+# -- shapes -------------------------------------------------------------------------------------
+
+
+def reshape(x: Any, shape: Sequence) -> Tensor:
+    return emit1("reshape", [x], {"shape": tuple(shape)})
+
+
+def transpose(x: Any, perm: Sequence[int] | None = None) -> Tensor:
+    """Permute axes (None reverses them, as numpy's ``x.T``)."""
+    return emit1("transpose", [x], {"perm": None if perm is None else tuple(perm)})
+
+
+def swapaxes(x: Any, a: int, b: int) -> Tensor:
+    """PyTorch's ``x.transpose(a, b)``."""
+    rank = as_tensor(x).ndim
+    perm = list(range(rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    return transpose(x, perm)
+
+
+def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    return emit1("concat", list(xs), {"axis": axis})
+
+
+cat = concat
+
+
+def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
+    return concat([unsqueeze(x, axis) for x in xs], axis)
+
+
+def split(x: Any, split_size_or_sections: int | Sequence[int], axis: int = 0) -> list[Tensor]:
+    """PyTorch's ``torch.split``: chunks of one size, or a list of sizes."""
+    x = as_tensor(x)
+    n = x.shape[axis]
+    if isinstance(split_size_or_sections, int):
+        if not isinstance(n, int):
+            raise TraceError(f"split along symbolic dimension {n!r} of {x!r}")
+        step = split_size_or_sections
+        sizes = [builtins.min(step, n - i) for i in range(0, n, step)]
+    else:
+        sizes = list(split_size_or_sections)
+    return emit("split", [x], {"axis": axis, "sizes": tuple(sizes)})
+
+
+def chunk(x: Any, chunks: int, axis: int = 0) -> list[Tensor]:
+    n = as_tensor(x).shape[axis]
+    return split(x, -(-n // chunks), axis)
+
+
+def slice(x: Any, starts: Sequence[int], ends: Sequence[int],
+          axes: Sequence[int] | None = None, steps: Sequence[int] | None = None) -> Tensor:
+    """ONNX-style strided slice; starts/ends clamp like Python's."""
+    return emit1("slice", [x], {"starts": tuple(starts), "ends": tuple(ends),
+                                "axes": None if axes is None else tuple(axes),
+                                "steps": None if steps is None else tuple(steps)})
+
+
+def gather(x: Any, indices: Any, axis: int = 0) -> Tensor:
+    return emit1("gather", [x, indices], {"axis": axis})
+
+
+def take_along_axis(x: Any, indices: Any, axis: int) -> Tensor:
+    return emit1("take_along_axis", [x, indices], {"axis": axis})
+
+
+def expand(x: Any, shape: Sequence) -> Tensor:
+    """Broadcast to ``shape``; -1 keeps a dimension, as in PyTorch."""
+    x = as_tensor(x)
+    shape = tuple(shape)
+    offset = len(shape) - x.ndim
+    shape = tuple(x.shape[i - offset] if d == -1 else d for i, d in enumerate(shape))
+    return emit1("expand", [x], {"shape": shape})
+
+
+def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
+    axes = (axis,) if isinstance(axis, int) else axis
+    return emit1("squeeze", [x], {"axes": None if axes is None else tuple(axes)})
+
+
+def unsqueeze(x: Any, axis: int | Sequence[int]) -> Tensor:
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return emit1("unsqueeze", [x], {"axes": axes})
+
+
+def flatten(x: Any, start_dim: int = 1, end_dim: int = -1) -> Tensor:
+    return emit1("flatten", [x], {"start_dim": start_dim, "end_dim": end_dim})
+
+
+def pad(x: Any, pad: Sequence[int], mode: str = "constant", value: float = 0.0) -> Tensor:
+    """PyTorch's ``F.pad``: ``pad`` lists (before, after) pairs from the LAST axis backward."""
+    x = as_tensor(x)
+    if len(pad) % 2 or len(pad) // 2 > x.ndim:
+        raise TraceError(f"pad {tuple(pad)} does not fit a rank-{x.ndim} tensor")
+    begins, ends = [0] * x.ndim, [0] * x.ndim
+    for i in range(len(pad) // 2):
+        begins[x.ndim - 1 - i], ends[x.ndim - 1 - i] = pad[2 * i], pad[2 * i + 1]
+    kiln_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}.get(mode)
+    if kiln_mode is None:
+        raise UnsupportedOpError(f"pad mode {mode!r}; kiln has constant, reflect, replicate")
+    return emit1("pad", [x], {"pads": tuple(begins + ends), "mode": kiln_mode,
+                              "value": float(value)})
+
+
+def tril(x: Any, k: int = 0) -> Tensor:
+    return emit1("tril", [x], {"k": k})
+
+
+def triu(x: Any, k: int = 0) -> Tensor:
+    return emit1("triu", [x], {"k": k})
+
+
+def one_hot(indices: Any, depth: int, dtype: str = "float32") -> Tensor:
+    return emit1("one_hot", [indices], {"depth": depth, "dtype": dtype})
+
+
+def index(x: Any, key: Any) -> Tensor:
+    """``x[key]`` for ints, slices (with steps), None, Ellipsis and one integer tensor."""
+    x = as_tensor(x)
+    key = key if isinstance(key, tuple) else (key,)
+    if builtins.sum(k is Ellipsis for k in key) > 1:
+        raise TraceError("an index can hold only one Ellipsis")
+    used = builtins.sum(k is not None and k is not Ellipsis for k in key)
+    if used > x.ndim:
+        raise TraceError(f"too many indices ({used}) for {x!r}")
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (builtins.slice(None),) * (x.ndim - used) + key[i + 1:]
+    starts, ends, axes, steps, drop, new_axes, tensor_index = [], [], [], [], [], [], None
+    axis = 0
+    for pos, k in enumerate(key):
+        if k is None:
+            new_axes.append(pos)
+            continue
+        if isinstance(k, builtins.slice):
+            if k != builtins.slice(None):
+                step = 1 if k.step is None else k.step
+                big = 2**63 - 1
+                starts.append(k.start if k.start is not None else (0 if step > 0 else big))
+                ends.append(k.stop if k.stop is not None else (big if step > 0 else -big))
+                axes.append(axis)
+                steps.append(step)
+        elif isinstance(k, int):
+            n = x.shape[axis]
+            if isinstance(n, int) and not -n <= k < n:
+                raise TraceError(f"index {k} is out of range for axis {axis} of {x!r}")
+            starts.append(k)
+            ends.append(k + 1 if k != -1 else 2**63 - 1)
+            axes.append(axis)
+            steps.append(1)
+            drop.append(axis)
+        elif isinstance(k, Tensor) and tensor_index is None:
+            tensor_index = (axis, k)
+        else:
+            raise TraceError(f"unsupported index {k!r} (ints, slices, None, ..., one int tensor)")
+        axis += 1
+    y = slice(x, starts, ends, axes, steps) if axes else x
+    if tensor_index is not None:
+        y = gather(y, tensor_index[1], tensor_index[0])
+    if drop:
+        y = squeeze(y, drop)
+    for pos in new_axes:
+        y = unsqueeze(y, pos)
+    return y
+
+
+# -- constants ----------------------------------------------------------------------------------
+
+
+def full(shape: Sequence[int], value: float | int | bool, dtype: str = "float32") -> Tensor:
+    value = float(value) if is_float(dtype) else bool(value) if dtype == "bool" else int(value)
+    return emit1("full", [], {"shape": tuple(shape), "value": value, "dtype": dtype})
+
+
+def zeros(shape: Sequence[int], dtype: str = "float32") -> Tensor:
+    return full(shape, 0, dtype)
+
+
+def ones(shape: Sequence[int], dtype: str = "float32") -> Tensor:
+    return full(shape, 1, dtype)
+
+
+def arange(start: int, stop: int | None = None, step: int = 1, dtype: str = "int64") -> Tensor:
+    if stop is None:
+        start, stop = 0, start
+    return emit1("arange", [], {"start": start, "stop": stop, "step": step, "dtype": dtype})
+
+
+def random_normal(shape: Sequence[int], mean: float = 0.0, std: float = 1.0, seed: int = 0,
+                  dtype: str = "float32") -> Tensor:
+    return emit1("random_normal", [], {"shape": tuple(shape), "mean": mean, "std": std,
+                                       "seed": seed, "dtype": dtype})
+
+
+def random_uniform(shape: Sequence[int], low: float = 0.0, high: float = 1.0, seed: int = 0,
+                   dtype: str = "float32") -> Tensor:
+    return emit1("random_uniform", [], {"shape": tuple(shape), "low": low, "high": high,
+                                        "seed": seed, "dtype": dtype})
+
+
+# -- neural-network ops -------------------------------------------------------------------------
+
+
+def _tuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
+    return (v,) * n if isinstance(v, int) else tuple(v)
+
+
+def _conv_pads(padding, kernel: Sequence[int], dilation: Sequence[int], stride) -> tuple:
+    """PyTorch's padding (int, per-axis tuple, 'valid' or 'same') as begins-then-ends pads."""
+    n = len(kernel)
+    if padding == "valid":
+        return (0,) * 2 * n
+    if padding == "same":
+        if any(s != 1 for s in _tuple(stride, n)):
+            raise TraceError("padding='same' needs stride 1 (as in PyTorch)")
+        total = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return tuple(t // 2 for t in total) + tuple(t - t // 2 for t in total)
+    p = _tuple(padding, n)
+    return p + p
+
+
+def _conv(op: str, n: int, x, weight, bias, stride, padding, dilation, groups) -> Tensor:
+    w = as_tensor(weight)
+    dil = _tuple(dilation, n)
+    attrs = {"strides": _tuple(stride, n), "dilations": dil, "groups": groups,
+             "pads": _conv_pads(padding, w.shape[2:], dil, stride)}
+    return emit1(op, [x, w] + ([] if bias is None else [bias]), attrs)
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    return _conv("conv1d", 1, x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> Tensor:
+    attrs = {"strides": _tuple(stride, 2), "pads": _tuple(padding, 2) * 2,
+             "output_padding": _tuple(output_padding, 2), "dilations": _tuple(dilation, 2),
+             "groups": groups}
+    return emit1("conv_transpose2d", [x, weight] + ([] if bias is None else [bias]), attrs)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False) -> Tensor:
+    attrs = {"kernel_shape": _tuple(kernel_size, 2),
+             "strides": None if stride is None else _tuple(stride, 2),
+             "pads": _tuple(padding, 2) * 2, "dilations": _tuple(dilation, 2),
+             "ceil_mode": ceil_mode}
+    return emit1("max_pool2d", [x], attrs)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True) -> Tensor:
+    attrs = {"kernel_shape": _tuple(kernel_size, 2),
+             "strides": None if stride is None else _tuple(stride, 2),
+             "pads": _tuple(padding, 2) * 2, "ceil_mode": ceil_mode,
+             "count_include_pad": count_include_pad}
+    return emit1("avg_pool2d", [x], attrs)
+
+
+def global_avg_pool2d(x: Any) -> Tensor:
+    return emit1("global_avg_pool2d", [x])
+
+
+def adaptive_avg_pool2d(x: Any, output_size: int | Sequence[int]) -> Tensor:
+    """Global pooling for output 1x1; an exact average pool when the input divides evenly."""
+    x = as_tensor(x)
+    oh, ow = _tuple(output_size, 2)
+    if (oh, ow) == (1, 1):
+        return global_avg_pool2d(x)
+    h, w = x.shape[-2:]
+    if not (isinstance(h, int) and isinstance(w, int) and h % oh == 0 and w % ow == 0):
+        raise UnsupportedOpError(
+            f"adaptive_avg_pool2d from {h}x{w} to {oh}x{ow}: kiln supports 1x1 or sizes that "
+            f"divide the input evenly")
+    k = (h // oh, w // ow)
+    return avg_pool2d(x, k, k)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5) -> Tensor:
+    """Inference-form batch norm (PyTorch's argument order); training mode is not traced."""
+    if training:
+        raise UnsupportedOpError("batch_norm with training=True (batch statistics) is not "
+                                 "supported; trace the model in eval mode")
+    mean = as_tensor(running_mean)
+    c = mean.shape[0]
+    weight = ones((c,), mean.dtype) if weight is None else weight
+    bias = zeros((c,), mean.dtype) if bias is None else bias
+    return emit1("batch_norm", [x, weight, bias, mean, running_var], {"epsilon": eps})
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
+    n = len(_tuple(normalized_shape, 1))
+    if bias is not None and weight is None:
+        weight = ones(_tuple(normalized_shape, 1), as_tensor(x).dtype)
+    inputs = [x] + [t for t in (weight, bias) if t is not None]
+    return emit1("layer_norm", inputs, {"axis": -n, "epsilon": eps})
+
+
+def local_response_norm(x, size: int, alpha=1e-4, beta=0.75, k=1.0) -> Tensor:
+    return emit1("lrn", [x], {"size": size, "alpha": alpha, "beta": beta, "bias": k})
+
+
+def dropout(x, p: float = 0.5, training: bool = False, seed: int = 0) -> Tensor:
+    """Identity unless ``training``; then a seeded mask (kept values scaled by 1/(1-p))."""
+    if not training or p == 0:
+        return as_tensor(x)
+    return emit1("dropout", [x], {"p": p, "training": True, "seed": seed})
+
+
+def embedding(ids: Any, weight: Any) -> Tensor:
+    """Rows of ``weight`` [num_embeddings, dim] picked by integer ``ids``."""
+    return gather(weight, ids, 0)
+
+
+def as_constant(array) -> Tensor:
+    """A numpy array as a named constant of the traced graph."""
+    return constant(array)
+
+
+__all__ = [name for name in dir() if not name.startswith("_") and name not in (
+    "annotations", "builtins", "Any", "Sequence", "KilnError", "TraceError",
+    "UnsupportedOpError", "Tensor", "as_tensor", "emit", "emit1", "is_float")]
