@@ -1,0 +1,207 @@
+"""The ``kiln`` command line.
+
+    kiln show examples/mlp.py:MLP --input x=1x784:float32      # IR + per-op summary
+    kiln interpret examples/lenet.py:LeNet5 --input x=1x1x32x32 # run the numpy interpreter
+
+A model is named ``FILE.py:NAME``: NAME is a Module class (instantiated with no arguments), a
+factory function returning a Module, or a function whose parameters are the inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from kiln.errors import CLIError, KilnError
+
+_SPEC = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<body>.+)$")
+
+
+def parse_input(text: str):
+    """'x=1x3x224x224:float32', 'x=N,3' or 'x=path.npy' -> (name, TensorSpec, array|None)."""
+    from kiln.frontend.dsl import TensorSpec
+    from kiln.ir.types import DTYPES
+
+    m = _SPEC.match(text)
+    if m is None:
+        raise CLIError(f"--input {text!r}: expected NAME=SHAPE[:DTYPE] (e.g. x=1x3x224x224:float32)"
+                       " or NAME=FILE.npy")
+    name, body = m["name"], m["body"]
+    if body.endswith(".npy"):
+        if not os.path.isfile(body):
+            raise CLIError(f"--input {name}: file {body!r} does not exist")
+        try:
+            array = np.load(body, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise CLIError(f"--input {name}: cannot read {body!r} as .npy: {e}") from None
+        return name, TensorSpec(tuple(array.shape), array.dtype.name), array
+    shape_text, _, dtype = body.partition(":")
+    dtype = dtype or "float32"
+    if dtype not in DTYPES:
+        raise CLIError(f"--input {name}: unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    dims: list[int | str] = []
+    for d in re.split(r"[x,]", shape_text) if shape_text not in ("", "scalar") else []:
+        if d.isdigit():
+            dims.append(int(d))
+        elif d.isidentifier():
+            dims.append(d)
+        else:
+            raise CLIError(f"--input {name}: bad dimension {d!r} in {shape_text!r} (use ints "
+                           "joined by 'x' or ',', or a name for a symbolic dimension)")
+    return name, TensorSpec(tuple(dims), dtype), None
+
+
+def load_model(ref: str) -> Callable:
+    """'FILE.py:NAME' -> the callable named NAME in FILE.py (a Module, factory or function)."""
+    path, sep, name = ref.rpartition(":")
+    if not sep or not path or not name:
+        raise CLIError(f"{ref!r}: expected FILE.py:NAME (e.g. examples/mlp.py:MLP)")
+    if not os.path.isfile(path):
+        raise CLIError(f"{path!r}: no such file")
+    module_name = "_kiln_user_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    try:
+        spec.loader.exec_module(module)
+    except KilnError:
+        raise
+    except Exception as e:
+        raise CLIError(f"importing {path!r} failed: {type(e).__name__}: {e}") from e
+    finally:
+        sys.path.pop(0)
+    if not hasattr(module, name):
+        public = [n for n in vars(module) if not n.startswith("_")]
+        raise CLIError(f"{path!r} has no {name!r}; it defines {', '.join(sorted(public))}")
+    return getattr(module, name)
+
+
+def instantiate(obj: Any, input_names: list[str]) -> Callable:
+    """A Module class -> an instance; a factory -> its result; an input-taking function -> itself."""
+    from kiln.frontend.nn.module import Module
+
+    if isinstance(obj, type) and issubclass(obj, Module):
+        return obj()
+    if isinstance(obj, Module):
+        return obj
+    if callable(obj):
+        params = [p for p in inspect.signature(obj).parameters.values()
+                  if p.default is inspect.Parameter.empty
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if params and all(p.name in input_names for p in params):
+            return obj
+        result = obj()
+        if callable(result):
+            return result
+        raise CLIError(f"{obj!r} returned {type(result).__name__}, not a model")
+    raise CLIError(f"{obj!r} is not a model (Module class, factory or function)")
+
+
+def trace_ref(ref: str, inputs: list[str]):
+    """Trace 'FILE.py:NAME' on the --input specs; returns (graph, {name: given array})."""
+    from kiln.frontend.dsl import trace
+
+    parsed = [parse_input(s) for s in inputs]
+    if not parsed:
+        raise CLIError("give at least one --input NAME=SHAPE[:DTYPE]")
+    model = instantiate(load_model(ref), [n for n, _, _ in parsed])
+    name = ref.rpartition(":")[2]
+    graph = trace(model, name=name, **{n: spec for n, spec, _ in parsed})
+    return graph, {n: a for n, _, a in parsed if a is not None}
+
+
+def random_inputs(graph, given: dict, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    out = dict(given)
+    for v in graph.inputs:
+        if v.name in out:
+            continue
+        if not v.type.is_static:
+            raise CLIError(f"input {v.name} has symbolic shape {v.type}: give a concrete shape "
+                           "or a .npy file")
+        if v.dtype == "bool":
+            out[v.name] = rng.random(v.type.shape) < 0.5
+        elif v.dtype.startswith(("int", "uint")):
+            out[v.name] = rng.integers(0, 10, v.type.shape).astype(v.dtype)
+        else:
+            out[v.name] = rng.standard_normal(v.type.shape).astype(v.dtype)
+    return out
+
+
+def checksum(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def cmd_show(args) -> int:
+    from kiln.ir.summary import format_summary, to_dot
+
+    graph, _ = trace_ref(args.model, args.input)
+    if not args.summary_only:
+        print(graph)
+        print()
+    print(format_summary(graph))
+    if args.dot:
+        with open(args.dot, "w") as f:
+            f.write(to_dot(graph))
+        print(f"wrote Graphviz DOT to {args.dot} (render: dot -Tsvg {args.dot} -o graph.svg)")
+    return 0
+
+
+def cmd_interpret(args) -> int:
+    from kiln.ir.interpreter import interpret
+
+    graph, given = trace_ref(args.model, args.input)
+    inputs = random_inputs(graph, given, args.seed)
+    outputs = interpret(graph, inputs)
+    for v, out in zip(graph.outputs, outputs):
+        print(f"{v.name}: {out.dtype.name}{list(out.shape)}  sum={float(np.sum(out, dtype=np.float64)):.6g}"
+              f"  sha256={checksum(out)}")
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+            np.save(os.path.join(args.save, f"{v.name}.npy"), out)
+    if args.save:
+        print(f"saved outputs to {args.save}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln", description="kiln: a neural-network compiler")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_command(name: str, help: str, fn) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("model", help="FILE.py:NAME (Module class, factory or function)")
+        sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
+                        help="an input: x=1x3x224x224:float32, x=N,128:int64 or x=file.npy")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = model_command("show", "trace a model and print its IR and an op summary", cmd_show)
+    sp.add_argument("--dot", metavar="FILE", help="also write the graph as Graphviz DOT")
+    sp.add_argument("--summary-only", action="store_true", help="print only the op summary")
+    sp = model_command("interpret", "run a model with the numpy interpreter", cmd_interpret)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    sp.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except KilnError as e:
+        print(f"kiln {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
