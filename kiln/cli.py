@@ -32,8 +32,8 @@ def parse_input(text: str):
 
     m = _SPEC.match(text)
     if m is None:
-        raise CLIError(f"--input {text!r}: expected NAME=SHAPE[:DTYPE] (e.g. x=1x3x224x224:float32)"
-                       " or NAME=FILE.npy")
+        raise CLIError(f"--input {text!r}: expected NAME=SHAPE[:DTYPE] "
+                       "(e.g. x=1x3x224x224:float32) or NAME=FILE.npy")
     name, body = m["name"], m["body"]
     if body.endswith(".npy"):
         if not os.path.isfile(body):
@@ -86,7 +86,7 @@ def load_model(ref: str) -> Callable:
 
 
 def instantiate(obj: Any, input_names: list[str]) -> Callable:
-    """A Module class -> an instance; a factory -> its result; an input-taking function -> itself."""
+    """A Module class -> an instance; a factory -> its result; a function of inputs -> itself."""
     from kiln.frontend.nn.module import Module
 
     if isinstance(obj, type) and issubclass(obj, Module):
@@ -163,7 +163,8 @@ def cmd_interpret(args) -> int:
     inputs = random_inputs(graph, given, args.seed)
     outputs = interpret(graph, inputs)
     for v, out in zip(graph.outputs, outputs):
-        print(f"{v.name}: {out.dtype.name}{list(out.shape)}  sum={float(np.sum(out, dtype=np.float64)):.6g}"
+        total = float(np.sum(out, dtype=np.float64))
+        print(f"{v.name}: {out.dtype.name}{list(out.shape)}  sum={total:.6g}"
               f"  sha256={checksum(out)}")
         if args.save:
             os.makedirs(args.save, exist_ok=True)

@@ -188,7 +188,8 @@ def constant(array: np.ndarray, name: str | None = None) -> Tensor:
     """A numpy array used inside a traced function becomes a named graph parameter."""
     tr = current_tracer()
     tr.constants += 1
-    value = tr.builder.param(tr.builder.unique(name or f"const{tr.constants}"), np.asarray(array))
+    name = tr.builder.free_name(name or f"const{tr.constants}")
+    value = tr.builder.param(name, np.asarray(array))
     return Tensor(value)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from typing import Any, Sequence
 
-from kiln.errors import KilnError, TraceError, UnsupportedOpError
+from kiln.errors import TraceError, UnsupportedOpError
 from kiln.frontend.dsl import Tensor, as_tensor, constant, emit, emit1
 from kiln.ir.types import is_float
 
@@ -265,40 +265,45 @@ def index(x: Any, key: Any) -> Tensor:
     used = builtins.sum(k is not None and k is not Ellipsis for k in key)
     if used > x.ndim:
         raise TraceError(f"too many indices ({used}) for {x!r}")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
+    if any(k is Ellipsis for k in key):  # not `in`: Tensor.__eq__ builds a node
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
         key = key[:i] + (builtins.slice(None),) * (x.ndim - used) + key[i + 1:]
     starts, ends, axes, steps, drop, new_axes, tensor_index = [], [], [], [], [], [], None
-    axis = 0
-    for pos, k in enumerate(key):
+    axis = out_pos = 0  # axis: position in x; out_pos: position in the result
+    big = 2**63 - 1
+    for k in key:
         if k is None:
-            new_axes.append(pos)
+            new_axes.append(out_pos)
+            out_pos += 1
             continue
         if isinstance(k, builtins.slice):
             if k != builtins.slice(None):
                 step = 1 if k.step is None else k.step
-                big = 2**63 - 1
                 starts.append(k.start if k.start is not None else (0 if step > 0 else big))
                 ends.append(k.stop if k.stop is not None else (big if step > 0 else -big))
                 axes.append(axis)
                 steps.append(step)
+            out_pos += 1
         elif isinstance(k, int):
             n = x.shape[axis]
             if isinstance(n, int) and not -n <= k < n:
                 raise TraceError(f"index {k} is out of range for axis {axis} of {x!r}")
             starts.append(k)
-            ends.append(k + 1 if k != -1 else 2**63 - 1)
+            ends.append(k + 1 if k != -1 else big)
             axes.append(axis)
             steps.append(1)
             drop.append(axis)
         elif isinstance(k, Tensor) and tensor_index is None:
             tensor_index = (axis, k)
+            out_pos += k.ndim
         else:
             raise TraceError(f"unsupported index {k!r} (ints, slices, None, ..., one int tensor)")
         axis += 1
     y = slice(x, starts, ends, axes, steps) if axes else x
     if tensor_index is not None:
-        y = gather(y, tensor_index[1], tensor_index[0])
+        at, indices = tensor_index
+        y = gather(y, indices, at)
+        drop = [d + indices.ndim - 1 if d > at else d for d in drop]
     if drop:
         y = squeeze(y, drop)
     for pos in new_axes:

@@ -176,16 +176,21 @@ class GraphBuilder:
         self._names: set[str] = set()
         self._counter = 0
 
+    def free_name(self, hint: str) -> str:
+        """``hint``, or ``hint_1``, ``hint_2``, ... whichever is not taken yet (not reserved)."""
+        name, k = hint, 1
+        while name in self._names:
+            name, k = f"{hint}_{k}", k + 1
+        return name
+
     def unique(self, hint: str | None) -> str:
+        """Reserve a fresh name: ``hint`` made unique, or the next number."""
         if hint is None:
             while str(self._counter) in self._names:
                 self._counter += 1
-            name = str(self._counter)
+            hint = str(self._counter)
             self._counter += 1
-        else:
-            name, k = hint, 1
-            while name in self._names:
-                name, k = f"{hint}_{k}", k + 1
+        name = self.free_name(hint)
         self._names.add(name)
         return name
 

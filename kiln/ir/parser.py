@@ -83,12 +83,19 @@ class _Tokens:
         return ""
 
 
+def _unquote(text: str, line: int) -> str:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ParseError(f"line {line}: bad string {text}: {e}") from None
+
+
 def _name(tok: tuple[str, str, int]) -> str:
     kind, text, line = tok
     if kind != "value":
         raise ParseError(f"line {line}: expected a %value, got {text!r}")
     body = text[1:]
-    return json.loads(body) if body.startswith('"') else body
+    return _unquote(body, line) if body.startswith('"') else body
 
 
 def _type(toks: _Tokens) -> TensorType:
@@ -96,8 +103,13 @@ def _type(toks: _Tokens) -> TensorType:
     toks.expect("[")
     dims: list[int | str] = []
     while not toks.accept("]"):
-        k, text, _ = toks.next()
-        dims.append(int(text) if k == "number" else text)
+        k, text, dline = toks.next()
+        if k == "number" and text.isdigit():
+            dims.append(int(text))
+        elif k == "ident":
+            dims.append(text)
+        else:
+            raise ParseError(f"line {dline}: {text or 'end of text'!r} is not a dimension")
         if toks.peek()[1] != "]":
             toks.expect(",")
     try:
@@ -122,7 +134,7 @@ def _attr_value(toks: _Tokens) -> Any:
     if kind == "number":
         return float(text) if any(c in text for c in ".eE") else int(text)
     if kind == "string":
-        return json.loads(text)
+        return _unquote(text, line)
     constants = {"True": True, "False": False, "None": None, "inf": math.inf,
                  "-inf": -math.inf, "nan": math.nan}
     if kind == "ident" and text in constants:
@@ -133,20 +145,25 @@ def _attr_value(toks: _Tokens) -> Any:
 def _graph(toks: _Tokens, weights: Mapping[str, np.ndarray] | None) -> Graph:
     toks.expect("graph")
     kind, name, line = toks.next()
-    name = json.loads(name) if kind == "string" else name
+    name = _unquote(name, line) if kind == "string" else name
     b = GraphBuilder(name)
     scope: dict[str, Value] = {}
 
     def define(n: str, v: Value, line: int) -> None:
+        fresh(n, line)
+        scope[n] = v
+
+    def fresh(n: str, line: int) -> str:
         if n in scope:
             raise ParseError(f"line {line}: %{n} is defined twice")
-        scope[n] = v
+        return n
 
     toks.expect("(")
     while not toks.accept(")"):
         tok = toks.next()
         toks.expect(":")
-        define(_name(tok), b.input(_name(tok), _type(toks)), tok[2])
+        n = fresh(_name(tok), tok[2])
+        define(n, b.input(n, _type(toks)), tok[2])
         if toks.peek()[1] != ")":
             toks.expect(",")
     toks.expect("{")
@@ -154,7 +171,7 @@ def _graph(toks: _Tokens, weights: Mapping[str, np.ndarray] | None) -> Graph:
         kind, text, line = toks.peek()
         if text == "param":
             toks.next()
-            n = _name(toks.next())
+            n = fresh(_name(toks.next()), line)
             toks.expect(":")
             t = _type(toks)
             if weights is not None and n in weights:

@@ -76,7 +76,7 @@ def to_dot(graph: Graph) -> str:
         for v in n.inputs:
             if v in producer:
                 lines.append(f"  {q(producer[v])} -> {nid} [label={q(str(v.type))}];")
-    for i, v in enumerate(graph.outputs):
+    for v in graph.outputs:
         lines.append(f"  {q('out:' + v.name)} [shape=ellipse, label={q(v.name)}];")
         if v in producer:
             lines.append(f"  {q(producer[v])} -> {q('out:' + v.name)};")

@@ -1,0 +1,97 @@
+"""The kiln command line: show, interpret, and its error messages."""
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kiln.cli import main, parse_input
+from kiln.errors import CLIError
+
+MODEL = textwrap.dedent("""
+    import numpy as np
+    from kiln import nn, ops
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(np.full((3, 4), 0.5, np.float32))
+
+        def forward(self, x):
+            return ops.relu(x @ self.w)
+
+    def make_tiny():
+        return Tiny()
+
+    def pair(x, y):
+        return x + y, x * y
+""")
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(MODEL)
+    return str(path)
+
+
+def test_show_prints_ir_and_summary(model_file, capsys, tmp_path):
+    dot = tmp_path / "g.dot"
+    assert main(["show", f"{model_file}:Tiny", "--input", "x=N,3", "--dot", str(dot)]) == 0
+    out = capsys.readouterr().out
+    assert "graph Tiny(%x: float32[N, 3])" in out
+    assert "param %w: float32[3, 4]" in out
+    assert "matmul" in out and "total" in out
+    assert dot.read_text().startswith('digraph "Tiny"')
+
+
+@pytest.mark.parametrize("name", ["Tiny", "make_tiny"])
+def test_interpret_runs_class_or_factory(model_file, capsys, name):
+    assert main(["interpret", f"{model_file}:{name}", "-i", "x=2x3"]) == 0
+    assert "output: float32[2, 4]" in capsys.readouterr().out
+
+
+def test_interpret_function_with_npy_inputs(model_file, capsys, tmp_path):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", x)
+    args = ["interpret", f"{model_file}:pair", "-i", f"x={tmp_path}/x.npy",
+            "-i", f"y={tmp_path}/y.npy", "--save", str(tmp_path / "out")]
+    assert main(args) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "output_1.npy"), x * x)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "nofile.py:A", "-i", "x=1"], "no such file"),
+    (["show", "{model}:Nope", "-i", "x=1"], "has no 'Nope'; it defines"),
+    (["show", "{model}", "-i", "x=1"], "expected FILE.py:NAME"),
+    (["show", "{model}:Tiny", "-i", "x=2@3"], "bad dimension"),
+    (["show", "{model}:Tiny", "-i", "x"], "expected NAME=SHAPE"),
+    (["show", "{model}:Tiny", "-i", "x=2x3:float99"], "unknown dtype"),
+    (["show", "{model}:Tiny", "-i", "x=missing.npy"], "does not exist"),
+    (["show", "{model}:Tiny"], "at least one --input"),
+    (["show", "{model}:Tiny", "-i", "x=2x5"], r"matmul.*float32\[2, 5\]"),
+    (["interpret", "{model}:Tiny", "-i", "x=N,3"], "symbolic shape"),
+])
+def test_errors_are_clear(model_file, capsys, argv, message):
+    argv = [a.replace("{model}", model_file) for a in argv]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_parse_input_forms():
+    assert parse_input("x=1x3x224x224:float32")[1].shape == (1, 3, 224, 224)
+    assert parse_input("ids=N,128:int64")[1].shape == ("N", 128)
+    assert parse_input("s=scalar")[1].shape == ()
+    with pytest.raises(CLIError):
+        parse_input("1x=2")
+
+
+def test_console_script_entry_point(model_file):
+    proc = subprocess.run([sys.executable, "-m", "kiln.cli", "show", f"{model_file}:Tiny",
+                           "-i", "x=1x3", "--summary-only"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "matmul" in proc.stdout
