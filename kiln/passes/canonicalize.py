@@ -1,0 +1,244 @@
+"""Canonicalization: constant folding, dead-code and common-subexpression elimination,
+algebraic simplification, and batch norm folded into the conv or dense layer before it.
+
+Each pass is ``Graph -> Graph`` and keeps what the graph computes (the fuzz tests check it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kiln.ir.graph import Graph, GraphBuilder, Node, Value
+from kiln.ir.interpreter import run_node
+from kiln.ir.types import is_float
+from kiln.passes.manager import graph_pass
+from kiln.passes.rewrite import add_param, copy_node, finish, rebuild, start
+
+# A folded value may not grow much beyond its inputs: expanding a mask to [B, H, L, L] at
+# compile time would bloat the artifact for nothing.
+FOLD_MAX_GROWTH = 2
+FOLD_SMALL = 1 << 16
+
+
+class Constants:
+    """Which values of a graph are compile-time constants, and their arrays (lazily)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.arrays: dict[Value, np.ndarray] = {
+            v: np.asarray(graph.weights[v.name]) for v in graph.params if v.name in graph.weights
+        }
+        self.nodes: dict[Value, Node] = {}
+        for node in graph.nodes:
+            if all(self.is_constant(v) for v in node.inputs):
+                for v in node.outputs:
+                    self.nodes[v] = node
+
+    def is_constant(self, v: Value) -> bool:
+        return v in self.arrays or v in self.nodes
+
+    def array(self, v: Value) -> np.ndarray:
+        if v not in self.arrays:
+            node = self.nodes[v]
+            outs = run_node(node, [self.array(i) for i in node.inputs])
+            self.arrays.update(zip(node.outputs, outs))
+        return self.arrays[v]
+
+    def scalar(self, v: Value) -> float | None:
+        """The value every element of a constant ``v`` has, or None."""
+        if not self.is_constant(v) or not v.type.is_static or v.type.size > FOLD_SMALL:
+            return None
+        a = self.array(v)
+        if a.size == 0:
+            return None
+        first = a.flat[0]
+        return first.item() if np.all(a == first) else None
+
+
+def _worth_folding(node: Node) -> bool:
+    if not node.inputs or not all(v.type.is_static for v in node.outputs):
+        return False  # generators (full, arange, ...) stay nodes: fusion inlines them
+    biggest = max((v.type.size for v in node.inputs if v.type.is_static), default=1)
+    out = sum(v.type.size for v in node.outputs)
+    return out <= FOLD_SMALL or out <= FOLD_MAX_GROWTH * biggest
+
+
+@graph_pass("fold_constants")
+def fold_constants(graph: Graph) -> Graph:
+    """Evaluate nodes whose inputs are all constants; their results become parameters."""
+    consts = Constants(graph)
+
+    def rule(b: GraphBuilder, node: Node, ins: list[Value]):
+        if node.outputs[0] in consts.nodes and _worth_folding(node):
+            return [add_param(b, v.name, consts.array(v)) for v in node.outputs]
+        return None
+
+    return rebuild(graph, rule)
+
+
+@graph_pass("dce")
+def eliminate_dead_code(graph: Graph) -> Graph:
+    """Drop nodes and parameters that no output depends on."""
+    live = set(graph.outputs)
+    kept = []
+    for node in reversed(graph.nodes):
+        if any(v in live for v in node.outputs):
+            kept.append(node)
+            live.update(node.inputs)
+    kept_set = set(map(id, kept))
+    b, env = start(graph)
+    for node in graph.nodes:
+        if id(node) in kept_set:
+            outs = copy_node(b, node, [env[v] for v in node.inputs])
+            env.update(zip(node.outputs, outs))
+    return finish(b, graph, env)
+
+
+@graph_pass("cse")
+def eliminate_common_subexpressions(graph: Graph) -> Graph:
+    """Nodes with the same op, inputs and attributes are computed once."""
+    seen: dict[tuple, list[Value]] = {}
+
+    def rule(b: GraphBuilder, node: Node, ins: list[Value]):
+        key = (node.op, tuple(id(v) for v in ins), node.attr_key())
+        if key in seen:
+            return seen[key]
+        seen[key] = copy_node(b, node, ins)
+        return seen[key]
+
+    return rebuild(graph, rule)
+
+
+# -- algebraic simplification -------------------------------------------------------------------
+
+_NEUTRAL = {  # op -> (neutral constant, which operand may be it: 0 first, 1 second)
+    "add": (0, (0, 1)), "sub": (0, (1,)), "mul": (1, (0, 1)), "div": (1, (1,)), "pow": (1, (1,)),
+}
+_INVERSE_PAIRS = {("neg", "neg"), ("logical_not", "logical_not")}
+
+
+def _compose_perm(inner, outer, rank: int) -> tuple[int, ...]:
+    inner = tuple(range(rank))[::-1] if inner is None else inner
+    outer = tuple(range(rank))[::-1] if outer is None else outer
+    return tuple(inner[i] for i in outer)
+
+
+@graph_pass("simplify")
+def simplify(graph: Graph) -> Graph:
+    """x+0, x*1, x/1, x**1 -> x; x / c -> x * (1/c); transpose and reshape chains collapse;
+    no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x."""
+    consts = Constants(graph)
+    made: dict[Value, Node] = {}  # new value -> the node that made it in the new graph
+
+    def emit(b: GraphBuilder, node: Node, op: str, ins: list[Value], attrs: dict):
+        outs = b.op(op, ins, attrs, origin=node.origin, names=[node.outputs[0].name])
+        made[outs[0]] = b._nodes[-1]
+        return outs
+
+    def rule(b: GraphBuilder, node: Node, ins: list[Value]):
+        out_t = node.outputs[0].type
+        if node.op in _NEUTRAL:
+            neutral, sides = _NEUTRAL[node.op]
+            for side in sides:
+                other = ins[1 - side]
+                if consts.scalar(node.inputs[side]) == neutral and other.type == out_t:
+                    return [other]
+            if node.op == "div" and is_float(out_t.dtype) and consts.is_constant(node.inputs[1]) \
+                    and node.inputs[1].type.is_static:
+                inverse = (1 / consts.array(node.inputs[1])).astype(consts.array(
+                    node.inputs[1]).dtype)
+                c = add_param(b, f"{node.outputs[0].name}.reciprocal", inverse)
+                return emit(b, node, "mul", [ins[0], c], {})
+        if node.op in ("identity",) or (
+                node.op in ("cast", "reshape", "expand", "transpose")
+                and ins[0].type == out_t and _is_noop(node)):
+            return [ins[0]]
+        inner = made.get(ins[0]) if ins else None
+        if inner is not None and (inner.op, node.op) in _INVERSE_PAIRS:
+            return [inner.inputs[0]]
+        if inner is not None and inner.op == node.op == "transpose":
+            perm = _compose_perm(inner.attrs["perm"], node.attrs["perm"], out_t.rank)
+            if perm == tuple(range(out_t.rank)):
+                return [inner.inputs[0]]
+            return emit(b, node, "transpose", [inner.inputs[0]], {"perm": perm})
+        if inner is not None and inner.op == node.op == "reshape":
+            if inner.inputs[0].type == out_t:
+                return [inner.inputs[0]]
+            return emit(b, node, "reshape", [inner.inputs[0]], dict(node.attrs))
+        outs = copy_node(b, node, ins)
+        made.update((v, b._nodes[-1]) for v in outs)
+        return outs
+
+    return rebuild(graph, rule)
+
+
+def _is_noop(node: Node) -> bool:
+    if node.op == "transpose":
+        perm = node.attrs["perm"]
+        return perm is not None and perm == tuple(range(len(perm)))
+    return True  # cast / reshape / expand to the same type change nothing
+
+
+# -- batch norm folding -------------------------------------------------------------------------
+
+
+@graph_pass("fold_batch_norm")
+def fold_batch_norm(graph: Graph) -> Graph:
+    """conv(x, W, b) -> batch_norm  ==>  conv(x, W*s, (b-mean)*s+beta), s = gamma/sqrt(var+eps),
+    when the weights and statistics are constants and the conv feeds only the batch norm.
+    The same for a dense layer: matmul(x, W[K, C]) (+ bias[C]) -> batch_norm over C."""
+    consts = Constants(graph)
+    users = graph.users
+    producers = graph.producers
+    folded: dict[int, tuple] = {}  # id(bn node) -> (layer node, bias-add node or None)
+
+    for bn in graph.nodes:
+        if bn.op != "batch_norm" or not all(consts.is_constant(v) for v in bn.inputs[1:]):
+            continue
+        layer, add = producers.get(bn.inputs[0]), None
+        if layer is not None and layer.op == "add" and bn.inputs[0].type.rank == 2:
+            add, layer = layer, producers.get(layer.inputs[0])
+            if not consts.is_constant(add.inputs[1]) or add.inputs[1].type.shape != \
+                    (bn.inputs[0].type.shape[1],) or len(users[add.outputs[0]]) != 1:
+                continue
+        if layer is None or len(users[layer.outputs[0]]) != 1:
+            continue
+        weights_constant = all(consts.is_constant(v) for v in layer.inputs[1:])
+        if layer.op in ("conv1d", "conv2d") and weights_constant:
+            folded[id(bn)] = (layer, add)
+        elif (layer.op == "matmul" and layer.inputs[1].type.rank == 2 and
+              layer.outputs[0].type.rank == 2 and consts.is_constant(layer.inputs[1])):
+            folded[id(bn)] = (layer, add)
+
+    if not folded:
+        return graph
+    skip = {id(n) for layer, add in folded.values() for n in (layer, add) if n is not None}
+    b, env = start(graph)
+    for node in graph.nodes:
+        if id(node) in skip:
+            continue
+        if id(node) not in folded:
+            env.update(zip(node.outputs, copy_node(b, node, [env[v] for v in node.inputs])))
+            continue
+        layer, add = folded[id(node)]
+        gamma, beta, mean, var = (consts.array(v) for v in node.inputs[1:])
+        s = gamma / np.sqrt(var + np.asarray(node.attrs["epsilon"], var.dtype))
+        name = node.outputs[0].name
+        if layer.op == "matmul":
+            w = consts.array(layer.inputs[1]) * s[None, :]
+            bias0 = consts.array(add.inputs[1]) if add is not None else np.zeros_like(mean)
+            y = b.op("matmul", [env[layer.inputs[0]], add_param(b, f"{name}.weight", w)],
+                     origin=layer.origin)[0]
+            bias = add_param(b, f"{name}.bias", ((bias0 - mean) * s + beta).astype(w.dtype))
+            outs = b.op("add", [y, bias], origin=node.origin, names=[name])
+        else:
+            w0 = consts.array(layer.inputs[1])
+            w = w0 * s.reshape((-1,) + (1,) * (w0.ndim - 1))
+            bias0 = consts.array(layer.inputs[2]) if len(layer.inputs) > 2 else np.zeros_like(mean)
+            bias = ((bias0 - mean) * s + beta).astype(w0.dtype)
+            outs = b.op(layer.op, [env[layer.inputs[0]], add_param(b, f"{name}.weight", w),
+                                   add_param(b, f"{name}.bias", bias)],
+                        layer.attrs, origin=layer.origin, names=[name])
+        env[node.outputs[0]] = outs[0]
+    return finish(b, graph, env)
+

@@ -1,0 +1,108 @@
+"""The pass manager: named passes, named pipelines, verification, timing and IR dumps.
+
+A pass is a pure ``Graph -> Graph`` function registered under a name with ``@graph_pass``.
+Pipelines are lists of pass names: ``O0`` runs nothing, ``O1`` canonicalizes, ``O2`` adds
+fusion and ``O3`` layout tuning (each present once its pass is registered).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from kiln.errors import KilnError
+from kiln.ir.graph import Graph
+from kiln.ir.verifier import verify as verify_graph
+
+PASSES: dict[str, Callable[[Graph], Graph]] = {}
+
+CANONICALIZE = ["fold_constants", "simplify", "fold_batch_norm", "fold_constants", "simplify",
+                "cse", "dce"]
+PIPELINES: dict[str, list[str]] = {
+    "O0": [],
+    "O1": CANONICALIZE,
+    "O2": CANONICALIZE + ["fuse"],
+    "O3": CANONICALIZE + ["layout", "fuse"],
+}
+
+
+def graph_pass(name: str):
+    """Register a ``Graph -> Graph`` function as the pass ``name``."""
+
+    def wrap(fn: Callable[[Graph], Graph]) -> Callable[[Graph], Graph]:
+        if name in PASSES:
+            raise KilnError(f"pass {name!r} is registered twice")
+        PASSES[name] = fn
+        fn.pass_name = name  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+
+
+def pipeline(opt_level: int | str) -> list[str]:
+    """The pass names of ``O<opt_level>``; a pass not built yet is a clear error."""
+    key = opt_level if isinstance(opt_level, str) else f"O{opt_level}"
+    if key not in PIPELINES:
+        raise KilnError(f"unknown optimization level {opt_level!r}; use one of "
+                        f"{', '.join(PIPELINES)}")
+    _load_passes()
+    missing = [p for p in PIPELINES[key] if p not in PASSES]
+    if missing:
+        raise KilnError(f"{key} needs the pass(es) {missing}, which this kiln does not have; "
+                        f"use a lower opt_level")
+    return list(PIPELINES[key])
+
+
+def optimize(
+    graph: Graph,
+    opt_level: int | str | Iterable[str] = 1,
+    *,
+    verify: bool = False,
+    disable: Iterable[str] = (),
+    dump_after: Iterable[str] = (),
+    dump: Callable[[str], None] = print,
+    records: list[PassRecord] | None = None,
+) -> Graph:
+    """Run a pipeline (``opt_level``) or an explicit list of pass names over ``graph``.
+
+    ``verify`` checks the IR after every pass; ``disable`` skips passes by name; the IR is
+    printed through ``dump`` after each pass named in ``dump_after`` ("all" for every pass);
+    ``records`` collects each pass's time and node counts.
+    """
+    names = (pipeline(opt_level) if isinstance(opt_level, (int, str)) else list(opt_level))
+    _load_passes()
+    disable, dump_after = set(disable), set(dump_after)
+    unknown = (set(names) | disable | (dump_after - {"all"})) - set(PASSES)
+    if unknown:
+        raise KilnError(f"unknown pass(es) {sorted(unknown)}; kiln has {sorted(PASSES)}")
+    if verify:
+        verify_graph(graph)
+    for name in names:
+        if name in disable:
+            continue
+        before, t0 = len(graph.nodes), time.perf_counter()
+        try:
+            graph = PASSES[name](graph)
+            if verify:
+                verify_graph(graph)
+        except KilnError as e:
+            raise type(e)(f"pass {name}: {e}") from None
+        if records is not None:
+            records.append(PassRecord(name, time.perf_counter() - t0, before, len(graph.nodes)))
+        if name in dump_after or "all" in dump_after:
+            dump(f"// after {name}\n{graph}")
+    return graph
+
+
+def _load_passes() -> None:
+    """Import the modules that register passes (kept lazy to avoid import cycles)."""
+    import kiln.passes.canonicalize  # noqa: F401

@@ -1,0 +1,262 @@
+"""Canonicalization passes: Before/Expected pairs in the text IR, plus semantics checks."""
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from kiln.errors import KilnError
+from kiln.ir import interpret, parse, verify
+from kiln.passes.canonicalize import (
+    eliminate_common_subexpressions,
+    eliminate_dead_code,
+    fold_batch_norm,
+    fold_constants,
+    simplify,
+)
+from kiln.passes.manager import PassRecord, optimize
+
+F32 = np.float32
+
+
+def simplify_dce(g):
+    """simplify leaves the nodes it bypassed for DCE to drop."""
+    return eliminate_dead_code(simplify(g))
+
+
+def check(pass_fn, before: str, expected: str, weights=None, inputs=None):
+    """Run ``pass_fn`` on ``before``; compare with ``expected`` and with the interpreter."""
+    g = verify(parse(textwrap.dedent(before), weights))
+    out = verify(pass_fn(g))
+    want = parse(textwrap.dedent(expected), out.weights)
+    assert str(out) == str(want), f"got:\n{out}\nwant:\n{want}"
+    rng = np.random.default_rng(0)
+    inputs = inputs or {v.name: rng.standard_normal(v.type.shape).astype(v.dtype)
+                        for v in g.inputs}
+    for a, b in zip(interpret(g, inputs), interpret(out, inputs)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    return out
+
+
+def test_dce_drops_unused_nodes_and_params():
+    check(eliminate_dead_code, """
+        graph g(%x: float32[2]) {
+          param %w: float32[2]
+          %a: float32[2] = exp(%x)
+          %b: float32[2] = add(%x, %w)
+          return %a
+        }""", """
+        graph g(%x: float32[2]) {
+          %a: float32[2] = exp(%x)
+          return %a
+        }""", {"w": np.ones(2, F32)})
+
+
+def test_cse_merges_equal_nodes():
+    check(eliminate_common_subexpressions, """
+        graph g(%x: float32[2]) {
+          %a: float32[2] = exp(%x)
+          %b: float32[2] = exp(%x)
+          %c: float32[2] = add(%a, %b)
+          %d: float32[2] = leaky_relu(%c) {alpha=0.1}
+          %e: float32[2] = leaky_relu(%c) {alpha=0.2}
+          %f: float32[2] = add(%d, %e)
+          return %f
+        }""", """
+        graph g(%x: float32[2]) {
+          %a: float32[2] = exp(%x)
+          %c: float32[2] = add(%a, %a)
+          %d: float32[2] = leaky_relu(%c) {alpha=0.1}
+          %e: float32[2] = leaky_relu(%c) {alpha=0.2}
+          %f: float32[2] = add(%d, %e)
+          return %f
+        }""")
+
+
+def test_constant_folding_turns_weight_math_into_parameters():
+    w = np.arange(6, dtype=F32).reshape(2, 3)
+    out = check(fold_constants, """
+        graph g(%x: float32[4, 3]) {
+          param %w: float32[2, 3]
+          %two: float32[] = full() {shape=(), value=2.0}
+          %wt: float32[3, 2] = transpose(%w)
+          %w2: float32[3, 2] = mul(%wt, %two)
+          %y: float32[4, 2] = matmul(%x, %w2)
+          %z: float32[4, 2] = mul(%y, %two)
+          return %z
+        }""", """
+        graph g(%x: float32[4, 3]) {
+          param %w2: float32[3, 2]
+          %two: float32[] = full() {shape=(), value=2.0}
+          %y: float32[4, 2] = matmul(%x, %w2)
+          %z: float32[4, 2] = mul(%y, %two)
+          return %z
+        }""", {"w": w})
+    np.testing.assert_array_equal(out.weights["w2"], w.T * 2)
+
+
+def test_folding_does_not_blow_up_constants():
+    check(fold_constants, """
+        graph g(%x: float32[4, 300, 300]) {
+          param %m: float32[1, 300]
+          %e: float32[4, 300, 300] = expand(%m) {shape=(4, 300, 300)}
+          %y: float32[4, 300, 300] = add(%x, %e)
+          return %y
+        }""", """
+        graph g(%x: float32[4, 300, 300]) {
+          param %m: float32[1, 300]
+          %e: float32[4, 300, 300] = expand(%m) {shape=(4, 300, 300)}
+          %y: float32[4, 300, 300] = add(%x, %e)
+          return %y
+        }""", {"m": np.ones((1, 300), F32)})
+
+
+def test_simplify_neutral_elements_and_division_by_constant():
+    out = check(simplify_dce, """
+        graph g(%x: float32[2, 3]) {
+          param %zero: float32[3]
+          param %d: float32[]
+          %one: float32[] = full() {shape=(), value=1.0}
+          %a: float32[2, 3] = add(%x, %zero)
+          %b: float32[2, 3] = mul(%one, %a)
+          %c: float32[2, 3] = div(%b, %d)
+          %e: float32[2, 3] = pow(%c, %one)
+          return %e
+        }""", """
+        graph g(%x: float32[2, 3]) {
+          param %c.reciprocal: float32[]
+          %e: float32[2, 3] = mul(%x, %c.reciprocal)
+          return %e
+        }""", {"zero": np.zeros(3, F32), "d": np.array(8.0, F32)})
+    assert out.weights["c.reciprocal"] == F32(0.125)
+
+
+def test_simplify_keeps_broadcasting_adds():
+    # x + zeros(3, 1) changes x's shape: it is not a no-op
+    check(simplify_dce, """
+        graph g(%x: float32[2]) {
+          param %z: float32[3, 1]
+          %y: float32[3, 2] = add(%x, %z)
+          return %y
+        }""", """
+        graph g(%x: float32[2]) {
+          param %z: float32[3, 1]
+          %y: float32[3, 2] = add(%x, %z)
+          return %y
+        }""", {"z": np.zeros((3, 1), F32)})
+
+
+def test_simplify_transpose_reshape_chains():
+    check(simplify_dce, """
+        graph g(%x: float32[2, 3, 4]) {
+          %a: float32[3, 2, 4] = transpose(%x) {perm=(1, 0, 2)}
+          %b: float32[4, 2, 3] = transpose(%a) {perm=(2, 1, 0)}
+          %c: float32[2, 3, 4] = transpose(%x) {perm=(0, 1, 2)}
+          %d: float32[3, 2, 4] = transpose(%c) {perm=(1, 0, 2)}
+          %e: float32[2, 3, 4] = transpose(%d) {perm=(1, 0, 2)}
+          %f: float32[6, 4] = reshape(%e) {shape=(6, 4)}
+          %h: float32[24] = reshape(%f) {shape=(24,)}
+          %i: float32[2, 3, 4] = reshape(%h) {shape=(2, 3, 4)}
+          %n: float32[2, 3, 4] = neg(%i)
+          %m: float32[2, 3, 4] = neg(%n)
+          return %b, %m
+        }""", """
+        graph g(%x: float32[2, 3, 4]) {
+          %b: float32[4, 2, 3] = transpose(%x) {perm=(2, 0, 1)}
+          %m: float32[2, 3, 4] = identity(%x)
+          return %b, %m
+        }""")
+
+
+def test_fold_batch_norm_into_conv():
+    rng = np.random.default_rng(1)
+    w = {"w": rng.standard_normal((4, 3, 3, 3)).astype(F32),
+         "b": rng.standard_normal(4).astype(F32), "g": rng.random(4).astype(F32) + 0.5,
+         "beta": rng.standard_normal(4).astype(F32), "mean": rng.standard_normal(4).astype(F32),
+         "var": rng.random(4).astype(F32) + 0.1}
+    out = check(fold_batch_norm, """
+        graph g(%x: float32[1, 3, 8, 8]) {
+          param %w: float32[4, 3, 3, 3]
+          param %b: float32[4]
+          param %g: float32[4]
+          param %beta: float32[4]
+          param %mean: float32[4]
+          param %var: float32[4]
+          %c: float32[1, 4, 8, 8] = conv2d(%x, %w, %b) {pads=(1, 1, 1, 1)}
+          %y: float32[1, 4, 8, 8] = batch_norm(%c, %g, %beta, %mean, %var)
+          %r: float32[1, 4, 8, 8] = relu(%y)
+          return %r
+        }""", """
+        graph g(%x: float32[1, 3, 8, 8]) {
+          param %y.weight: float32[4, 3, 3, 3]
+          param %y.bias: float32[4]
+          %y: float32[1, 4, 8, 8] = conv2d(%x, %y.weight, %y.bias) {pads=(1, 1, 1, 1)}
+          %r: float32[1, 4, 8, 8] = relu(%y)
+          return %r
+        }""", w)
+    assert len(out.params) == 2
+
+
+def test_fold_batch_norm_into_dense():
+    rng = np.random.default_rng(2)
+    w = {"w": rng.standard_normal((5, 3)).astype(F32), "b": rng.standard_normal(3).astype(F32),
+         "g": rng.random(3).astype(F32) + 0.5, "beta": rng.standard_normal(3).astype(F32),
+         "mean": rng.standard_normal(3).astype(F32), "var": rng.random(3).astype(F32) + 0.1}
+    check(fold_batch_norm, """
+        graph g(%x: float32[2, 5]) {
+          param %w: float32[5, 3]
+          param %b: float32[3]
+          param %g: float32[3]
+          param %beta: float32[3]
+          param %mean: float32[3]
+          param %var: float32[3]
+          %m: float32[2, 3] = matmul(%x, %w)
+          %a: float32[2, 3] = add(%m, %b)
+          %y: float32[2, 3] = batch_norm(%a, %g, %beta, %mean, %var)
+          return %y
+        }""", """
+        graph g(%x: float32[2, 5]) {
+          param %y.weight: float32[5, 3]
+          param %y.bias: float32[3]
+          %0: float32[2, 3] = matmul(%x, %y.weight)
+          %y: float32[2, 3] = add(%0, %y.bias)
+          return %y
+        }""", w)
+
+
+def test_batch_norm_not_folded_when_conv_output_is_used_twice():
+    text = """
+        graph g(%x: float32[1, 2, 4, 4]) {
+          param %w: float32[2, 2, 1, 1]
+          param %s: float32[2]
+          %c: float32[1, 2, 4, 4] = conv2d(%x, %w)
+          %y: float32[1, 2, 4, 4] = batch_norm(%c, %s, %s, %s, %s)
+          %z: float32[1, 2, 4, 4] = add(%y, %c)
+          return %z
+        }"""
+    w = {"w": np.ones((2, 2, 1, 1), F32), "s": np.ones(2, F32)}
+    check(fold_batch_norm, text, text, w)
+
+
+def test_pipeline_runs_verifies_times_and_dumps():
+    g = parse(textwrap.dedent("""
+        graph g(%x: float32[2]) {
+          param %zero: float32[2]
+          %a: float32[2] = add(%x, %zero)
+          %b: float32[2] = exp(%a)
+          %c: float32[2] = exp(%a)
+          %d: float32[2] = mul(%b, %c)
+          return %d
+        }"""), {"zero": np.zeros(2, F32)})
+    dumps, records = [], []
+    out = optimize(g, 1, verify=True, dump_after={"cse"}, dump=dumps.append, records=records)
+    assert [n.op for n in out.nodes] == ["exp", "mul"]
+    assert dumps and dumps[0].startswith("// after cse")
+    assert all(isinstance(r, PassRecord) for r in records) and len(records) == 7
+    kept = optimize(g, 1, disable={"simplify"})
+    assert [n.op for n in kept.nodes] == ["add", "exp", "mul"]
+    assert optimize(g, 0) is g
+    with pytest.raises(KilnError, match="unknown pass"):
+        optimize(g, ["nope"])
+    with pytest.raises(KilnError, match="unknown optimization level"):
+        optimize(g, 7)
