@@ -102,8 +102,8 @@ def run_node(node, args: list[np.ndarray]) -> list[np.ndarray]:
     opdef = get_op(node.op)
     try:
         result = opdef.reference(*args, **node.attrs)
-    except KilnError:
-        raise
+    except KilnError as e:
+        raise type(e)(f"{node.describe()}: {e}") from None
     except Exception as e:  # a numpy error inside a reference: say where it happened
         shapes = ", ".join(f"{a.dtype.name}{list(a.shape)}" for a in args)
         raise KilnError(f"{node.describe()} failed on inputs ({shapes}): {e}") from e

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kiln.errors import AttributeError_
 from kiln.ir.ops.registry import (
     broadcast_shapes,
     elementwise_flops,
@@ -14,11 +15,18 @@ from kiln.ir.ops.registry import (
     same_as_input,
     same_dtype,
 )
-from kiln.ir.types import TensorType, check_dtype, is_float, to_numpy_dtype
+from kiln.ir.types import DTYPES, TensorType, is_float, to_numpy_dtype
 
 
 def _binary(types, attrs):
     return TensorType(broadcast_shapes(*(t.shape for t in types)), same_dtype(types))
+
+
+def _arith(types, attrs):
+    """sub, div, pow: numpy has no bool form of these (add, mul, maximum, minimum do)."""
+    if types[0].dtype == "bool":
+        fail("needs numeric inputs, got bool")
+    return _binary(types, attrs)
 
 
 def _compare(types, attrs):
@@ -49,7 +57,7 @@ def add(a, b):
     return np.add(a, b)
 
 
-@register("sub", infer=_binary, arity=2, flops=_flops)
+@register("sub", infer=_arith, arity=2, flops=_flops)
 def sub(a, b):
     return np.subtract(a, b)
 
@@ -59,16 +67,18 @@ def mul(a, b):
     return np.multiply(a, b)
 
 
-@register("div", infer=_binary, arity=2, flops=_flops)
+@register("div", infer=_arith, arity=2, flops=_flops)
 def div(a, b):
     """True division for floats; for integers, C-style division truncating toward zero."""
     if np.issubdtype(a.dtype, np.integer):
-        q = np.trunc(np.true_divide(a, b))
-        return q.astype(a.dtype)
+        # exact in integers (a float quotient loses int64 digits above 2**53): floor, then
+        # step back toward zero where the division was inexact and the signs differ
+        q, r = np.divmod(a, b)
+        return np.where((r != 0) & ((a < 0) != (b < 0)), q + 1, q).astype(a.dtype)
     return np.true_divide(a, b)
 
 
-@register("pow", infer=_binary, arity=2, flops=_flops)
+@register("pow", infer=_arith, arity=2, flops=_flops)
 def pow_(a, b):
     return np.power(a, b)
 
@@ -228,10 +238,12 @@ def where(cond, a, b):
 
 
 def _cast(types, attrs):
-    return types[0].with_dtype(check_dtype(attrs["dtype"]))
+    if attrs["dtype"] not in DTYPES:  # an AttributeError_, so the message names the node
+        raise AttributeError_(f"unknown dtype {attrs['dtype']!r}; kiln knows {', '.join(DTYPES)}")
+    return types[0].with_dtype(attrs["dtype"])
 
 
-@register("cast", infer=_cast, attrs={"dtype": "float32"})
+@register("cast", infer=_cast, attrs={"dtype": "float32"}, flops=lambda i, o, a: 0)
 def cast(x, dtype):
     """Float to int truncates toward zero; to bool is ``x != 0``."""
     return x.astype(to_numpy_dtype(dtype))

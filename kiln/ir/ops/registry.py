@@ -116,13 +116,19 @@ def infer_node(op: str, inputs: Sequence, attrs: Mapping[str, Any], origin: str 
 
 
 def fail(msg: str) -> None:
+    """Inputs that do not fit (shapes, ranks, dtypes): a ShapeError."""
     raise ShapeError(msg)
 
 
+def bad_attr(msg: str) -> None:
+    """An attribute that is wrong on its own: an AttributeError_."""
+    raise AttributeError_(msg)
+
+
 def normalize_axis(axis: int, rank: int) -> int:
-    if not -rank <= axis < max(rank, 1):
+    if not -rank <= axis < rank:  # a rank-0 tensor has no axis (numpy rejects axis=0 there)
         fail(f"axis {axis} is out of range for rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def normalize_axes(axes, rank: int) -> tuple[int, ...]:
