@@ -418,6 +418,8 @@ def adaptive_avg_pool2d(x: Any, output_size: int | Sequence[int]) -> Tensor:
     if (oh, ow) == (1, 1):
         return global_avg_pool2d(x)
     h, w = x.shape[-2:]
+    if (h, w) == (oh, ow):
+        return x
     if not (isinstance(h, int) and isinstance(w, int) and h % oh == 0 and w % ow == 0):
         raise UnsupportedOpError(
             f"adaptive_avg_pool2d from {h}x{w} to {oh}x{ow}: kiln supports 1x1 or sizes that "
@@ -455,6 +457,8 @@ def dropout(x, p: float = 0.5, training: bool = False, seed: int = 0) -> Tensor:
     """Identity unless ``training``; then a seeded mask (kept values scaled by 1/(1-p))."""
     if not training or p == 0:
         return as_tensor(x)
+    if p == 1:
+        return mul(x, 0.0)
     return emit1("dropout", [x], {"p": p, "training": True, "seed": seed})
 
 

@@ -40,7 +40,7 @@ class Parameter(TensorOps):
     """A trainable array. Inside a trace it stands for its graph parameter."""
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True):
-        self.data = np.ascontiguousarray(data)
+        self.data = np.asarray(data, order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
         self.requires_grad = requires_grad
 
     def _lift(self) -> Tensor:
@@ -187,7 +187,14 @@ class Module:
         for name, value in state.items():
             if name in own:
                 target = own[name]
-                target.data = np.ascontiguousarray(_as_array(value).astype(target.data.dtype))
+                target.data = np.asarray(_as_array(value), target.data.dtype, order="C")
+
+    def apply(self, fn: Any) -> Module:
+        """Call ``fn`` on every submodule (children first) and on this module, as PyTorch."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def train(self, mode: bool = True) -> Module:
         for m in self.modules():
@@ -249,7 +256,9 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def __getitem__(self, i: int) -> Module:
+    def __getitem__(self, i: int | slice) -> Module:
+        if isinstance(i, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
         return list(self._modules.values())[i]
 
     def __len__(self) -> int:
