@@ -187,6 +187,8 @@ def split(x: Any, split_size_or_sections: int | Sequence[int], axis: int = 0) ->
 
 def chunk(x: Any, chunks: int, axis: int = 0) -> list[Tensor]:
     n = as_tensor(x).shape[axis]
+    if not isinstance(n, int):
+        raise TraceError(f"chunk along symbolic dimension {n!r}")
     return split(x, -(-n // chunks), axis)
 
 
