@@ -174,6 +174,29 @@ def cmd_interpret(args) -> int:
     return 0
 
 
+def cmd_fuzz(args) -> int:
+    import time
+
+    from kiln.fuzz import campaign
+
+    def save(graph, message: str) -> None:
+        os.makedirs(args.out, exist_ok=True)
+        digest = hashlib.sha256(str(graph).encode()).hexdigest()[:12]
+        path = os.path.join(args.out, f"failure-{digest}.kiln.txt")
+        with open(path, "w") as f:
+            f.write("// " + message.splitlines()[0] + "\n" + str(graph) + "\n")
+        if graph.weights:
+            np.savez(path.replace(".kiln.txt", ".weights.npz"), **graph.weights)
+        print(f"FAILED: {message.splitlines()[0]}\nminimal graph (also in {path}):\n{graph}")
+
+    t0 = time.perf_counter()
+    failures = campaign(args.examples, args.seed, save)
+    status = "found a mismatch" if failures else "no mismatch"
+    print(f"fuzzed {args.examples} graphs (seed {args.seed}) in "
+          f"{time.perf_counter() - t0:.1f} s: {status}")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln", description="kiln: a neural-network compiler")
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = model_command("interpret", "run a model with the numpy interpreter", cmd_interpret)
     sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     sp.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy")
+    sp = sub.add_parser("fuzz", help="check the passes on random graphs (needs hypothesis)")
+    sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="fuzz-failures", help="where failing graphs are written")
+    sp.set_defaults(fn=cmd_fuzz, command="fuzz")
     return p
 
 

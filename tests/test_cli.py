@@ -95,3 +95,9 @@ def test_console_script_entry_point(model_file):
                            "-i", "x=1x3", "--summary-only"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "matmul" in proc.stdout
+
+
+def test_fuzz_command_reports_no_mismatch(capsys, tmp_path):
+    assert main(["fuzz", "--examples", "15", "--seed", "2", "--out", str(tmp_path)]) == 0
+    assert "fuzzed 15 graphs (seed 2)" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())

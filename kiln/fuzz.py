@@ -1,0 +1,274 @@
+"""Graph fuzzing: random well-typed graphs built from the patterns the passes look for, and the
+properties every pass must keep. Used by tests/fuzz and by ``kiln fuzz``.
+
+The graphs are drawn with hypothesis (a test-time dependency, imported lazily): blocks of
+dense + bias + activation, attention scores with scale and padding/causal masks, conv + batch
+norm + relu (+ residual), layer norm, reductions, foldable constant math, neutral elements,
+transpose/reshape chains and duplicated nodes, chained on each other's outputs. A failing case
+shrinks to a small graph, reported in the text IR.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from kiln.errors import KilnError
+from kiln.ir import Graph, GraphBuilder, TensorType, Value, interpret, verify
+
+ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "silu", None)
+UNARY = ("relu", "exp", "tanh", "sigmoid", "neg", "abs", "sqrt", "silu", "gelu")
+BINARY = ("add", "sub", "mul", "maximum", "minimum")
+
+
+def _strategies():
+    try:
+        from hypothesis import strategies as st
+    except ImportError:  # pragma: no cover - hypothesis is in the test extra
+        raise KilnError("fuzzing needs hypothesis: pip install 'kiln[test]'") from None
+    return st
+
+
+class _Draw:
+    """Builds one random graph block by block from hypothesis draws."""
+
+    def __init__(self, draw, rng: np.random.Generator):
+        self.draw, self.rng = draw, rng
+        self.b = GraphBuilder("fuzz")
+        self.pool: list[Value] = []  # float32 values blocks may build on
+        self.counter = 0
+
+    def st(self):
+        return _strategies()
+
+    def weight(self, shape, scale: float = 0.5, positive: bool = False) -> Value:
+        self.counter += 1
+        a = self.rng.standard_normal(shape).astype(np.float32) * scale
+        return self.b.param(f"w{self.counter}", np.abs(a) + 0.5 if positive else a)
+
+    def scalar(self, value: float) -> Value:
+        return self.op("full", [], shape=(), value=float(value))
+
+    def op(self, op: str, inputs, **attrs) -> Value:
+        return self.b.op(op, list(inputs), attrs)[0]
+
+    def value(self, rank: int | None = None) -> Value:
+        """An existing float32 value of ``rank`` (or a new input)."""
+        st = self.st()
+        fits = [v for v in self.pool if rank is None or v.type.rank == rank]
+        if fits and self.draw(st.booleans()):
+            return self.draw(st.sampled_from(fits))
+        shape = tuple(self.draw(st.integers(1, 5)) for _ in range(rank or self.draw(
+            st.integers(1, 3))))
+        v = self.b.input(f"in{len(self.b._inputs)}", TensorType(shape))
+        return v
+
+    # -- blocks ---------------------------------------------------------------------------------
+    def dense(self) -> Value:
+        x = self.value(2)
+        n = self.draw(self.st().integers(1, 6))
+        y = self.op("matmul", [x, self.weight((x.shape[1], n))])
+        if self.draw(self.st().booleans()):
+            y = self.op("add", [y, self.weight((n,))])
+        act = self.draw(self.st().sampled_from(ACTIVATIONS))
+        return self.op(act, [y]) if act else y
+
+    def attention(self) -> Value:
+        st = self.st()
+        q = self.value(3)
+        b, l, d = q.shape
+        s = self.draw(st.integers(1, 4))
+        k = self.b.input(f"in{len(self.b._inputs)}", TensorType((b, s, d)))
+        kt = self.op("transpose", [k], perm=(0, 2, 1))
+        scores = self.op("matmul", [q, kt])
+        spelling = self.draw(st.sampled_from(("none", "mul", "div")))
+        if spelling == "mul":
+            scores = self.op("mul", [scores, self.scalar(1 / math.sqrt(d))])
+        elif spelling == "div":
+            scores = self.op("div", [scores, self.scalar(math.sqrt(d))])
+        mask = self.draw(st.sampled_from(("none", "additive", "padding", "causal")))
+        if mask == "additive":
+            scores = self.op("add", [scores, self.weight((1, l, s))])
+        elif mask == "padding":
+            keep = self.b.input(f"in{len(self.b._inputs)}", TensorType((b, 1, s), "bool"))
+            scores = self.op("where", [keep, scores, self.scalar(-1e9)])
+        elif mask == "causal":
+            ones = self.op("full", [], shape=(l, s), value=1.0)
+            tri = self.op("tril", [ones])
+            cond = self.op("greater", [tri, self.scalar(0.5)])
+            scores = self.op("where", [cond, scores, self.scalar(-1e9)])
+        return self.op("softmax", [scores], axis=-1)
+
+    def conv(self) -> Value:
+        st = self.st()
+        x = self.value(4)
+        n, c, h, w = x.shape
+        o = self.draw(st.integers(1, 4))
+        k = self.draw(st.sampled_from((1, 3)))
+        pad = k // 2
+        y = self.op("conv2d", [x, self.weight((o, c, k, k))] +
+                    ([self.weight((o,))] if self.draw(st.booleans()) else []),
+                    pads=(pad,) * 4)
+        if self.draw(st.booleans()):
+            y = self.op("batch_norm", [y, self.weight((o,), positive=True), self.weight((o,)),
+                                       self.weight((o,)), self.weight((o,), positive=True)])
+        if o == c and self.draw(st.booleans()):
+            y = self.op("add", [y, x])
+        return self.op("relu", [y]) if self.draw(st.booleans()) else y
+
+    def norm(self) -> Value:
+        x = self.value()
+        d = x.shape[-1]
+        if self.draw(self.st().booleans()):
+            x = self.op("add", [x, self.value_like(x)])
+        return self.op("layer_norm", [x, self.weight((d,), positive=True), self.weight((d,))])
+
+    def value_like(self, v: Value) -> Value:
+        fits = [u for u in self.pool if u.type == v.type]
+        if fits and self.draw(self.st().booleans()):
+            return self.draw(self.st().sampled_from(fits))
+        return self.b.input(f"in{len(self.b._inputs)}", v.type)
+
+    def reduce(self) -> Value:
+        x = self.value()
+        op = self.draw(self.st().sampled_from(("sum", "mean", "max", "logsumexp")))
+        r = self.op(op, [x], axes=(-1,), keepdims=True)
+        return self.op("sub", [x, r])
+
+    def constants(self) -> Value:
+        """Weight math that folds: transpose(W) * 2, then used by a matmul."""
+        x = self.value(2)
+        n = self.draw(self.st().integers(1, 4))
+        wt = self.op("transpose", [self.weight((n, x.shape[1]))])
+        wt = self.op("mul", [wt, self.scalar(self.draw(self.st().sampled_from((2.0, 0.5))))])
+        return self.op("matmul", [x, wt])
+
+    def neutral(self) -> Value:
+        x = self.value()
+        kind = self.draw(self.st().sampled_from(("add0", "mul1", "div", "pow1", "negneg")))
+        if kind == "add0":
+            return self.op("add", [x, self.b.param(f"zero{self.counter}_{len(self.pool)}",
+                                                   np.zeros(x.shape[-1:], np.float32))])
+        if kind == "mul1":
+            return self.op("mul", [self.scalar(1.0), x])
+        if kind == "div":
+            return self.op("div", [x, self.scalar(self.draw(self.st().sampled_from((4.0, 3.0))))])
+        if kind == "pow1":
+            return self.op("pow", [x, self.scalar(1.0)])
+        return self.op("neg", [self.op("neg", [x])])
+
+    def reshape_chain(self) -> Value:
+        x = self.value()
+        if x.type.rank >= 2 and self.draw(self.st().booleans()):
+            perm = tuple(self.draw(self.st().permutations(range(x.type.rank))))
+            y = self.op("transpose", [x], perm=perm)
+            perm2 = tuple(self.draw(self.st().permutations(range(x.type.rank))))
+            return self.op("transpose", [y], perm=perm2)
+        flat = self.op("reshape", [x], shape=(-1,))
+        return self.op("reshape", [flat], shape=x.shape)
+
+    def elementwise(self) -> Value:
+        st = self.st()
+        x = self.value()
+        if self.draw(st.booleans()):
+            op = self.draw(st.sampled_from(UNARY))
+            return self.op(op, [self.op("abs", [x]) if op == "sqrt" else x])
+        return self.op(self.draw(st.sampled_from(BINARY)), [x, self.value_like(x)])
+
+    def duplicate(self) -> Value:
+        x = self.value()
+        return self.op("add", [self.op("tanh", [x]), self.op("tanh", [x])])
+
+
+BLOCKS = ("dense", "attention", "conv", "norm", "reduce", "constants", "neutral",
+          "reshape_chain", "elementwise", "duplicate")
+
+
+def graphs(max_blocks: int = 5):
+    """A hypothesis strategy of random well-typed graphs with fusion-shaped patterns."""
+    st = _strategies()
+
+    @st.composite
+    def build(draw) -> Graph:
+        d = _Draw(draw, np.random.default_rng(draw(st.integers(0, 2**32 - 1))))
+        for name in draw(st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=max_blocks)):
+            d.pool.append(getattr(d, name)())
+        outs = [d.pool[-1]] + draw(st.lists(st.sampled_from(d.pool), max_size=2))
+        d.b.output(*dict.fromkeys(outs))
+        return verify(d.b.build())
+
+    return build()
+
+
+def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for v in graph.inputs:
+        if v.dtype == "bool":
+            out[v.name] = rng.random(v.type.shape) < 0.7
+        else:
+            out[v.name] = rng.standard_normal(v.type.shape).astype(v.dtype)
+    return out
+
+
+def assert_same_results(before: Graph, after: Graph, what: str, rtol: float = 1e-4,
+                        atol: float = 1e-5, inputs: dict | None = None) -> None:
+    """Interpret both graphs on the same inputs; raise AssertionError with the IR if they
+    differ (rounding aside: folding and re-association change float32 results slightly)."""
+    inputs = inputs if inputs is not None else random_inputs(before)
+    want = interpret(before, inputs)
+    got = interpret(after, inputs)
+    for i, (a, b) in enumerate(zip(want, got)):
+        if a.shape != b.shape or a.dtype != b.dtype or not np.allclose(
+                a, b, rtol=rtol, atol=atol, equal_nan=True):
+            raise AssertionError(f"{what} changed output {i} ({before.outputs[i].name})\n"
+                                 f"before:\n{before}\nafter:\n{after}")
+
+
+def check_passes(graph: Graph) -> None:
+    """The fuzz property: every pass and every pipeline keeps the graph's meaning, the result
+    verifies, and the text form round-trips."""
+    from kiln.ir import parse
+    from kiln.passes.manager import PASSES, optimize, pipeline
+
+    inputs = random_inputs(graph)
+    for name in sorted(PASSES):
+        assert_same_results(graph, verify(PASSES[name](graph)), f"pass {name}", inputs=inputs)
+    for level in ("O1", "O2"):
+        optimized = optimize(graph, pipeline(level), verify=True)
+        assert_same_results(graph, optimized, f"pipeline {level}", inputs=inputs)
+        again = parse(str(optimized), optimized.weights)
+        if str(again) != str(optimized):
+            raise AssertionError(f"text form of the {level} graph does not round-trip:\n"
+                                 f"{optimized}")
+
+
+def campaign(examples: int, seed: int, on_failure: Callable[[Graph, str], None],
+             prop: Callable[[Graph], None] = check_passes) -> int:
+    """Run ``prop`` on ``examples`` random graphs; report the shrunk failure through
+    ``on_failure(graph, message)``. Returns the number of failures (0 or 1)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hseed
+
+    last: list = []
+
+    @hseed(seed)
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck))
+    @given(graphs())
+    def run(graph: Graph) -> None:
+        try:
+            prop(graph)
+        except Exception as e:
+            last[:] = [graph, f"{type(e).__name__}: {e}"]
+            raise
+
+    try:
+        run()
+    except Exception:
+        if last:
+            on_failure(*last)
+        return 1
+    return 0
