@@ -1,0 +1,313 @@
+"""The executor: a loaded artifact's buffers, bound once, and its kernel calls.
+
+At load, every buffer is allocated 64-byte aligned and wrapped as a tvm_ffi tensor once:
+constants (copied in once), the arena of intermediates (per the memory plan), and one buffer
+per small graph input and output. A run then costs little more than the kernel calls:
+
+- Inputs are validated (names, dtypes, shapes, C-contiguity), then copied into their buffers.
+  An input of at least ``ZERO_COPY_BYTES`` that is already 64-byte aligned and writeable is
+  passed zero-copy instead (kernels never write inputs); an unaligned one is copied into a
+  buffer made on first need and kept.
+- Small outputs are computed into their buffers and returned as copies; outputs of at least
+  ``ZERO_COPY_BYTES`` are computed straight into fresh aligned arrays. Either way the caller
+  owns every returned array: no later run writes it.
+
+A Model serializes its runs with a lock (the buffers are shared); use one Model per thread for
+parallel runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm_ffi
+
+from kiln.errors import ArtifactError, InputError
+from kiln.runtime.format import ALIGNMENT, split_args, value_nbytes
+
+#: inputs and outputs at least this big bypass the per-model buffers (see module docstring)
+ZERO_COPY_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, static shape and dtype of a graph input or output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class KernelProfile:
+    """Timing of one kernel call: median seconds over the repeats, and its FLOP rate."""
+
+    func: str
+    sources: tuple[str, ...]
+    seconds: float
+    flops: int
+    gflops: float | None
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data is 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    offset = -raw.ctypes.data % ALIGNMENT
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+class Model:
+    """A loaded artifact, ready to run. Made by ``kiln.runtime.load``."""
+
+    def __init__(self, manifest: dict[str, Any], library: Any,
+                 constants: dict[str, np.ndarray], notes: list[str] | None = None) -> None:
+        self._manifest = manifest
+        self.notes: list[str] = list(notes or [])
+        values = manifest["values"]
+        self._inputs = tuple(_info(s) for s in manifest["inputs"])
+        self._outputs = tuple(_info(s) for s in manifest["outputs"])
+        self._dtypes = {s.name: np.dtype(s.dtype) for s in self._inputs}
+        self._lock = threading.Lock()
+        self._consts = {n: _aligned_copy(a) for n, a in constants.items()}
+        self._arena, views = _arena(manifest["memory"], values)
+        written = {o for k in manifest["kernels"] for o in split_args(k)[1]}
+        # Each value is bound to a static tensor, or to a per-run slot (a big input passed
+        # zero-copy, or a big output made fresh per run), numbered by its index in `_slots`.
+        self._slots: list[tuple[TensorInfo, bool]] = []  # (value, is an input)
+        self._buffers: dict[str, np.ndarray] = {}  # small inputs and outputs
+        self._staged: dict[str, np.ndarray] = {}  # buffers for big unaligned inputs
+        tensors: dict[str, Any] = {n: tvm_ffi.from_dlpack(a) for n, a in self._consts.items()}
+        tensors.update({n: tvm_ffi.from_dlpack(a) for n, a in views.items()})
+        slot_of: dict[str, int] = {}
+        input_names = {s.name for s in self._inputs}
+        for sig in self._inputs + tuple(s for s in self._outputs if s.name in written):
+            if sig.name in tensors or sig.name in slot_of:
+                continue
+            if value_nbytes(values[sig.name]) >= ZERO_COPY_BYTES:
+                slot_of[sig.name] = len(self._slots)
+                self._slots.append((sig, sig.name in input_names))
+            else:
+                self._buffers[sig.name] = aligned_empty(sig.shape, sig.dtype)
+                tensors[sig.name] = tvm_ffi.from_dlpack(self._buffers[sig.name])
+        self._small_inputs = [(s.name, self._buffers[s.name]) for s in self._inputs
+                              if s.name in self._buffers]
+        self._collectors = [_collector(s.name, i, self._outputs, slot_of, self._buffers,
+                                       input_names, self._consts)
+                            for i, s in enumerate(self._outputs)]
+        self._calls = []
+        for k in manifest["kernels"]:
+            try:
+                func = library[k["func"]]
+            except Exception:
+                raise ArtifactError(f"kernels.so has no function {k['func']!r}, which the "
+                                    "manifest calls; the artifact is inconsistent: rebuild "
+                                    "it with `kiln compile`") from None
+            args = [tensors.get(a) for a in k["args"]]
+            dynamic = tuple((i, slot_of[a]) for i, a in enumerate(k["args"]) if a in slot_of)
+            self._calls.append((func, args, dynamic))
+        self._library = library  # keeps the functions' module alive
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        """The graph inputs that ``run`` takes, in order."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        """The graph outputs that ``run`` returns, in order."""
+        return self._outputs
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The artifact's manifest (read-only by convention)."""
+        return self._manifest
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the model on ``{input name: array}``; return the outputs in order.
+
+        Arrays must have exactly the dtype and shape of ``self.inputs`` and be C-contiguous;
+        anything else raises InputError. The returned arrays are new on every call.
+        """
+        self._check(inputs)
+        with self._lock:
+            dyn = self._bind(inputs)
+            self._call(dyn)
+            return self._collect(inputs, dyn)
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of memory: the planned arena vs one buffer per intermediate, and the rest."""
+        memory = self._manifest["memory"]
+        return {
+            "peak_bytes": memory["peak_bytes"],
+            "naive_bytes": memory["naive_bytes"],
+            "arena_bytes": self._arena.nbytes,
+            "intermediates": len(memory["assign"]),
+            "buffers": len(memory["buffers"]),
+            "constant_bytes": sum(a.nbytes for a in self._consts.values()),
+            "io_buffer_bytes": sum(a.nbytes for a in self._buffers.values()),
+        }
+
+    def benchmark(self, inputs: dict[str, np.ndarray], repeat: int = 100) -> float:
+        """Median seconds of ``run(inputs)`` over ``repeat`` runs, after one warm-up run."""
+        self.run(inputs)
+        times = []
+        for _ in range(max(1, repeat)):
+            start = time.perf_counter()
+            self.run(inputs)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def profile(self, inputs: dict[str, np.ndarray], repeat: int = 20) -> list[KernelProfile]:
+        """Time each kernel: one warm-up call, then the median of ``repeat`` calls.
+
+        Kernels are timed in order, each once all before it have run, so every one sees the
+        data a real run gives it (timings of some kernels depend on the data).
+        """
+        self._check(inputs)
+        records = []
+        with self._lock:
+            dyn = self._bind(inputs)
+            for (func, args, dynamic), k in zip(self._calls, self._manifest["kernels"]):
+                args = _with_slots(args, dynamic, dyn)
+                func(*args)
+                times = []
+                for _ in range(max(1, repeat)):
+                    start = time.perf_counter()
+                    func(*args)
+                    times.append(time.perf_counter() - start)
+                seconds = statistics.median(times)
+                flops = int(k.get("flops", 0))
+                rate = flops / seconds / 1e9 if flops and seconds > 0 else None
+                records.append(KernelProfile(k["func"], tuple(k.get("sources", ())),
+                                             seconds, flops, rate))
+        return records
+
+    # -- the per-run path: keep it lean ------------------------------------------------------
+
+    def _check(self, inputs: dict[str, np.ndarray]) -> None:
+        if not isinstance(inputs, dict):
+            raise InputError(f"run() takes a dict {{input name: array}}, got "
+                             f"{type(inputs).__name__}")
+        for sig in self._inputs:
+            array = inputs.get(sig.name)
+            if not isinstance(array, np.ndarray) or array.dtype != self._dtypes[sig.name] \
+                    or array.shape != sig.shape or not array.flags.c_contiguous:
+                self._explain(inputs, sig)
+        if len(inputs) != len(self._inputs):
+            unexpected = sorted(set(inputs) - {s.name for s in self._inputs}, key=str)
+            raise InputError(f"unexpected input(s) {unexpected}; the model takes "
+                             f"{[s.name for s in self._inputs]}")
+
+    def _explain(self, inputs: dict[str, np.ndarray], sig: TensorInfo) -> None:
+        want = f"{sig.dtype}{list(sig.shape)}"
+        if sig.name not in inputs:
+            raise InputError(f"missing input {sig.name!r} ({want}); the model takes "
+                             f"{[s.name for s in self._inputs]}, got {sorted(inputs, key=str)}")
+        array = inputs[sig.name]
+        if not isinstance(array, np.ndarray):
+            raise InputError(f"input {sig.name!r} must be a numpy array ({want}), got "
+                             f"{type(array).__name__}")
+        if array.dtype != self._dtypes[sig.name]:
+            raise InputError(f"input {sig.name!r} has dtype {array.dtype}, expected "
+                             f"{sig.dtype} (convert it with .astype(np.{sig.dtype}))")
+        if array.shape != sig.shape:
+            raise InputError(f"input {sig.name!r} has shape {list(array.shape)}, expected "
+                             f"{list(sig.shape)} (shapes are fixed at compile time)")
+        raise InputError(f"input {sig.name!r} is not C-contiguous (strides "
+                         f"{array.strides}); pass np.ascontiguousarray(x)")
+
+    def _bind(self, inputs: dict[str, np.ndarray]) -> list[tuple[np.ndarray, Any]]:
+        """Copy small inputs in; return (array, tensor) for each slot of this run."""
+        for name, buffer in self._small_inputs:
+            buffer[...] = inputs[name]
+        dyn = []
+        for sig, is_input in self._slots:
+            if not is_input:
+                array = aligned_empty(sig.shape, sig.dtype)
+            else:
+                array = inputs[sig.name]
+                if array.ctypes.data % ALIGNMENT or not array.flags.writeable:
+                    staged = self._staged.get(sig.name)
+                    if staged is None:
+                        staged = self._staged[sig.name] = aligned_empty(sig.shape, sig.dtype)
+                    staged[...] = array
+                    array = staged
+            dyn.append((array, tvm_ffi.from_dlpack(array)))
+        return dyn
+
+    def _call(self, dyn: list[tuple[np.ndarray, Any]]) -> None:
+        for i, (func, args, dynamic) in enumerate(self._calls):
+            try:
+                func(*(_with_slots(args, dynamic, dyn) if dynamic else args))
+            except Exception as e:
+                k = self._manifest["kernels"][i]
+                raise ArtifactError(f"kernel #{i} {k['func']} failed: {e}") from e
+
+    def _collect(self, inputs: dict[str, np.ndarray], dyn: list) -> list[np.ndarray]:
+        results: list[np.ndarray] = []
+        for kind, key in self._collectors:
+            if kind == "buffer":
+                results.append(key.copy())
+            elif kind == "slot":
+                results.append(dyn[key][0])  # made fresh in this run
+            elif kind == "copy":  # a repeated output
+                results.append(results[key].copy())
+            else:  # "input" or "const"
+                results.append((inputs[key] if kind == "input" else key).copy())
+        return results
+
+
+def _collector(name: str, index: int, outputs: tuple[TensorInfo, ...], slots: dict[str, int],
+               buffers: dict[str, np.ndarray], inputs: set[str],
+               consts: dict[str, np.ndarray]) -> tuple[str, Any]:
+    """How ``run`` makes output ``index`` (named ``name``): a (kind, key) pair."""
+    first = next(i for i, s in enumerate(outputs) if s.name == name)
+    if first < index:
+        return "copy", first
+    if name in inputs:
+        return "input", name
+    if name in consts:
+        return "const", consts[name]
+    if name in slots:
+        return "slot", slots[name]
+    return "buffer", buffers[name]
+
+
+def _with_slots(args: list[Any], dynamic: tuple, dyn: list[Any]) -> list[Any]:
+    args = list(args)
+    for position, slot in dynamic:
+        args[position] = dyn[slot][1]
+    return args
+
+
+def _info(sig: dict[str, Any]) -> TensorInfo:
+    return TensorInfo(sig["name"], tuple(sig["shape"]), sig["dtype"])
+
+
+def _aligned_copy(array: np.ndarray) -> np.ndarray:
+    out = aligned_empty(array.shape, array.dtype)
+    out[...] = array
+    return out
+
+
+def _arena(memory: dict[str, Any], values: dict[str, Any]) -> tuple[np.ndarray, dict]:
+    """One aligned arena for all planned buffers, and a view of it per intermediate."""
+    offsets, total = [], 0
+    for buffer in memory["buffers"]:
+        offsets.append(total)
+        total += -(-buffer["nbytes"] // ALIGNMENT) * ALIGNMENT
+    arena = aligned_empty((total,), np.uint8)
+    views = {}
+    for name, buf in memory["assign"].items():
+        info = values[name]
+        nbytes = value_nbytes(info)
+        start = offsets[buf]
+        views[name] = arena[start:start + nbytes].view(info["dtype"]).reshape(info["shape"])
+    return arena, views
