@@ -21,6 +21,8 @@ _LAZY = {
     "Tensor": ("kiln.frontend.dsl", "Tensor"),
     "trace": ("kiln.frontend.dsl", "trace"),
     "ops": ("kiln.frontend.ops", None),
+    "grad": ("kiln.passes.autodiff", "grad"),
+    "optimize": ("kiln.passes.manager", "optimize"),
     "nn": ("kiln.frontend.nn", None),
 }
 

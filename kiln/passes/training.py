@@ -1,0 +1,196 @@
+"""Training: ``make_train_step`` builds ONE graph doing forward, loss, backward and optimizer
+update; ``Trainer`` runs it step after step, carrying parameters and optimizer state.
+
+The step graph's signature is the contract a runtime needs::
+
+    inputs:  *data inputs, target, *trainable parameters, *optimizer state
+    outputs: loss, *new parameters, *new optimizer state
+
+``outputs[1:]`` are the next values of the last ``len(outputs) - 1`` inputs, in the same order,
+so a runner feeds them back as the next step's inputs. Optimizer state starts at zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from kiln.errors import KilnError
+from kiln.ir.graph import Graph, GraphBuilder
+from kiln.ir.interpreter import interpret
+from kiln.ir.types import TensorType, is_float, to_numpy_dtype
+from kiln.passes.autodiff import Emitter, clone, grad
+from kiln.passes.losses import LossFn, default_target_type, get_loss
+from kiln.passes.optim import Optimizer
+
+Runner = Callable[[Mapping[str, np.ndarray]], list]
+Backend = Callable[[Graph], Runner]
+
+# backend name -> (graph -> runner); the compiled runtime registers itself here
+BACKENDS: dict[str, Backend] = {
+    "interpret": lambda graph: lambda feeds: interpret(graph, feeds),
+}
+
+
+def forward_graph(model: Any, inputs: Mapping[str, Any] | None) -> tuple[Graph, list[str]]:
+    """The forward graph of a Graph or a traceable model, and its trainable parameter names
+    (a Module's parameters, not its buffers; every float parameter of a Graph)."""
+    from kiln.frontend.nn.module import Module
+
+    if isinstance(model, Graph):
+        return model, [v.name for v in model.params if is_float(v.dtype)]
+    if not inputs:
+        raise KilnError("make_train_step: pass inputs={name: kiln.TensorSpec(...)} to trace "
+                        f"the {type(model).__name__}")
+    from kiln.frontend.dsl import trace
+
+    graph = trace(model, **inputs)
+    if isinstance(model, Module):
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+    else:
+        names = [v.name for v in graph.params if is_float(v.dtype)]
+    return graph, names
+
+
+def _as_type(spec: Any) -> TensorType:
+    return spec.type() if callable(getattr(spec, "type", None)) else spec
+
+
+def make_train_step(model: Any, loss: str | LossFn, optimizer: Optimizer,
+                    inputs: Mapping[str, Any] | None = None, target: Any = None,
+                    params: Sequence[str] | None = None, output: int = 0,
+                    name: str | None = None) -> Graph:
+    """One training step as one graph (see the module docstring for its signature).
+
+    ``model``: a Graph or a kiln.nn.Module / function traced on ``inputs`` (name ->
+    TensorSpec). ``loss``: a name from ``kiln.passes.losses.LOSSES`` or a function ``(em,
+    prediction, target) -> scalar``, applied to ``model``'s output number ``output``.
+    ``target``: the target's TensorSpec/TensorType (default: class indices for
+    cross-entropy, else the prediction's type). ``params``: the names to train (default:
+    the module's parameters, or every float parameter of a graph).
+    """
+    forward, trainable = forward_graph(model, inputs)
+    if params is not None:
+        known = {v.name for v in forward.params}
+        unknown = [p for p in params if p not in known]
+        if unknown:
+            raise KilnError(f"make_train_step: {unknown} are not parameters of "
+                            f"{forward.name!r} ({sorted(known)})")
+        trainable = list(params)
+    if not -len(forward.outputs) <= output < len(forward.outputs):
+        raise KilnError(f"make_train_step: output={output} but {forward.name!r} has "
+                        f"{len(forward.outputs)} outputs")
+    loss_fn = get_loss(loss)
+
+    # forward + loss, trainable parameters as inputs; then the backward pass
+    em = Emitter(GraphBuilder(f"{forward.name}_loss"))
+    env = clone(forward, em, as_inputs=trainable)
+    pred = env[forward.outputs[output]]
+    target_type = default_target_type(loss_fn, pred.type) if target is None else _as_type(target)
+    y = em.var(em.builder.input(em.builder.free_name("target"), target_type))
+    em.origin = "loss"
+    value = loss_fn(em, pred, y)
+    if value.shape != ():
+        raise KilnError(f"make_train_step: the loss must be a scalar, got {value.type} (use "
+                        "reduction 'mean' or 'sum')")
+    em.builder.output(em.emit("identity", [value], names=["loss"])[0].value)
+    backward = grad(em.builder.build(), trainable)
+
+    # + the optimizer's update, with its state as inputs
+    em = Emitter(GraphBuilder(name or f"{forward.name}_train_step"))
+    target_name = y.value.name
+    order = [v.name for v in forward.inputs] + [target_name] + list(trainable)
+    env = clone(backward, em, order=order)
+    values = {v.name: env[v] for v in backward.inputs}
+    grads = {n: env[v] for n, v in zip(trainable, backward.outputs[1:])}
+    types = {n: values[n].type for n in trainable}
+    state = {key: em.var(em.builder.input(em.builder.free_name(key), t))
+             for key, t in optimizer.state_types(types).items()}
+    em.origin = type(optimizer).__name__
+    new_params, new_state = optimizer.update(em, {n: values[n] for n in trainable}, grads, state)
+    outs = [env[backward.outputs[0]]]
+    outs += [em.emit("identity", [new_params[n]], names=[f"{n}.next"])[0] for n in trainable]
+    outs += [em.emit("identity", [new_state[k]], names=[f"{state[k].value.name}.next"])[0]
+             for k in state]
+    em.builder.output(*(v.value for v in outs))
+    return em.builder.build()
+
+
+class Trainer:
+    """Trains ``model`` by running its step graph (``make_train_step``) on batches.
+
+    ``backend`` runs a graph: a name in ``BACKENDS`` ("interpret" for now) or a function
+    ``graph -> runner`` where ``runner(feeds: {input name: array}) -> [output arrays]``. The
+    trainer keeps the parameters and optimizer state (``self.state``) between steps.
+    """
+
+    def __init__(self, model: Any, loss: str | LossFn, optimizer: Optimizer,
+                 inputs: Mapping[str, Any] | None = None, target: Any = None,
+                 params: Sequence[str] | None = None, output: int = 0,
+                 backend: str | Backend = "interpret"):
+        self.forward, trainable = forward_graph(model, inputs)
+        self.param_names = list(trainable if params is None else params)
+        self.graph = make_train_step(self.forward, loss, optimizer, target=target,
+                                     params=self.param_names, output=output)
+        carried = self.graph.inputs[len(self.graph.inputs) - (len(self.graph.outputs) - 1):]
+        self.target_name = self.graph.inputs[len(self.forward.inputs)].name
+        missing = [n for n in self.param_names if n not in self.forward.weights]
+        if missing:
+            raise KilnError(f"Trainer: parameters {missing} of {self.forward.name!r} have no "
+                            "initial value in its weights")
+        # parameters come first among the carried inputs (same names); the state starts at 0
+        self.state = {n: np.array(self.forward.weights[n]) for n in self.param_names}
+        for v in carried[len(self.param_names):]:
+            self.state[v.name] = np.zeros(v.type.shape, to_numpy_dtype(v.type.dtype))
+        self._carried = [v.name for v in carried]
+        if isinstance(backend, str):
+            if backend not in BACKENDS:
+                raise KilnError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
+            backend = BACKENDS[backend]
+        self._run = backend(self.graph)
+        self.steps = 0
+
+    def step(self, target: np.ndarray, /, **data: np.ndarray) -> float:
+        """One optimizer step on one batch; returns the loss (before the update)."""
+        feeds = {**data, self.target_name: np.asarray(target), **self.state}
+        loss, *carried = self._run(feeds)
+        self.state.update(zip(self._carried, carried))
+        self.steps += 1
+        return float(loss)
+
+    def fit(self, data: Mapping[str, np.ndarray], target: np.ndarray, batch_size: int,
+            epochs: int = 1, seed: int = 0) -> list[float]:
+        """Shuffled mini-batches of ``batch_size`` samples (the last, incomplete batch of an
+        epoch is dropped: the step graph has a fixed batch size); returns each epoch's mean
+        loss."""
+        n = len(target)
+        if n < batch_size:
+            raise KilnError(f"fit: {n} samples are fewer than one batch of {batch_size}")
+        rng = np.random.default_rng(seed)
+        history = []
+        for _ in range(epochs):
+            order = rng.permutation(n)
+            losses = [self.step(target[idx], **{k: v[idx] for k, v in data.items()})
+                      for idx in _batches(order, batch_size)]
+            history.append(float(np.mean(losses)))
+        return history
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The current values of the trained parameters."""
+        return {n: self.state[n] for n in self.param_names}
+
+    def trained_graph(self) -> Graph:
+        """The forward graph with the trained parameter values as its weights."""
+        f = self.forward
+        return Graph(f.name, f.inputs, f.params, f.nodes, f.outputs, {**f.weights, **self.params})
+
+    def predict(self, **data: np.ndarray) -> list[np.ndarray]:
+        """The forward graph's outputs with the current parameters (interpreted)."""
+        return interpret(self.forward, data, params=self.params)
+
+
+def _batches(order: np.ndarray, size: int) -> Iterable[np.ndarray]:
+    for start in range(0, len(order) - size + 1, size):
+        yield order[start:start + size]
