@@ -20,6 +20,7 @@ from typing import Any
 from kiln.ir.graph import Graph, Value
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.]+\Z")
+_PLAIN_GRAPH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # the parser's identifier token
 
 
 def format_name(name: str) -> str:
@@ -51,11 +52,21 @@ def _typed(v: Value) -> str:
     return f"{format_name(v.name)}: {v.type}"
 
 
+def _is_default(default: Any, value: Any) -> bool:
+    """Equal to the default, and not -0.0 for 0.0 (they compare equal but differ: 1/x, pad)."""
+    if default != value:
+        return False
+    if isinstance(value, float) and value == 0:
+        return math.copysign(1, value) == math.copysign(1, default)
+    return True
+
+
 def format_node(node, indent: str = "  ") -> str:
-    from kiln.ir.ops import OPS
+    from kiln.ir.ops import OPS, REQUIRED
 
     defaults = OPS[node.op].attrs if node.op in OPS else {}
-    shown = {k: v for k, v in node.attrs.items() if k not in defaults or defaults[k] != v}
+    shown = {k: v for k, v in node.attrs.items()
+             if k not in defaults or defaults[k] is REQUIRED or not _is_default(defaults[k], v)}
     outs = ", ".join(_typed(v) for v in node.outputs)
     args = ", ".join(format_name(v.name) for v in node.inputs)
     line = f"{indent}{outs} = {node.op}({args})"
@@ -67,7 +78,7 @@ def format_node(node, indent: str = "  ") -> str:
 
 
 def print_graph(graph: Graph) -> str:
-    name = graph.name if _PLAIN_NAME.match(graph.name) else json.dumps(graph.name)
+    name = graph.name if _PLAIN_GRAPH_NAME.match(graph.name) else json.dumps(graph.name)
     lines = [f"graph {name}(" + ", ".join(_typed(v) for v in graph.inputs) + ") {"]
     lines += [f"  param {_typed(v)}" for v in graph.params]
     lines += [format_node(n) for n in graph.nodes]

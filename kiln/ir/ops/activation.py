@@ -69,7 +69,8 @@ def silu(x):
 def softplus(x, beta, threshold):
     """log(1 + e^(beta x)) / beta, linear above ``threshold`` (as PyTorch)."""
     bx = x * _c(beta, x)
-    soft = np.log1p(np.exp(np.minimum(bx, _c(threshold, x)))) / _c(beta, x)
+    # log(1 + e^bx) as max(bx, 0) + log1p(e^-|bx|): e^bx would overflow float16 above bx = 11
+    soft = (np.maximum(bx, _c(0, x)) + np.log1p(np.exp(-np.abs(bx)))) / _c(beta, x)
     return np.where(bx > threshold, x, soft)
 
 
@@ -79,7 +80,13 @@ def heaviside(x, value_at_zero):
     return np.heaviside(x, _c(value_at_zero, x)).astype(x.dtype)
 
 
-@register("hardtanh", infer=_float, attrs={"min_val": -1.0, "max_val": 1.0},
+def _hardtanh_infer(types, attrs):
+    if attrs["min_val"] > attrs["max_val"]:
+        fail(f"hardtanh min_val {attrs['min_val']} > max_val {attrs['max_val']}")
+    return _float(types, attrs)
+
+
+@register("hardtanh", infer=_hardtanh_infer, attrs={"min_val": -1.0, "max_val": 1.0},
           flops=elementwise_flops(2))
 def hardtanh(x, min_val, max_val):
     return np.clip(x, _c(min_val, x), _c(max_val, x))

@@ -81,7 +81,7 @@ def min_(x, axes, keepdims):
 def logsumexp(x, axes, keepdims):
     """log(sum(exp(x))) computed stably by shifting by the max."""
     ax = _axes(x, axes)
-    m = np.max(x, axis=ax, keepdims=True)
+    m = np.max(x, axis=ax, keepdims=True, initial=-np.inf)  # -inf: an empty sum is 0
     m = np.where(np.isfinite(m), m, np.zeros_like(m))
     out = np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True)) + m
     return out if keepdims else np.squeeze(out, axis=ax)
@@ -120,11 +120,11 @@ def _softmax(types, attrs):
 
 @register("softmax", infer=_softmax, attrs={"axis": -1}, flops=_softmax_flops)
 def softmax(x, axis):
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True, initial=-np.inf))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
 @register("log_softmax", infer=_softmax, attrs={"axis": -1}, flops=_softmax_flops)
 def log_softmax(x, axis):
-    s = x - np.max(x, axis=axis, keepdims=True)
+    s = x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
