@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = model_command("interpret", "run a model with the numpy interpreter", cmd_interpret)
     sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     sp.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy")
+    from kiln import train_cli
+
+    train_cli.add_parser(sub)
     sp = sub.add_parser("fuzz", help="check the passes on random graphs (needs hypothesis)")
     sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")
     sp.add_argument("--seed", type=int, default=0)
