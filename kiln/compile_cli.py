@@ -1,0 +1,137 @@
+"""``kiln compile``, ``kiln run`` and ``kiln bench``: build an artifact, run it, time it.
+
+    kiln compile examples/mlp.py:MLP --input x=1x784 -o mlp.kiln [--opt-level 2]
+    kiln run mlp.kiln --input x=x.npy [--out outputs/]
+    kiln bench mlp.kiln [--repeat 100]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from kiln.errors import CLIError
+
+
+def cmd_compile(args) -> int:
+    from kiln.cli import load_graph
+    from kiln.codegen.api import compile as kiln_compile
+    from kiln.passes.fusion import fuse_with_report
+    from kiln.passes.manager import optimize
+
+    graph, _ = load_graph(args.model, args.input)
+    dump = {a.partition("=")[2] or a for a in args.dump_ir}
+    records: list = []
+    t0 = time.perf_counter()
+    optimized = optimize(graph, args.opt_level, verify=args.verify, disable=args.disable,
+                         dump_after=dump, records=records)
+    if args.report_fusion:
+        print(fuse_with_report(optimize(graph, 1))[1])
+    compiled = kiln_compile(optimized, target=args.target, opt_level=0,
+                            progress=sys.stderr.isatty())
+    path = compiled.save(args.output)
+    seconds = time.perf_counter() - t0
+    kernels = len(compiled.build.kernels)
+    print(f"compiled {graph.name}: {len(graph.nodes)} nodes -> {kernels} kernels "
+          f"(O{args.opt_level}) in {seconds:.1f} s; wrote {path}")
+    if args.verbose:
+        for r in records:
+            print(f"  pass {r.name:<16} {r.seconds * 1e3:8.1f} ms  {r.nodes_before:>5} -> "
+                  f"{r.nodes_after} nodes")
+    return 0
+
+
+def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
+    """Inputs from NAME=FILE.npy, and random ones for the rest."""
+    from kiln.cli import parse_input
+
+    given = {}
+    for text in specs:
+        name, _, array = parse_input(text)
+        if array is None:
+            raise CLIError(f"--input {text!r}: give a .npy file (the artifact fixes the shape)")
+        given[name] = array
+    rng = np.random.default_rng(seed)
+    for info in model.inputs:
+        if info.name not in given:
+            if info.dtype.startswith(("int", "uint")):
+                given[info.name] = rng.integers(0, 10, info.shape).astype(info.dtype)
+            elif info.dtype == "bool":
+                given[info.name] = rng.random(info.shape) < 0.5
+            else:
+                given[info.name] = rng.standard_normal(info.shape).astype(info.dtype)
+    return given
+
+
+def cmd_run(args) -> int:
+    from kiln.cli import checksum
+    from kiln.runtime import load
+
+    model = load(args.artifact)
+    outputs = model.run(_inputs(model, args.input, args.seed))
+    for info, out in zip(model.outputs, outputs):
+        print(f"{info.name}: {out.dtype.name}{list(out.shape)}  sha256={checksum(out)}")
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            np.save(os.path.join(args.out, f"{info.name}.npy"), out)
+    if args.out:
+        print(f"wrote outputs to {args.out}/")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from kiln.runtime import load
+
+    model = load(args.artifact)
+    inputs = _inputs(model, args.input, args.seed)
+    latency = model.benchmark(inputs, repeat=args.repeat)
+    print(f"median latency over {args.repeat} runs: {latency * 1e3:.3f} ms")
+    report = model.memory_report()
+    print(f"memory: {report}")
+    profile = sorted(model.profile(inputs, repeat=max(3, args.repeat // 5)),
+                     key=lambda k: -k.seconds)
+    total = sum(k.seconds for k in profile) or 1.0
+    print(f"\n{'kernel':<36}{'ms':>9}{'%':>6}{'GFLOP/s':>9}  source nodes")
+    for k in profile[:args.top]:
+        gf = f"{k.gflops:.1f}" if k.gflops else "-"
+        sources = "; ".join(k.sources)[:80]
+        print(f"{k.func[:35]:<36}{k.seconds * 1e3:>9.3f}{100 * k.seconds / total:>6.1f}"
+              f"{gf:>9}  {sources}")
+    if len(profile) > args.top:
+        print(f"... {len(profile) - args.top} more kernels")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register compile, run and bench on the ``kiln`` command's subparsers."""
+    sp = sub.add_parser("compile", help="compile a model into a deployable artifact")
+    sp.add_argument("model", help="FILE.py:NAME or model.onnx")
+    sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]")
+    sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
+    sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3))
+    sp.add_argument("--target", default="llvm", help="llvm (this CPU), portable, x86-64-v3...")
+    sp.add_argument("--dump-ir", action="append", default=[], metavar="after=PASS",
+                    help="print the IR after a pass (after=fuse, after=all)")
+    sp.add_argument("--disable", action="append", default=[], metavar="PASS")
+    sp.add_argument("--report-fusion", action="store_true",
+                    help="print what fused and why the other candidates did not")
+    sp.add_argument("--verify", action="store_true", help="verify the IR after every pass")
+    sp.add_argument("--verbose", "-v", action="store_true", help="time each pass")
+    sp.set_defaults(fn=cmd_compile, command="compile")
+
+    for name, fn, text in (("run", cmd_run, "run an artifact"),
+                           ("bench", cmd_bench, "time an artifact, per kernel")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("artifact", help="NAME.kiln directory or .tar archive")
+        sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                        help="inputs not given are random (seeded)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.set_defaults(fn=fn, command=name)
+        if name == "run":
+            sp.add_argument("--out", metavar="DIR", help="write each output to DIR/NAME.npy")
+        else:
+            sp.add_argument("--repeat", type=int, default=50)
+            sp.add_argument("--top", type=int, default=15, help="kernels to list")
