@@ -24,6 +24,8 @@ _LAZY = {
     "grad": ("kiln.passes.autodiff", "grad"),
     "optimize": ("kiln.passes.manager", "optimize"),
     "nn": ("kiln.frontend.nn", None),
+    "from_onnx": ("kiln.frontend.onnx.importer", "from_onnx"),
+    "to_onnx": ("kiln.frontend.onnx.exporter", "to_onnx"),
 }
 
 

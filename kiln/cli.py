@@ -2,9 +2,13 @@
 
     kiln show examples/mlp.py:MLP --input x=1x784:float32      # IR + per-op summary
     kiln interpret examples/lenet.py:LeNet5 --input x=1x1x32x32 # run the numpy interpreter
+    kiln show model.onnx --input batch=1                         # an ONNX model, N fixed
+    kiln export examples/mlp.py:MLP --input x=Nx784 -o mlp.onnx  # write ONNX
 
 A model is named ``FILE.py:NAME``: NAME is a Module class (instantiated with no arguments), a
-factory function returning a Module, or a function whose parameters are the inputs.
+factory function returning a Module, or a function whose parameters are the inputs. Or it is
+an ONNX file (``*.onnx``), whose inputs ``--input`` may reshape (``x=1x3x224x224``) or whose
+symbolic dims it may fix (``batch=1``).
 """
 
 from __future__ import annotations
@@ -119,6 +123,41 @@ def trace_ref(ref: str, inputs: list[str]):
     return graph, {n: a for n, _, a in parsed if a is not None}
 
 
+def is_onnx(ref: str) -> bool:
+    return ref.lower().endswith(".onnx")
+
+
+def import_onnx(path: str, inputs: list[str]):
+    """Import an ONNX file; --input specs fix input shapes (x=1x3x8x8, x=file.npy) or
+    symbolic dims (batch=1). Returns (graph, {name: given array})."""
+    from kiln.frontend.onnx.importer import from_onnx, load_model
+
+    proto = load_model(path)
+    names = {vi.name for vi in proto.graph.input}
+    shapes: dict[str, Any] = {}
+    given = {}
+    for name, spec, array in (parse_input(s) for s in inputs):
+        if name in names:
+            shapes[name] = spec.shape
+            if array is not None:
+                given[name] = array
+        elif len(spec.shape) == 1 and isinstance(spec.shape[0], int):
+            shapes[name] = spec.shape[0]  # a symbolic dim of the model
+        else:
+            raise CLIError(f"--input {name}: {path!r} has no input {name!r} (its inputs: "
+                           f"{', '.join(sorted(names))}); to fix a symbolic dim give "
+                           f"{name}=SIZE")
+    return from_onnx(proto, input_shapes=shapes), given
+
+
+def load_graph(ref: str, inputs: list[str]):
+    """'FILE.py:NAME' (traced on the --input specs) or 'MODEL.onnx' (imported) -> (graph,
+    {name: array given with --input NAME=FILE.npy})."""
+    if is_onnx(ref):
+        return import_onnx(ref, inputs)
+    return trace_ref(ref, inputs)
+
+
 def random_inputs(graph, given: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     out = dict(given)
@@ -144,7 +183,7 @@ def checksum(array: np.ndarray) -> str:
 def cmd_show(args) -> int:
     from kiln.ir.summary import format_summary, to_dot
 
-    graph, _ = trace_ref(args.model, args.input)
+    graph, _ = load_graph(args.model, args.input)
     if not args.summary_only:
         print(graph)
         print()
@@ -159,7 +198,7 @@ def cmd_show(args) -> int:
 def cmd_interpret(args) -> int:
     from kiln.ir.interpreter import interpret
 
-    graph, given = trace_ref(args.model, args.input)
+    graph, given = load_graph(args.model, args.input)
     inputs = random_inputs(graph, given, args.seed)
     outputs = interpret(graph, inputs)
     for v, out in zip(graph.outputs, outputs):
@@ -171,6 +210,17 @@ def cmd_interpret(args) -> int:
             np.save(os.path.join(args.save, f"{v.name}.npy"), out)
     if args.save:
         print(f"saved outputs to {args.save}/")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from kiln.frontend.onnx.exporter import to_onnx
+
+    graph, _ = load_graph(args.model, args.input)
+    model = to_onnx(graph, args.output, opset=args.opset)
+    print(f"wrote {args.output}: opset {args.opset}, {len(model.graph.node)} ONNX nodes, "
+          f"{len(model.graph.initializer)} initializers, inputs "
+          f"{', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}")
     return 0
 
 
@@ -203,20 +253,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_command(name: str, help: str, fn) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
-        sp.add_argument("model", help="FILE.py:NAME (Module class, factory or function)")
+        sp.add_argument("model", help="FILE.py:NAME (Module class, factory or function) or "
+                        "MODEL.onnx")
         sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
                         help="an input: x=1x3x224x224:float32, x=N,128:int64 or x=file.npy")
         sp.set_defaults(fn=fn)
         return sp
 
-    sp = model_command("show", "trace a model and print its IR and an op summary", cmd_show)
+    sp = model_command("show", "trace (or import) a model; print its IR and an op summary",
+                       cmd_show)
     sp.add_argument("--dot", metavar="FILE", help="also write the graph as Graphviz DOT")
     sp.add_argument("--summary-only", action="store_true", help="print only the op summary")
+    sp = model_command("export", "write a model as ONNX", cmd_export)
+    sp.add_argument("--output", "-o", required=True, metavar="FILE.onnx", help="where to write")
+    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (13 and newer)")
     sp = model_command("interpret", "run a model with the numpy interpreter", cmd_interpret)
     sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     sp.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy")
-    from kiln import train_cli
+    from kiln import compile_cli, train_cli
 
+    compile_cli.add_parsers(sub)
     train_cli.add_parser(sub)
     sp = sub.add_parser("fuzz", help="check the passes on random graphs (needs hypothesis)")
     sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")

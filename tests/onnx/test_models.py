@@ -1,0 +1,228 @@
+"""Real models: PyTorch twins of the model zoo exported with PyTorch's exporter, imported with
+kiln.from_onnx and interpreted, against onnxruntime on the same file; an ImageNet CNN written
+in kiln's DSL, exported and imported back; and the CNNs that ship with onnx."""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import kiln
+from tests.onnx.util import assert_close, example, import_and_compare, ort_run, rand, torch_export
+
+tnn = torch.nn
+
+
+def _seeded(model: tnn.Module, seed: int = 0) -> tnn.Module:
+    """Batch-norm statistics that are not the identity, so folding them matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (tnn.BatchNorm1d, tnn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+    return model.eval()
+
+
+class LeNet(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = tnn.Conv2d(1, 6, 5), tnn.Conv2d(6, 16, 5)
+        self.f1, self.f2, self.f3 = tnn.Linear(400, 120), tnn.Linear(120, 84), tnn.Linear(84, 10)
+
+    def forward(self, x):
+        x = tnn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
+        x = tnn.functional.avg_pool2d(torch.relu(self.c2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.f3(torch.relu(self.f2(torch.relu(self.f1(x)))))
+
+
+class ResBlock(tnn.Module):
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.conv1, self.bn1 = tnn.Conv2d(c, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c)
+        self.conv2, self.bn2 = tnn.Conv2d(c, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c)
+        self.down = tnn.Sequential(tnn.Conv2d(c, 2 * c, 1, stride=2, bias=False),
+                                   tnn.BatchNorm2d(2 * c))
+        self.conv3 = tnn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
+        return torch.relu(self.conv3(y) + self.down(y)).mean((2, 3))
+
+
+class Recurrent(tnn.Module):
+    def __init__(self, cell: str):
+        super().__init__()
+        self.rnn = getattr(tnn, cell)(6, 5, num_layers=2, bidirectional=True)
+        self.fc = tnn.Linear(10, 3)
+
+    def forward(self, x):
+        y, _ = self.rnn(x)
+        return self.fc(y[-1])
+
+
+class EncoderLayer(tnn.Module):
+    def __init__(self, norm_first: bool):
+        super().__init__()
+        self.layer = tnn.TransformerEncoderLayer(16, 4, 32, batch_first=True,
+                                                 norm_first=norm_first)
+
+    def forward(self, x):
+        return self.layer(x, is_causal=False)
+
+
+class Embeddings(tnn.Module):
+    def __init__(self, vocab: int, max_len: int, d: int):
+        super().__init__()
+        self.tokens, self.positions = tnn.Embedding(vocab, d), tnn.Embedding(max_len, d)
+
+    def forward(self, ids):
+        return self.tokens(ids) + self.positions(torch.arange(ids.shape[-1]))
+
+
+class Bert(tnn.Module):
+    """examples/transformer.py's Bert (small), in PyTorch."""
+
+    def __init__(self, vocab=50, max_len=16, d=16, heads=2, layers=2):
+        super().__init__()
+        self.embeddings = Embeddings(vocab, max_len, d)
+        self.norm = tnn.LayerNorm(d, eps=1e-12)
+        layer = tnn.TransformerEncoderLayer(d, heads, 2 * d, 0.1, "gelu", 1e-12,
+                                            batch_first=True)
+        self.encoder = tnn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.pooler = tnn.Linear(d, d)
+
+    def forward(self, ids, padding_mask):
+        x = self.encoder(self.norm(self.embeddings(ids)), src_key_padding_mask=padding_mask)
+        return x, torch.tanh(self.pooler(x[:, 0]))
+
+
+class GPT(tnn.Module):
+    """examples/transformer.py's GPT (small), in PyTorch: pre-norm causal blocks with
+    tanh-GELU and a tied LM head."""
+
+    def __init__(self, vocab=50, max_len=16, d=16, heads=2, layers=2):
+        super().__init__()
+        self.embeddings = Embeddings(vocab, max_len, d)
+        block = tnn.TransformerEncoderLayer(d, heads, 4 * d, 0.1, tnn.GELU(approximate="tanh"),
+                                            batch_first=True, norm_first=True)
+        self.blocks = tnn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = tnn.LayerNorm(d)
+
+    def forward(self, ids):
+        n = ids.shape[-1]
+        mask = torch.triu(torch.full((n, n), float("-inf")), 1)
+        x = self.norm(self.blocks(self.embeddings(ids), mask=mask))
+        return torch.nn.functional.linear(x, self.embeddings.tokens.weight)
+
+
+def _ids(shape, vocab=50, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int64)
+
+
+CASES = {
+    "mlp": lambda: (tnn.Sequential(tnn.Linear(8, 16), tnn.ReLU(), tnn.Linear(16, 4),
+                                   tnn.Softmax(-1)), {"x": rand(3, 8)}),
+    "lenet": lambda: (LeNet(), {"x": rand(2, 1, 32, 32)}),
+    "resnet_block": lambda: (_seeded(ResBlock()), {"x": rand(1, 8, 8, 8)}),
+    "lstm": lambda: (Recurrent("LSTM"), {"x": rand(5, 2, 6)}),
+    "gru": lambda: (Recurrent("GRU"), {"x": rand(5, 2, 6)}),
+    "encoder_layer": lambda: (EncoderLayer(False), {"x": rand(2, 5, 16)}),
+    "encoder_layer_pre_norm": lambda: (EncoderLayer(True), {"x": rand(2, 5, 16)}),
+    "bert": lambda: (Bert(), {"ids": _ids((2, 7)),
+                              "padding_mask": np.arange(7)[None, :] >= np.array([[7], [4]])}),
+    "gpt": lambda: (GPT(), {"ids": _ids((2, 7))}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_torch_export_imports(name):
+    torch.manual_seed(0)
+    model, feeds = CASES[name]()
+    data = torch_export(model, tuple(feeds.values()), list(feeds))
+    graph = import_and_compare(data, feeds)
+    assert all(n.origin.startswith("onnx:") for n in graph.nodes)
+
+
+def test_symbolic_batch_survives():
+    """A dynamic batch stays a symbolic dim; the graph runs at two batch sizes."""
+    model = tnn.Sequential(tnn.Conv2d(3, 4, 3, padding=1), tnn.ReLU(), tnn.Flatten(),
+                           tnn.Linear(4 * 6 * 6, 5))
+    data = torch_export(model, (rand(2, 3, 6, 6),), ["x"], {"x": {0: "batch"}})
+    graph = kiln.from_onnx(data)
+    assert graph.inputs[0].shape == ("batch", 3, 6, 6)
+    assert graph.outputs[0].shape == ("batch", 5)
+    for n in (1, 3):
+        feeds = {"x": rand(n, 3, 6, 6, seed=n)}
+        assert_close(kiln.interpret(graph, feeds), ort_run(data, feeds))
+
+
+def test_symbolic_batch_lstm_zero_state():
+    """PyTorch makes an LSTM's zero state with ConstantOfShape of the symbolic batch."""
+    data = torch_export(Recurrent("LSTM"), (rand(4, 2, 6),), ["x"], {"x": {1: "batch"}})
+    graph = import_and_compare(data, {"x": rand(4, 3, 6)})
+    assert graph.inputs[0].shape == (4, "batch", 6)
+
+
+def test_symbolic_attention_needs_fixed_batch():
+    """Multi-head attention reshapes to batch * heads, which kiln cannot name: the error says
+    which dim to fix, and fixing it works."""
+    data = torch_export(EncoderLayer(False), (rand(2, 5, 16),), ["x"], {"x": {0: "batch"}})
+    with pytest.raises(kiln.KilnError, match=r"input_shapes=\{'batch': SIZE\}"):
+        kiln.from_onnx(data)
+    graph = import_and_compare(data, {"x": rand(3, 5, 16)}, input_shapes={"batch": 3})
+    assert graph.inputs[0].shape == (3, 5, 16)
+
+
+# -- an ImageNet CNN written in kiln's DSL ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64)])
+def test_imagenet_cnn_round_trip(name, size):
+    """The DSL model exported to ONNX matches onnxruntime there, and imports back to the
+    same results."""
+    module = example("resnet" if name.startswith("resnet") else name)
+    model = getattr(module, name if hasattr(module, name) else "AlexNet")()
+    graph = kiln.trace(model, x=kiln.TensorSpec((1, 3, size, size)))
+    feeds = {"x": rand(1, 3, size, size)}
+    want = kiln.interpret(graph, feeds)
+    proto = kiln.to_onnx(graph)
+    assert_close(ort_run(proto, feeds), want, rtol=1e-3, atol=1e-4)
+    back = kiln.verify(kiln.from_onnx(proto))
+    assert {v.name for v in back.params} <= {v.name for v in graph.params}
+    assert_close(kiln.interpret(back, feeds), want, rtol=1e-4, atol=1e-5)
+
+
+LIGHT = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+
+
+RUN_LIGHT = {"light_squeezenet", "light_resnet50", "light_shufflenet", "light_zfnet512"}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(LIGHT, "*.onnx"))),
+                         ids=os.path.basename)
+def test_onnx_light_models(path):
+    """onnx's 'light' CNNs (opset 9, weights made by ConstantOfShape) convert up to opset 13
+    with a warning; the cheaper ones give the outputs stored beside them."""
+    with pytest.warns(UserWarning, match="converted to opset 13"):
+        graph = kiln.verify(kiln.from_onnx(path))
+    if os.path.basename(path)[:-5] not in RUN_LIGHT:
+        return  # the others take seconds each in the numpy interpreter
+    v = graph.inputs[0]
+    n = int(np.prod(v.shape))
+    x = (np.arange(n).reshape(v.shape) / n).astype(np.float32)  # onnx's runner's input
+    want = numpy_helper.to_array(onnx.load_tensor(path.replace(".onnx", "_output_0.pb")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = kiln.interpret(graph, {v.name: x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
