@@ -1,0 +1,33 @@
+"""Code generation: kiln Graph -> TVM TE -> scheduled TIR -> one compiled library.
+
+``build`` lowers every node (a fused node being one group) to a PrimFunc, schedules it for the
+CPU target and compiles all of them with one ``tvm.compile``; ``compile`` also writes the
+artifact and loads it with the runtime. Imports TVM lazily, so ``import kiln.codegen`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "build": "kiln.codegen.build",
+    "export": "kiln.codegen.build",
+    "BuildResult": "kiln.codegen.build",
+    "KernelCall": "kiln.codegen.build",
+    "compile": "kiln.codegen.api",
+    "CompiledModel": "kiln.codegen.api",
+    "write": "kiln.codegen.api",
+    "host_target": "kiln.codegen.target",
+    "portable_target": "kiln.codegen.target",
+    "CpuTarget": "kiln.codegen.target",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'kiln.codegen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,108 @@
+"""``compile(graph) -> CompiledModel``: build, write the artifact (docs/artifact.md), load it
+with the deployable runtime, and run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from kiln.codegen.build import BuildResult, Progress, build, export
+from kiln.errors import KilnError
+from kiln.ir.graph import Graph
+
+
+def manifest(result: BuildResult) -> dict[str, Any]:
+    """The manifest fields codegen owns; the runtime's writer adds format, memory, files."""
+    return {
+        "target": result.target.to_dict(),
+        "cpu_features": list(result.target.features),
+        "inputs": result.signature(result.inputs),
+        "outputs": result.signature(result.outputs),
+        "values": {n: {"shape": list(t.shape), "dtype": t.dtype}
+                   for n, t in result.values.items()},
+        "constants": sorted(result.constants),
+        "kernels": [k.to_json() for k in result.kernels],
+    }
+
+
+def write(result: BuildResult, path: str | os.PathLike) -> Path:
+    """Write ``result`` as the artifact directory ``path`` (``NAME.kiln``); returns it."""
+    from kiln.runtime import write_artifact
+
+    with tempfile.TemporaryDirectory(prefix="kiln-lib-") as tmp:
+        lib = export(result, tmp)
+        weights = {n: np.ascontiguousarray(a) if a.ndim else np.array(a)
+                   for n, a in result.constants.items()}
+        return write_artifact(path, manifest(result), lib, weights)
+
+
+class CompiledModel:
+    """A compiled graph, loaded with kiln's runtime: ``run`` it, or ``save`` the artifact."""
+
+    def __init__(self, result: BuildResult, artifact: Path, workdir: str):
+        from kiln.runtime import load
+
+        self.build = result
+        self.artifact = artifact
+        self._workdir = workdir
+        self.model = load(artifact)
+
+    @property
+    def inputs(self):
+        return self.model.inputs
+
+    @property
+    def outputs(self):
+        return self.model.outputs
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run on ``{input name: array}``; returns the outputs in graph order."""
+        return self.model.run(dict(inputs))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Copy the artifact to ``path``: a directory ``NAME.kiln``, or one archive if the
+        path ends in ``.tar``. Returns the path written."""
+        from kiln.runtime import pack
+
+        path = Path(path)
+        if path.suffix == ".tar":
+            return pack(self.artifact, path)
+        if path.exists():
+            raise KilnError(f"{path} exists; remove it or choose another name")
+        shutil.copytree(self.artifact, path)
+        return path
+
+    def __del__(self):  # the loaded library stays mapped; the files can go
+        shutil.rmtree(getattr(self, "_workdir", ""), ignore_errors=True)
+
+
+def compile(
+    graph: Graph,
+    target: Any = "llvm",
+    opt_level: int = 2,
+    progress: Progress | bool | None = None,
+) -> CompiledModel:
+    """Compile ``graph`` for ``target`` and load it with the runtime.
+
+    ``opt_level`` is accepted for the pass pipelines (O0..O3) but ignored for now: no graph
+    passes exist yet, so every node becomes its own kernel. ``target``: "llvm" (this machine),
+    "portable", an x86-64 level, or a dict (see ``kiln.codegen.target.resolve_target``).
+    """
+    del opt_level  # passes do not exist yet (see the docstring)
+    result = build(graph, target=target, progress=progress)
+    workdir = tempfile.mkdtemp(prefix="kiln-")
+    try:
+        artifact = write(result, Path(workdir) / f"{_safe(graph.name)}.kiln")
+        return CompiledModel(result, artifact, workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "model"

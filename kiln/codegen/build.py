@@ -1,0 +1,234 @@
+"""Build: a kiln Graph -> one IRModule of scheduled PrimFuncs, compiled with ONE tvm.compile.
+
+Each node (a ``fused`` node being one group) becomes one kernel in destination-passing style:
+its arguments are value names, inputs first, then outputs (docs/artifact.md). Kernels that
+are structurally identical (same op, shapes and attributes: the repeated layers of a ResNet
+or a BERT) are compiled once and called under one name.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from kiln.codegen.lower import check_lowerable, fused_body, lower_group, node_context
+from kiln.codegen.target import CpuTarget, resolve_target
+from kiln.errors import InputError, KilnError, UnsupportedOpError
+from kiln.ir.graph import Graph, Node
+from kiln.ir.ops import get_op
+from kiln.ir.types import TensorType, to_numpy_dtype
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class KernelCall:
+    """One call of the kernel sequence (the manifest's ``kernels`` entry)."""
+
+    func: str
+    args: list[str]
+    num_outputs: int
+    sources: list[str]
+    flops: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"func": self.func, "args": list(self.args), "num_outputs": self.num_outputs,
+                "sources": list(self.sources), "flops": int(self.flops)}
+
+
+@dataclass
+class BuildResult:
+    """What codegen hands to the artifact writer: the compiled library and its call plan."""
+
+    name: str
+    target: CpuTarget
+    module: Any  # the scheduled tvm.IRModule
+    executable: Any  # what tvm.compile returned (export_library, ["func"])
+    kernels: list[KernelCall]
+    constants: dict[str, np.ndarray]
+    values: dict[str, TensorType]
+    inputs: list[str]
+    outputs: list[str]
+    build_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def signature(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"name": n, "shape": list(self.values[n].shape), "dtype": self.values[n].dtype}
+                for n in names]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the kernels in this process (tests and debugging; the runtime does this for
+        deployed artifacts). Returns the outputs in order."""
+        from kiln.codegen.execute import run_in_process
+
+        return run_in_process(self, inputs)
+
+
+def _func_name(index: int, node: Node) -> str:
+    label = node.op
+    if node.op == "fused":
+        label = "fused_" + str(node.attrs.get("pattern") or node.attrs.get("name") or "group")
+    return f"k{index}_" + re.sub(r"\W", "_", label)[:40]
+
+
+def _sources(node: Node) -> list[str]:
+    body = fused_body(node)
+    if body is None:
+        return [node.describe()]
+    return [n.describe() for n in body.nodes]
+
+
+def _flops(node: Node) -> int:
+    body = fused_body(node)
+    if body is not None:
+        return sum(_flops(n) for n in body.nodes)
+    fn = get_op(node.op).flops
+    if fn is None:
+        return 0
+    return int(fn([v.type for v in node.inputs], [v.type for v in node.outputs], node.attrs))
+
+
+def _check_static(graph: Graph) -> None:
+    symbolic = [v for v in graph.all_values() if not v.type.is_static]
+    if symbolic:
+        ins = [f"%{v.name}: {v.type}" for v in graph.inputs if not v.type.is_static]
+        raise KilnError(
+            f"graph {graph.name!r} has symbolic dimensions ({', '.join(ins) or symbolic[0]}); "
+            "codegen needs concrete shapes: give the input specs fixed sizes (e.g. batch=1) "
+            "before compiling"
+        )
+
+
+def _reporter(progress: Progress | bool | None) -> Progress:
+    if progress is True:
+        return lambda msg: print(f"kiln: {msg}", file=sys.stderr, flush=True)
+    if callable(progress):
+        return progress
+    return lambda msg: None
+
+
+def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None
+          ) -> BuildResult:
+    """Lower, schedule and compile every node of ``graph`` into one library.
+
+    ``target``: None/"llvm" (this machine), "portable", or see ``target.resolve_target``.
+    ``progress``: True prints progress lines on stderr; a callable receives them.
+    """
+    import tvm
+    import tvm_ffi
+
+    from kiln.codegen.schedules import schedule
+
+    t_start = time.perf_counter()
+    report = _reporter(progress)
+    tgt = resolve_target(target)
+    _check_static(graph)
+    missing = [v.name for v in graph.params if v.name not in graph.weights]
+    if missing:
+        raise KilnError(f"graph {graph.name!r}: parameters {missing} have no values; codegen "
+                        "needs every parameter's array (Graph.weights)")
+    errors = check_lowerable(graph.nodes)
+    if errors:
+        listing = "\n  ".join(str(e) for e in errors)
+        raise UnsupportedOpError(f"{len(errors)} node(s) cannot be compiled:\n  {listing}")
+
+    weights = {v.name: np.asarray(graph.weights[v.name]) for v in graph.params}
+    constants: dict[str, np.ndarray] = {}
+    values: dict[str, TensorType] = {v.name: v.type for v in graph.all_values()}
+    funcs: dict[str, Any] = {}
+    seen: dict[int, list[tuple[Any, str]]] = {}
+    kernels: list[KernelCall] = []
+    n = len(graph.nodes)
+    for index, node in enumerate(graph.nodes):
+        if index % 25 == 0 and n > 25:
+            report(f"lowering node {index + 1}/{n}")
+        ins = list(dict.fromkeys(node.inputs))
+        const_arrays = {v.name: weights[v.name] for v in ins if v.name in weights}
+        try:
+            group = lower_group([node], ins, list(node.outputs), const_arrays, tgt.lanes)
+        except (RuntimeError, ValueError, TypeError) as e:  # a TVM failure inside a builder
+            raise KilnError(f"{node_context(node)}: lowering failed: {e}") from e
+        for pname, arr in group.new_constants.items():
+            if pname in values and pname not in constants:
+                raise KilnError(f"{node_context(node)}: the packed weight's name %{pname} is "
+                                "already a value of the graph; rename that value")
+            constants.setdefault(pname, arr)
+            values[pname] = TensorType.of(arr)
+        for a in group.args[: len(group.args) - group.num_outputs]:
+            if a in weights:
+                constants.setdefault(a, weights[a])
+        func = group.prim_func()
+        key = tvm_ffi.structural_hash(func)
+        fname = next((nm for f, nm in seen.get(key, []) if tvm_ffi.structural_equal(f, func)),
+                     None)
+        if fname is None:
+            fname = _func_name(index, node)
+            seen.setdefault(key, []).append((func, fname))
+            funcs[fname] = schedule(func, tgt).with_attr("global_symbol", fname)
+        kernels.append(KernelCall(fname, group.args, group.num_outputs, _sources(node),
+                                  _flops(node)))
+    for v in graph.outputs:
+        if v.name in weights:
+            constants.setdefault(v.name, weights[v.name])
+
+    report(f"compiling {len(funcs)} kernels ({len(kernels)} calls) for "
+           f"{tgt.to_dict()} with LLVM")
+    t0 = time.perf_counter()
+    if not funcs:  # every output is an input or a constant: still ship a (trivial) library
+        funcs["kiln_noop"] = _noop()
+    module = tvm.IRModule(funcs)
+    executable = tvm.compile(module, tgt.tvm_target())
+    report(f"compiled in {time.perf_counter() - t0:.1f} s")
+    used = {a for k in kernels for a in k.args} | set(graph.input_names) | set(graph.output_names)
+    return BuildResult(
+        name=graph.name,
+        target=tgt,
+        module=module,
+        executable=executable,
+        kernels=kernels,
+        constants=constants,
+        values={k: v for k, v in values.items() if k in used},
+        inputs=graph.input_names,
+        outputs=graph.output_names,
+        build_seconds=time.perf_counter() - t_start,
+    )
+
+
+def _noop():
+    from tvm import te
+
+    x = te.placeholder((1,), name="x")
+    y = te.compute((1,), lambda i: x[i], name="y")
+    return te.create_prim_func([x, y]).with_attr("global_symbol", "kiln_noop")
+
+
+def export(result: BuildResult, directory: str, name: str = "kernels.so") -> str:
+    """Write the compiled library to ``directory/name`` (export_library); returns its path."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    result.executable.export_library(path)
+    return path
+
+
+def check_inputs(result: BuildResult, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate inputs against the signature (names, shapes, dtypes) with a clear error."""
+    missing = [n for n in result.inputs if n not in inputs]
+    extra = sorted(set(inputs) - set(result.inputs))
+    if missing or extra:
+        raise InputError(f"{result.name!r} takes inputs {result.inputs}; missing {missing}, "
+                         f"unexpected {extra}")
+    out = {}
+    for nm in result.inputs:
+        t = result.values[nm]
+        arr = np.asarray(inputs[nm])
+        if arr.dtype != to_numpy_dtype(t.dtype) or tuple(arr.shape) != tuple(t.shape):
+            raise InputError(f"input %{nm} expects {t}, got {arr.dtype.name}{list(arr.shape)}")
+        out[nm] = arr
+    return out

@@ -1,0 +1,42 @@
+"""Run a BuildResult's kernels in this process, with TVM's own (aligned) tensors.
+
+This is the compiler's test harness and ``compile()``'s fallback, not the deployable runtime
+(``kiln/runtime`` runs artifacts with numpy + tvm_ffi only). No memory planning: every value
+gets its own buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from kiln.ir.types import to_numpy_dtype
+
+
+def run_in_process(result, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Call every kernel in order; returns fresh numpy arrays for the outputs."""
+    import tvm
+
+    from kiln.codegen.build import check_inputs
+
+    arrays = check_inputs(result, inputs)
+    dev = tvm.cpu()
+    env: dict[str, object] = {}
+
+    def tensor(name: str):
+        if name not in env:
+            if name in arrays:
+                src = np.array(arrays[name], order="C")
+            elif name in result.constants:
+                src = np.array(result.constants[name], order="C")
+            else:
+                t = result.values[name]
+                src = np.zeros(t.shape, to_numpy_dtype(t.dtype))
+            env[name] = tvm.runtime.tensor(src, dev)
+        return env[name]
+
+    for k in result.kernels:
+        fn = result.executable[k.func]
+        fn(*[tensor(a) for a in k.args])
+    return [tensor(name).numpy().copy() for name in result.outputs]

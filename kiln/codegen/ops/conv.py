@@ -1,0 +1,287 @@
+"""TE builders of conv1d/conv2d: a blocked NCHWc convolution (the NeoCPU approach).
+
+Stages of one conv2d kernel (groups == 1):
+- ``pad_pack``: x[N, C, H, W] -> xp[N, C/icb, Hp, Wp, icb], zero padded (spatially and to a
+  multiple of icb channels). The activation layout is transformed inside each kernel for now;
+  a layout pass can later keep activations blocked between layers.
+- the weight, packed at compile time when it is a constant (``pack_conv_weight``):
+  w[O, C, kh, kw] -> wp[O/ocb, C/icb, kh, kw, icb, ocb]; otherwise by a ``pack`` stage.
+- ``conv_nchwc[N, O/ocb, OH, OWp, ocb]``: the sum over (C/icb, kh, kw, icb), annotated for
+  ``schedules/conv.py``: register tile of ``reg_n`` output columns x ``ocb`` channels.
+- the output stage back to NCHW (+ bias), which the schedule computes from the register tile.
+
+1x1 convolutions without stride or padding are GEMMs on the NCHW data as it lies
+(``pointwise_gemm``). Depthwise convolutions (groups == C == O) use the NCHWc blocking with
+one filter per channel (``depthwise_nchwc``); other grouped convolutions a direct NCHW
+formula with the generic schedule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from kiln.codegen.lower import lowering
+from kiln.codegen.ops import common as c
+from kiln.codegen.ops.common import const, dtype_of, shape_of
+from kiln.codegen.ops.linalg import b_reader, gemm_stage
+from kiln.codegen.pack import PackPlan, gemm_nb, packer
+from kiln.codegen.schedules.common import largest_divisor
+from kiln.ir.graph import Node
+
+
+def conv_blocks(channels: int, lanes: int) -> tuple[int, int]:
+    """(icb, ocb): input-channel block (a divisor of C up to ``lanes``) and output block (one
+    vector; O is zero-padded to a multiple)."""
+    return largest_divisor(channels, lanes), lanes
+
+
+def reg_cols(out_w: int) -> tuple[int, int]:
+    """(reg_n, padded OW): output columns per register tile (at most 28: 28 accumulators
+    of ``ocb`` lanes + a weight vector fit AVX-512's 32 registers)."""
+    if out_w <= 28:
+        return out_w, out_w
+    best = max(d for d in range(1, 29) if out_w % d == 0)
+    if best >= 8:
+        return best, out_w
+    reg = 16
+    return reg, -(-out_w // reg) * reg
+
+
+def reg_rows(out_h: int, reg_n: int) -> tuple[int, int]:
+    """(reg_h, padded OH): output rows per register tile, so that narrow outputs (14 or 7
+    columns) still fill ~28 accumulators and reuse each weight vector that many times."""
+    reg_h = max(1, 28 // reg_n) if reg_n < 16 else 1
+    reg_h = min(reg_h, out_h)
+    return reg_h, -(-out_h // reg_h) * reg_h
+
+
+def pack_conv_weight(w: np.ndarray, icb: int, ocb: int) -> np.ndarray:
+    """[O, C, kh, kw] -> [O/ocb, C/icb, kh, kw, icb, ocb] (O zero-padded to a multiple)."""
+    o, ch, kh, kw = w.shape
+    o_pad = -(-o // ocb) * ocb
+    padded = np.zeros((o_pad, ch, kh, kw), w.dtype)
+    padded[:o] = w
+    t = padded.reshape(o_pad // ocb, ocb, ch // icb, icb, kh, kw)
+    return np.ascontiguousarray(t.transpose(0, 2, 4, 5, 3, 1))
+
+
+def _blocked(attrs) -> bool:
+    return attrs["groups"] == 1
+
+
+def _pointwise(attrs, kernel) -> bool:
+    """A 1x1 convolution without stride or padding is a GEMM over NCHW as it lies."""
+    return (attrs["groups"] == 1 and all(k == 1 for k in kernel)
+            and all(s == 1 for s in attrs["strides"]) and not any(attrs["pads"]))
+
+
+def _depthwise(attrs, channels: int, out_channels: int) -> bool:
+    """One filter per channel (groups == C == O): the blocked depthwise kernel."""
+    return attrs["groups"] == channels == out_channels and channels > 1
+
+
+def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
+    """[C, 1, kh, kw] -> [C/cb, kh, kw, cb]."""
+    ch, _, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(ch // cb, cb, kh, kw).transpose(0, 2, 3, 1))
+
+
+@packer("conv2d", 1)
+def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
+    lanes = int(attrs.get("_lanes", 16))
+    if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
+        cb = largest_divisor(array.shape[0], lanes)
+        return PackPlan(f"dw{cb}c", pack_depthwise_weight(array, cb), {"_packed_dw": cb})
+    if not _blocked(attrs) or _pointwise(attrs, array.shape[2:]):
+        return None
+    icb, ocb = conv_blocks(array.shape[1], lanes)
+    return PackPlan(f"nchwc{icb}i{ocb}o", pack_conv_weight(array, icb, ocb),
+                    {"_packed_w": (icb, ocb)})
+
+
+@packer("conv1d", 1)
+def _conv1d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
+    if not _blocked(attrs):
+        return None
+    plan = _conv2d_weight(node, array[:, :, None, :], attrs)
+    return PackPlan(plan.suffix, plan.array, plan.attrs) if plan else None
+
+
+def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed):
+    """The blocked convolution of x[N, C, H, W] (te tensors); returns the NCHW output."""
+    n, ch, h, wd = shape_of(x)
+    o = out_shape[1]
+    oh, ow = out_shape[2], out_shape[3]
+    if packed:
+        icb, ocb = packed
+        kh, kw = shape_of(w)[2:4]
+    else:
+        kh, kw = shape_of(w)[2:]
+        icb, ocb = conv_blocks(ch, lanes)
+    (sh, sw), (dh, dw) = strides, dilations
+    top, left = pads[0], pads[1]
+    reg_n, ow_pad = reg_cols(ow)
+    reg_h, oh_pad = reg_rows(oh, reg_n)
+    hp = (oh_pad - 1) * sh + (kh - 1) * dh + 1
+    wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
+    dt = dtype_of(x)
+    zero = const(0, dt)
+
+    def pad_pack(b, cc, i, j, ci):
+        hi, wi = i - top, j - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, x[b, cc * icb + ci, hi, wi], zero)
+
+    xp = te.compute((n, ch // icb, hp, wp, icb), pad_pack, name="pad_pack",
+                    attrs={"kiln.sched": "pack"})
+    o_pad = -(-o // ocb) * ocb
+    if packed:
+        wpk = w
+    else:
+        def w_pack(oc, cc, i, j, ci, co):
+            oo = oc * ocb + co
+            return tirx.if_then_else(oo < o, w[tirx.min(oo, o - 1), cc * icb + ci, i, j], zero)
+
+        wpk = te.compute((o_pad // ocb, ch // icb, kh, kw, icb, ocb), w_pack, name="pack_w",
+                         attrs={"kiln.sched": "pack"})
+    rc = te.reduce_axis((0, ch // icb), name="rc")
+    ri = te.reduce_axis((0, icb), name="ri")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def conv_fn(b, oc, i, j, co):
+        return te.sum(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri]
+                      * wpk[oc, rc, ry, rx, ri, co], axis=[rc, ry, rx, ri])
+
+    ann = {"kiln.sched": "conv2d", "kiln.reg_n": reg_n, "kiln.reg_h": reg_h}
+    acc = te.compute((n, o_pad // ocb, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc",
+                     attrs=ann)
+
+    def unpack(b, oo, i, j):
+        v = acc[b, oo // ocb, i, j, oo % ocb]
+        return v + bias[oo] if bias is not None else v
+
+    return te.compute(tuple(out_shape), unpack, name="conv2d")
+
+
+def pointwise_gemm(x, w, bias, out_shape, lanes):
+    """1x1 conv as ``out[n] = W[O, C] @ x[n][C, H*W]``: the register-tiled GEMM reads the
+    weight as A and the activation in place as B (no layout change, output already NCHW)."""
+    n, ch, h, wd = shape_of(x)
+    o = out_shape[1]
+    hw = h * wd
+    nb = gemm_nb(hw, lanes)
+    b_at = b_reader(lambda bb, k, j: x[bb[0], k, j // wd, j % wd], (n,), (n,), hw, ch, nb,
+                    dtype_of(x), raw_ok=True)
+    cp = gemm_stage((n,), o, hw, ch, lambda bidx, i, k: w[i, k, 0, 0], b_at, nb)
+
+    def out_fn(b, oo, i, j):
+        v = cp[b, oo, i * wd + j]
+        return v + bias[oo] if bias is not None else v
+
+    return te.compute(tuple(out_shape), out_fn, name="conv2d_1x1")
+
+
+def depthwise_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed):
+    """Depthwise x[N, C, H, W] * w[C, 1, kh, kw] in blocks of cb channels (vectorized)."""
+    n, ch, h, wd = shape_of(x)
+    oh, ow = out_shape[2], out_shape[3]
+    cb = packed or largest_divisor(ch, lanes)
+    kh, kw = (shape_of(w)[1:3] if packed else shape_of(w)[2:])
+    (sh, sw), (dh, dw), (top, left) = strides, dilations, pads[:2]
+    reg_n, ow_pad = reg_cols(ow)
+    hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow_pad - 1) * sw + (kw - 1) * dw + 1
+    zero = const(0, dtype_of(x))
+
+    def pad_pack(b, cc, i, j, ci):
+        hi, wi = i - top, j - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, x[b, cc * cb + ci, hi, wi], zero)
+
+    xp = te.compute((n, ch // cb, hp, wp, cb), pad_pack, name="pad_pack",
+                    attrs={"kiln.sched": "pack"})
+    if packed:
+        wpk = w
+    else:
+        wpk = te.compute((ch // cb, kh, kw, cb), lambda cc, i, j, ci: w[cc * cb + ci, 0, i, j],
+                         name="pack_w", attrs={"kiln.sched": "pack"})
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+
+    def conv_fn(b, cc, i, j, ci):
+        return te.sum(xp[b, cc, i * sh + ry * dh, j * sw + rx * dw, ci] * wpk[cc, ry, rx, ci],
+                      axis=[ry, rx])
+
+    acc = te.compute((n, ch // cb, oh, ow_pad, cb), conv_fn, name="conv_nchwc",
+                     attrs={"kiln.sched": "conv2d", "kiln.reg_n": reg_n})
+
+    def unpack(b, cc, i, j):
+        v = acc[b, cc // cb, i, j, cc % cb]
+        return v + bias[cc] if bias is not None else v
+
+    return te.compute(tuple(out_shape), unpack, name="depthwise_conv2d")
+
+
+def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
+    """Grouped convolution straight from the NCHW formula (generic schedule)."""
+    n, ch, h, wd = shape_of(x)
+    o, cg, kh, kw = shape_of(w)
+    og = o // groups
+    (sh, sw), (dh, dw) = strides, dilations
+    top, left = pads[0], pads[1]
+    dt = dtype_of(x)
+    rc = te.reduce_axis((0, cg), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def fn(b, oo, i, j):
+        hi, wi = i * sh + ry * dh - top, j * sw + rx * dw - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        cin = (oo // og) * cg + rc
+        xv = tirx.if_then_else(inside, x[b, cin, tirx.max(tirx.min(hi, h - 1), 0),
+                                         tirx.max(tirx.min(wi, wd - 1), 0)], const(0, dt))
+        return te.sum(xv * w[oo, rc, ry, rx], axis=[rc, ry, rx])
+
+    out = te.compute(tuple(out_shape), fn, name="conv_direct", attrs={"kiln.row": 2})
+    if bias is None:
+        return out
+    return te.compute(tuple(out_shape), lambda b, oo, i, j: out[b, oo, i, j] + bias[oo],
+                      name="conv_bias")
+
+
+@lowering("conv2d")
+def conv2d(inputs, attrs, out_types):
+    x, w = inputs[:2]
+    bias = inputs[2] if len(inputs) > 2 else None
+    out_shape = tuple(out_types[0].shape)
+    args = (attrs["strides"], attrs["pads"], attrs["dilations"])
+    if attrs.get("_packed_dw") or _depthwise(attrs, shape_of(x)[1], out_shape[1]):
+        return depthwise_nchwc(x, w, bias, out_shape, *args, c.target_lanes(attrs),
+                               attrs.get("_packed_dw"))
+    if attrs["groups"] != 1:
+        return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
+    if not attrs.get("_packed_w") and _pointwise(attrs, shape_of(w)[2:]):
+        return pointwise_gemm(x, w, bias, out_shape, c.target_lanes(attrs))
+    return conv2d_nchwc(x, w, bias, out_shape, *args, c.target_lanes(attrs),
+                        attrs.get("_packed_w"))
+
+
+@lowering("conv1d")
+def conv1d(inputs, attrs, out_types):
+    x, w = inputs[:2]
+    bias = inputs[2] if len(inputs) > 2 else None
+    n, ch, wd = shape_of(x)
+    x4 = te.compute((n, ch, 1, wd), lambda b, cc, i, j: x[b, cc, j], name="as_2d")
+    packed = attrs.get("_packed_w")
+    if not packed:
+        o, cg, kw = shape_of(w)
+        w = te.compute((o, cg, 1, kw), lambda a, b, i, j: w[a, b, j], name="w_as_2d")
+    o_shape = tuple(out_types[0].shape)
+    out4 = (o_shape[0], o_shape[1], 1, o_shape[2])
+    s, p, d = attrs["strides"], attrs["pads"], attrs["dilations"]
+    args = ((1, s[0]), (0, p[0], 0, p[1]), (1, d[0]))
+    if attrs["groups"] != 1:
+        y = conv2d_direct(x4, w, bias, out4, *args, attrs["groups"])
+    else:
+        y = conv2d_nchwc(x4, w, bias, out4, *args, c.target_lanes(attrs), packed)
+    return te.compute(o_shape, lambda b, oo, j: y[b, oo, 0, j], name="conv1d")

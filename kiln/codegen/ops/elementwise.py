@@ -1,0 +1,181 @@
+"""TE builders of elementwise ops and activations (broadcasting as numpy does)."""
+
+from __future__ import annotations
+
+import math
+
+from tvm import tirx
+
+from kiln.codegen.lower import lowering
+from kiln.codegen.ops import common as c
+from kiln.codegen.ops.common import const, dtype_of, elementwise
+
+
+def _binary(op: str, fn):
+    @lowering(op)
+    def build(inputs, attrs, out_types):
+        return elementwise(out_types[0], fn, *inputs, name=op)
+
+    return build
+
+
+def _div(a, b):
+    if c.is_float(dtype_of(a)):
+        return a / b
+    return tirx.truncdiv(a, b)
+
+
+def _sign(x):
+    one, zero = const(1, dtype_of(x)), const(0, dtype_of(x))
+    return tirx.Select(x > zero, one, tirx.Select(x < zero, -one, zero))
+
+
+def _ints_if_bool(fn):
+    """LLVM codegen compares bools as floats (an invalid fcmp): compare them as int8."""
+
+    def wrapped(a, b):
+        if dtype_of(a) == "bool":
+            a, b = a.astype("int8"), b.astype("int8")
+        return fn(a, b)
+
+    return wrapped
+
+
+_BINARY = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": _div,
+    "pow": lambda a, b: tirx.power(a, b),
+    "maximum": tirx.max,
+    "minimum": tirx.min,
+    "equal": _ints_if_bool(lambda a, b: a == b),
+    "not_equal": _ints_if_bool(lambda a, b: a != b),
+    "less": _ints_if_bool(lambda a, b: a < b),
+    "less_equal": _ints_if_bool(lambda a, b: a <= b),
+    "greater": _ints_if_bool(lambda a, b: a > b),
+    "greater_equal": _ints_if_bool(lambda a, b: a >= b),
+    "logical_and": tirx.And,
+    "logical_or": tirx.Or,
+    "logical_xor": _ints_if_bool(lambda a, b: a != b),
+}
+
+_UNARY = {
+    "neg": lambda x: -x if dtype_of(x) != "bool" else x,
+    "abs": tirx.abs,
+    "sign": _sign,
+    "exp": c.exp,
+    "log": tirx.log,
+    "sqrt": tirx.sqrt,
+    "rsqrt": lambda x: const(1.0, dtype_of(x)) / tirx.sqrt(x),
+    "reciprocal": lambda x: const(1.0, dtype_of(x)) / x,
+    "sin": tirx.sin,
+    "cos": tirx.cos,
+    "erf": c.erf,
+    "floor": tirx.floor,
+    "ceil": tirx.ceil,
+    "round": tirx.nearbyint,  # half to even under the default rounding mode, as numpy
+    "logical_not": tirx.Not,
+    "identity": lambda x: x,
+    "relu": lambda x: tirx.max(x, const(0, dtype_of(x))),
+    "sigmoid": c.sigmoid,
+    "tanh": c.tanh,
+    "silu": lambda x: x * c.sigmoid(x),
+}
+
+for _op, _fn in _BINARY.items():
+    _binary(_op, _fn)
+for _op, _fn in _UNARY.items():
+    _binary(_op, _fn)
+
+
+@lowering("where")
+def where(inputs, attrs, out_types):
+    return elementwise(out_types[0], tirx.Select, *inputs, name="where")
+
+
+@lowering("cast")
+def cast(inputs, attrs, out_types):
+    dtype = attrs["dtype"]
+    x = inputs[0]
+    if dtype == "bool":
+        fn = lambda v: v != const(0, dtype_of(x))  # noqa: E731
+    else:
+        fn = lambda v: v.astype(dtype)  # noqa: E731
+    return elementwise(out_types[0], fn, x, name="cast")
+
+
+def _clip(x, lo, hi):
+    if lo is not None:
+        x = tirx.max(x, const(lo, dtype_of(x)))
+    if hi is not None:
+        x = tirx.min(x, const(hi, dtype_of(x)))
+    return x
+
+
+@lowering("clip")
+def clip(inputs, attrs, out_types):
+    return elementwise(out_types[0], lambda x: _clip(x, attrs["min"], attrs["max"]), *inputs,
+                       name="clip")
+
+
+@lowering("hardtanh")
+def hardtanh(inputs, attrs, out_types):
+    fn = lambda x: _clip(x, attrs["min_val"], attrs["max_val"])  # noqa: E731
+    return elementwise(out_types[0], fn, *inputs, name="hardtanh")
+
+
+@lowering("leaky_relu")
+def leaky_relu(inputs, attrs, out_types):
+    def fn(x):
+        dt = dtype_of(x)
+        return tirx.Select(x >= const(0, dt), x, x * const(attrs["alpha"], dt))
+
+    return elementwise(out_types[0], fn, *inputs, name="leaky_relu")
+
+
+@lowering("elu")
+def elu(inputs, attrs, out_types):
+    def fn(x):
+        dt = dtype_of(x)
+        zero = const(0, dt)
+        neg = const(attrs["alpha"], dt) * (c.exp(tirx.min(x, zero)) - const(1, dt))
+        return tirx.Select(x > zero, x, neg)
+
+    return elementwise(out_types[0], fn, *inputs, name="elu")
+
+
+@lowering("gelu")
+def gelu(inputs, attrs, out_types):
+    def fn(x):
+        half, one = const(0.5, dtype_of(x)), const(1.0, dtype_of(x))
+        if attrs["approximate"] == "tanh":
+            k = const(math.sqrt(2 / math.pi), dtype_of(x))
+            inner = k * (x + const(0.044715, dtype_of(x)) * x * x * x)
+            return half * x * (one + c.tanh(inner))
+        return half * x * (one + c.erf(x * const(1 / math.sqrt(2), dtype_of(x))))
+
+    return elementwise(out_types[0], fn, *inputs, name="gelu")
+
+
+@lowering("softplus")
+def softplus(inputs, attrs, out_types):
+    def fn(x):
+        dt = dtype_of(x)
+        beta, thr = const(attrs["beta"], dt), const(attrs["threshold"], dt)
+        bx = x * beta
+        soft = tirx.log1p(c.exp(tirx.min(bx, thr))) / beta
+        return tirx.Select(bx > thr, x, soft)
+
+    return elementwise(out_types[0], fn, *inputs, name="softplus")
+
+
+@lowering("heaviside")
+def heaviside(inputs, attrs, out_types):
+    def fn(x):
+        zero, one = const(0, dtype_of(x)), const(1, dtype_of(x))
+        at_zero = const(attrs["value_at_zero"], dtype_of(x))
+        return tirx.Select(x > zero, one, tirx.Select(x < zero, zero, at_zero))
+
+    return elementwise(out_types[0], fn, *inputs, name="heaviside")
+

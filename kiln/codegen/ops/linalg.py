@@ -1,0 +1,117 @@
+"""TE builder of matmul (numpy semantics): a register-tiled GEMM stage, or a lane-split
+reduction for matrix-vector products.
+
+The GEMM stage ``gemm[batch..., Mp, Np]`` is computed on a domain padded to the register tile
+(``mr`` rows x ``nb`` columns), so the schedule (``schedules/gemm.py``) needs no predicates in
+its inner loops: A's rows are clamped (``min(i, M - 1)``; the extra rows are discarded) and B
+is either a constant packed at compile time (``pack.py``: ``[..., Np/nb, K, nb]``, zero
+padded), read in place (when N is a multiple of ``nb``), or packed per call by a ``pack``
+stage. The output stage copies the valid ``M x N`` corner; the schedule fuses it, and any
+elementwise epilogue of a fused group, into the write-back of the register tile.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from kiln.codegen.lower import lowering
+from kiln.codegen.ops import common as c
+from kiln.codegen.ops.common import const, dtype_of, shape_of
+from kiln.codegen.ops.reduce import reduce_rows
+from kiln.codegen.pack import gemm_nb
+
+MR = 8  # rows of the register tile (8 rows x 2 vectors = 16 accumulators)
+
+
+def _batch_reader(src_batch, out_batch):
+    """Map an output batch index to ``src``'s (right-aligned numpy broadcasting)."""
+    off = len(out_batch) - len(src_batch)
+
+    def read(bidx):
+        return [0 if d == 1 and out_batch[off + i] != 1 else bidx[off + i]
+                for i, d in enumerate(src_batch)]
+
+    return read
+
+
+def b_reader(read, b_batch, out_batch, n: int, k_dim: int, nb: int, dtype: str, raw_ok: bool):
+    """``b_at(out batch index, k, j)`` for the GEMM stage from ``read(b batch index, k, j)``:
+    in place when allowed and N is a multiple of ``nb``, else through a ``pack`` stage
+    ``[..., N/nb, K, nb]`` (zero padded) computed per call."""
+    b_b = _batch_reader(b_batch, out_batch)
+    if raw_ok and n % nb == 0:
+        return lambda bidx, k, j: read(b_b(bidx), k, j)
+
+    def pack_fn(*idx):
+        *bb, jo, k, jl = idx
+        j = jo * nb + jl
+        # if_then_else, not Select: the load must not happen past the end of B
+        return tirx.if_then_else(j < n, read(bb, k, tirx.min(j, n - 1)), const(0, dtype))
+
+    n_pad = -(-n // nb) * nb
+    bp = te.compute((*b_batch, n_pad // nb, k_dim, nb), pack_fn, name="pack_b",
+                    attrs={"kiln.sched": "pack"})
+    return lambda bidx, k, j: bp[(*b_b(bidx), j // nb, k, j % nb)]
+
+
+def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int):
+    """The padded ``gemm[batch..., Mp, Np] = sum_k a_at(b, min(i, M-1), k) * b_at(b, k, j)``
+    stage, annotated for ``schedules/gemm.py``."""
+    mr = MR if m >= MR else m
+    m_pad, n_pad = -(-m // mr) * mr, -(-n // nb) * nb
+    k = te.reduce_axis((0, k_dim), name="k")
+
+    def gemm_fn(*idx):
+        *bidx, i, j = idx
+        return te.sum(a_at(bidx, tirx.min(i, m - 1), k) * b_at(bidx, k, j), axis=k)
+
+    ann = {"kiln.sched": "gemm", "kiln.mr": mr, "kiln.nb": nb, "kiln.batch": len(out_batch)}
+    return te.compute((*out_batch, m_pad, n_pad), gemm_fn, name="gemm", attrs=ann)
+
+
+@lowering("matmul")
+def matmul(inputs, attrs, out_types):
+    a, b = inputs
+    out_shape = tuple(out_types[0].shape)
+    a_shape, b_shape = shape_of(a), shape_of(b)
+    lanes = c.target_lanes(attrs)
+    packed = attrs.get("_packed_b")
+    a_vec, b_vec = len(a_shape) == 1, (not packed and len(b_shape) == 1)
+    k_dim = a_shape[-1]
+    m = 1 if a_vec else a_shape[-2]
+    n = 1 if b_vec else out_shape[-1]
+    a_batch = () if a_vec else a_shape[:-2]
+    b_batch = b_shape[:-3] if packed else (() if b_vec else b_shape[:-2])
+    out_batch = out_shape[: len(out_shape) - (0 if a_vec else 1) - (0 if b_vec else 1)]
+    a_b, b_b = _batch_reader(a_batch, out_batch), _batch_reader(b_batch, out_batch)
+
+    def a_at(bidx, i, k):
+        return a[k] if a_vec else a[(*a_b(bidx), i, k)]
+
+    if n == 1 and not packed:
+        # matrix-vector: out[..., i] = sum_k a[..., i, k] * b[..., k, (0)]
+        def read(idx):
+            *bidx, i, k = idx
+            bv = b[k] if b_vec else b[(*b_b(bidx), k, 0)]
+            return a_at(bidx, i, k) * bv
+
+        full = out_batch + (m, k_dim)
+        r = reduce_rows(read, full, (len(full) - 1,), "sum", dtype_of(a), lanes, "gemv")
+        return c.reshape(r, out_shape, name="gemv_out")
+
+    nb = packed or gemm_nb(n, lanes)
+    if packed:
+        def b_at(bidx, k, j):
+            return b[(*b_b(bidx), j // nb, k, j % nb)]
+    else:
+        b_at = b_reader(lambda bb, k, j: b[(*bb, k, j)], b_batch, out_batch, n, k_dim, nb,
+                        dtype_of(b), raw_ok=isinstance(b.op, te.PlaceholderOp))
+    cp = gemm_stage(out_batch, m, n, k_dim, a_at, b_at, nb)
+
+    def out_fn(*idx):
+        nbat = len(out_batch)
+        bidx = idx[:nbat]
+        i = 0 if a_vec else idx[nbat]
+        return cp[(*bidx, i, idx[-1])]
+
+    return te.compute(out_shape, out_fn, name="matmul")

@@ -1,0 +1,223 @@
+"""TE builders of data-movement ops: views, transpose, concat/split, slicing, gathers, pad,
+triangles and one_hot. Every one is a copy into the destination buffer (the runtime has no
+aliasing); the scheduler inlines them into neighbours of a fused group.
+
+Out-of-range gather indices are clamped (the interpreter raises on them; compiled code must
+not read outside the buffer).
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from kiln.codegen.lower import lowering
+from kiln.codegen.ops import common as c
+from kiln.codegen.ops.common import const, dtype_of, shape_of
+from kiln.ir.ops.shape import _slice_args, _slice_range
+
+
+def view(x, out_shape, name: str = "view"):
+    """``x`` in ``out_shape`` (row-major); inserting/removing unit dims needs no div/mod."""
+    src = shape_of(x)
+    out_shape = tuple(out_shape)
+    if [d for d in src if d != 1] == [d for d in out_shape if d != 1]:
+        keep = [i for i, d in enumerate(out_shape) if d != 1]
+        src_keep = [i for i, d in enumerate(src) if d != 1]
+
+        def fn(*idx):
+            full = [0] * len(src)
+            for si, oi in zip(src_keep, keep):
+                full[si] = idx[oi]
+            return x[tuple(full)] if full else x[()]
+
+        return te.compute(out_shape, fn, name=name)
+    return c.reshape(x, out_shape, name=name)
+
+
+@lowering("reshape", "flatten", "squeeze", "unsqueeze")
+def reshape(inputs, attrs, out_types):
+    return view(inputs[0], out_types[0].shape, name="reshape")
+
+
+@lowering("expand")
+def expand(inputs, attrs, out_types):
+    shape = tuple(out_types[0].shape)
+    read = c.bcast(inputs[0], shape)
+    return te.compute(shape, lambda *i: read(*i), name="expand")
+
+
+@lowering("transpose")
+def transpose(inputs, attrs, out_types):
+    x = inputs[0]
+    rank = len(shape_of(x))
+    perm = attrs["perm"]
+    perm = tuple(range(rank))[::-1] if perm is None else tuple(p % rank for p in perm)
+
+    def fn(*idx):
+        src = [0] * rank
+        for a, p in enumerate(perm):
+            src[p] = idx[a]
+        return x[tuple(src)]
+
+    return te.compute(tuple(out_types[0].shape), fn, name="transpose")
+
+
+@lowering("concat")
+def concat(inputs, attrs, out_types):
+    shape = tuple(out_types[0].shape)
+    axis = attrs["axis"] % len(shape)
+    parts = [(x, shape_of(x)[axis]) for x in inputs if shape_of(x)[axis] > 0]
+
+    def fn(*idx):
+        i = idx[axis]
+        offsets, off = [], 0
+        for _, size in parts:
+            offsets.append(off)
+            off += size
+        out = None
+        for (x, size), start in zip(parts, offsets):
+            local = list(idx)
+            local[axis] = tirx.max(tirx.min(i - start, size - 1), 0)
+            value = x[tuple(local)]
+            out = value if out is None else tirx.if_then_else(i >= start, value, out)
+        return out
+
+    return te.compute(shape, fn, name="concat")
+
+
+@lowering("split")
+def split(inputs, attrs, out_types):
+    x = inputs[0]
+    axis = attrs["axis"] % len(shape_of(x))
+    def part(start: int):
+        def fn(*idx):
+            src = list(idx)
+            src[axis] = idx[axis] + start
+            return x[tuple(src)]
+
+        return fn
+
+    outs, start = [], 0
+    for t in out_types:
+        outs.append(te.compute(tuple(t.shape), part(start), name="split"))
+        start += t.shape[axis]
+    return outs
+
+
+@lowering("slice")
+def slice_(inputs, attrs, out_types):
+    x = inputs[0]
+    shape = shape_of(x)
+    ranges = {axis: _slice_range(shape[axis], s, e, st)
+              for axis, s, e, st in _slice_args(len(shape), attrs)}
+
+    def fn(*idx):
+        src = list(idx)
+        for axis, r in ranges.items():
+            src[axis] = r.start + idx[axis] * r.step
+        return x[tuple(src)]
+
+    return te.compute(tuple(out_types[0].shape), fn, name="slice")
+
+
+def _index(value, size: int):
+    """A data index from an int index tensor element: negatives from the end, clamped."""
+    v = value.astype("int64")
+    v = tirx.Select(v < 0, v + size, v)
+    return tirx.max(tirx.min(v, size - 1), 0).astype("int32")
+
+
+@lowering("gather")
+def gather(inputs, attrs, out_types):
+    data, ind = inputs
+    dshape = shape_of(data)
+    axis = attrs["axis"] % len(dshape)
+    k = len(shape_of(ind))
+
+    def fn(*idx):
+        pre, mid, post = idx[:axis], idx[axis:axis + k], idx[axis + k:]
+        i = _index(ind[tuple(mid)] if mid else ind[()], dshape[axis])
+        return data[(*pre, i, *post)]
+
+    return te.compute(tuple(out_types[0].shape), fn, name="gather")
+
+
+@lowering("take_along_axis")
+def take_along_axis(inputs, attrs, out_types):
+    data, ind = inputs
+    shape = tuple(out_types[0].shape)
+    dshape = shape_of(data)
+    axis = attrs["axis"] % len(dshape)
+    read_ind = c.bcast(ind, shape)
+
+    def fn(*idx):
+        src = [0 if d == 1 else i for i, d in zip(idx, dshape)]
+        src[axis] = _index(read_ind(*idx), dshape[axis])
+        return data[tuple(src)]
+
+    return te.compute(shape, fn, name="take_along_axis")
+
+
+@lowering("one_hot")
+def one_hot(inputs, attrs, out_types):
+    ind = inputs[0]
+    depth, dtype = attrs["depth"], attrs["dtype"]
+
+    def fn(*idx):
+        v = (ind[idx[:-1]] if idx[:-1] else ind[()]).astype("int64")
+        v = tirx.Select(v < 0, v + depth, v)
+        return tirx.Select(v == idx[-1].astype("int64"), const(1, dtype), const(0, dtype))
+
+    return te.compute(tuple(out_types[0].shape), fn, name="one_hot")
+
+
+@lowering("pad")
+def pad(inputs, attrs, out_types):
+    x = inputs[0]
+    shape = shape_of(x)
+    rank = len(shape)
+    pads, mode = attrs["pads"], attrs["mode"]
+    before = pads[:rank]
+    dt = dtype_of(x)
+
+    def fn(*idx):
+        src, inside = [], []
+        for a, i in enumerate(idx):
+            j, n = i - before[a], shape[a]
+            if before[a] == 0 and pads[rank + a] == 0:
+                src.append(i)
+                continue
+            if mode == "reflect":
+                j = tirx.abs(j)
+                j = (n - 1) - tirx.abs((n - 1) - j)
+            elif mode == "edge":
+                j = tirx.max(tirx.min(j, n - 1), 0)
+            else:
+                inside.append(tirx.all(j >= 0, j < n))
+                j = tirx.max(tirx.min(j, n - 1), 0)
+            src.append(j)
+        value = x[tuple(src)]
+        if inside:
+            return tirx.if_then_else(tirx.all(*inside), value, const(attrs["value"], dt))
+        return value
+
+    return te.compute(tuple(out_types[0].shape), fn, name="pad")
+
+
+def _triangle(lower: bool):
+    def build(inputs, attrs, out_types):
+        x, k = inputs[0], attrs["k"]
+        dt = dtype_of(x)
+
+        def fn(*idx):
+            i, j = idx[-2], idx[-1]
+            keep = (j - i <= k) if lower else (j - i >= k)
+            return tirx.Select(keep, x[idx], const(0, dt))
+
+        return te.compute(tuple(out_types[0].shape), fn, name="tril" if lower else "triu")
+
+    return build
+
+
+lowering("tril")(_triangle(True))
+lowering("triu")(_triangle(False))

@@ -1,0 +1,129 @@
+"""Small queries and moves on an ``s_tir.Schedule`` that every scheduler uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import s_tir
+
+ScheduleError = s_tir.ScheduleError
+
+SCHED = "kiln.sched"  # block annotation naming the scheduler a TE builder asked for
+DATA_PAR, REDUCE = 0, 2  # IterVar types
+
+
+def blocks(sch) -> list:
+    """The child blocks of the root, in program order."""
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def name(sch, block) -> str:
+    return sch.get(block).name_hint
+
+
+def annotations(sch, block) -> dict[str, Any]:
+    return {str(k): v for k, v in sch.get(block).annotations.items()}
+
+
+def kind(sch, block) -> str:
+    return str(annotations(sch, block).get(SCHED, ""))
+
+
+def is_reduction(sch, block) -> bool:
+    return any(int(iv.iter_type) == REDUCE for iv in sch.get(block).iter_vars)
+
+
+def is_output(sch, block) -> bool:
+    """Whether the block writes a function argument (not a buffer allocated inside)."""
+    allocated = sch.get(sch.get_sblock("root")).alloc_buffers
+    return any(not any(b.same_as(w.source) for b in allocated) for w in sch.get(block).writes)
+
+
+def extent(sch, loop) -> int | None:
+    """The loop's trip count, or None when it is not a constant (after compute_at with an
+    index that is not affine, e.g. a flattened ``i * W + j``)."""
+    e = sch.get(loop).extent
+    return int(e) if hasattr(e, "value") or isinstance(e, int) else None
+
+
+def extents(sch, loops) -> list[int]:
+    return [extent(sch, lp) for lp in loops]
+
+
+def inline_injective(sch, keep=()) -> None:
+    """Inline every injective intermediate stage into its consumers (where TVM can)."""
+    for b in blocks(sch):
+        if is_output(sch, b) or is_reduction(sch, b) or kind(sch, b) or name(sch, b) in keep:
+            continue
+        try:
+            sch.compute_inline(b)
+        except ScheduleError:
+            pass
+
+
+def vectorize_inner(sch, loop, lanes: int, unroll_rest: bool = False) -> None:
+    """Split ``loop`` by ``lanes`` and vectorize the inner part (the whole loop if shorter)."""
+    n = extent(sch, loop)
+    if n is None or n <= 1:
+        return
+    if n <= lanes:
+        sch.vectorize(loop)
+        return
+    outer, inner = sch.split(loop, [None, lanes])
+    sch.vectorize(inner)
+    if unroll_rest:
+        sch.unroll(outer)
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    for d in range(min(n, at_most), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+_CHILDREN = ("a", "b", "value", "condition", "true_value", "false_value", "args", "indices")
+
+
+def loads_of(expr, buffer_name: str) -> list:
+    """The index tuples with which ``expr`` reads the buffer called ``buffer_name``."""
+    found: list = []
+
+    def walk(e) -> None:
+        if type(e).__name__ in ("TensorLoad", "BufferLoad") and str(e.source) == buffer_name:
+            found.append(list(e.indices))
+        for attr in _CHILDREN:
+            child = getattr(e, attr, None)
+            if child is None or isinstance(child, (str, int, float)):
+                continue
+            for c in (child if isinstance(child, (list, tuple)) or hasattr(child, "__len__")
+                      and not hasattr(child, "ty") else [child]):
+                walk(c)
+
+    walk(expr)
+    return found
+
+
+def reads_tile_exactly(sch, consumer, producer, allow_divmod: bool = False) -> bool:
+    """Whether every read of ``producer``'s buffer in ``consumer`` indexes each axis by one
+    iteration variable (or, with ``allow_divmod``, its floordiv/floormod by a constant).
+
+    ``reverse_compute_at`` under a register tile is only sound then: for an index like
+    ``i * W + j`` TVM 0.27 covers the tile with whole rows and lets the consumer write
+    elements that the tile never computed (a 1x1 conv as GEMM came out wrong that way).
+    """
+    target = str(sch.get(producer).writes[0].source)
+    body = sch.get(consumer).body
+    loads = loads_of(getattr(body, "value", body), target)
+    if not loads:
+        return False
+    for idx in loads:
+        for e in idx:
+            kind_ = type(e).__name__
+            if kind_ == "Var":
+                continue
+            if allow_divmod and kind_ in ("FloorDiv", "FloorMod") and \
+                    type(e.a).__name__ == "Var" and type(e.b).__name__ == "IntImm":
+                continue
+            return False
+    return True

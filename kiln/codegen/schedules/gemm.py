@@ -1,0 +1,71 @@
+"""The register-tiled GEMM schedule (shared/TVM_NOTES.md's recipe, which reached numpy speed).
+
+For the padded ``gemm[batch..., Mp, Np] += A[i, k] * B[k, j]`` stage of ``ops/linalg.py``:
+i splits into [i0, i1, i2 = mr], j into [j0, j1 = nb] (two vectors), k into [k0, k1 <= 4];
+loop order (batch, i0, j0, i1, k0, k1, i2, j1) keeps an mr x nb accumulator tile in
+registers (``local`` scope), k1 and i2 unrolled, j1 split into vectors; the consumers of the
+tile (the copy of the valid corner and any fused elementwise epilogue) are computed right
+after it under i1; the fused (batch, i0, j0) loop runs in parallel; the reduction's init is
+decomposed last (parallel/vectorize refuse a reduction block that already has one).
+
+Measured on the 2-core AVX-512 machine (fp32, GFLOP/s, 1 thread): 1024^3 232-237,
+128x3072x768 221-235, 100x100x77 85 (numpy/OpenBLAS: 113, 110, 95).
+"""
+
+from __future__ import annotations
+
+from kiln.codegen.schedules.common import (
+    annotations,
+    extent,
+    largest_divisor,
+    reads_tile_exactly,
+    vectorize_inner,
+)
+
+MB_ROWS = 64  # rows of A per i1 sweep (MB): the B panel is reused across MB / mr tiles
+
+
+def schedule_gemm(sch, block, lanes: int, cores: int, epilogue: bool = True) -> list[str]:
+    """Schedule the gemm block (and, with ``epilogue``, its consumers). Returns the names of
+    the blocks it scheduled."""
+    ann = annotations(sch, block)
+    mr, nb, nbatch = int(ann["kiln.mr"]), int(ann["kiln.nb"]), int(ann["kiln.batch"])
+    loops = sch.get_loops(block)
+    batch, (i, j, k) = loops[:nbatch], loops[nbatch:]
+    m_pad, k_dim = extent(sch, i), extent(sch, k)
+    i1_f = largest_divisor(m_pad // mr, max(1, MB_ROWS // mr))
+    i0, i1, i2 = sch.split(i, [None, i1_f, mr])
+    j0, j1 = sch.split(j, [None, nb])
+    k0, k1 = sch.split(k, [None, largest_divisor(k_dim, 4)])
+    sch.reorder(*batch, i0, j0, i1, k0, k1, i2, j1)
+    done = [sch.get(block).name_hint]
+    if epilogue:
+        consumers = sch.get_consumers(block)
+        if not all(reads_tile_exactly(sch, c, block) for c in consumers):
+            raise ValueError("an epilogue reads the GEMM tile through a non-trivial index")
+        sch.set_scope(block, 0, "local")
+        for consumer in consumers:
+            done.append(sch.get(consumer).name_hint)
+            sch.reverse_compute_at(consumer, i1, preserve_unit_loops=True)
+            vectorize_inner(sch, sch.get_loops(consumer)[-1], lanes)
+    else:
+        # the tile still accumulates in registers; it is stored to the global result, which
+        # the consumers read with their own schedules
+        store = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(store, i1, preserve_unit_loops=True)
+        vectorize_inner(sch, sch.get_loops(store)[-1], lanes)
+        done.append(sch.get(store).name_hint)
+    sch.unroll(k1)
+    sch.unroll(i2)
+    if nb > lanes:
+        ja, jb = sch.split(j1, [None, lanes])
+        sch.unroll(ja)
+        sch.vectorize(jb)
+    else:
+        sch.vectorize(j1)
+    outer = [*batch, i0, j0]
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if cores > 1 and extent(sch, par) > 1:
+        sch.parallel(par)
+    sch.decompose_reduction(block, k0)
+    return done
