@@ -22,6 +22,8 @@ _LAZY = {
     "trace": ("kiln.frontend.dsl", "trace"),
     "ops": ("kiln.frontend.ops", None),
     "grad": ("kiln.passes.autodiff", "grad"),
+    "compile": ("kiln.codegen.api", "compile"),
+    "load": ("kiln.runtime", "load"),
     "optimize": ("kiln.passes.manager", "optimize"),
     "nn": ("kiln.frontend.nn", None),
     "from_onnx": ("kiln.frontend.onnx.importer", "from_onnx"),

@@ -26,12 +26,11 @@ def cmd_compile(args) -> int:
     dump = {a.partition("=")[2] or a for a in args.dump_ir}
     records: list = []
     t0 = time.perf_counter()
-    optimized = optimize(graph, args.opt_level, verify=args.verify, disable=args.disable,
-                         dump_after=dump, records=records)
     if args.report_fusion:
         print(fuse_with_report(optimize(graph, 1))[1])
-    compiled = kiln_compile(optimized, target=args.target, opt_level=0,
-                            progress=sys.stderr.isatty())
+    compiled = kiln_compile(graph, target=args.target, opt_level=args.opt_level,
+                            progress=sys.stderr.isatty(), verify=args.verify,
+                            disable=args.disable, dump_after=dump, records=records)
     path = compiled.save(args.output)
     seconds = time.perf_counter() - t0
     kernels = len(compiled.build.kernels)

@@ -177,13 +177,24 @@ class _Draw:
             return self.op(op, [self.op("abs", [x]) if op == "sqrt" else x])
         return self.op(self.draw(st.sampled_from(BINARY)), [x, self.value_like(x)])
 
+    def lstm_cell(self) -> Value:
+        """Gates from one split, combined elementwise: a multi-output node inside a chain."""
+        x = self.value(2)
+        h = x.shape[1]
+        z = self.op("matmul", [x, self.weight((h, 4 * h))])
+        i, f, g, o = self.b.op("split", [z], {"axis": 1, "sizes": (h,) * 4})
+        c = self.op("add", [self.op("mul", [self.op("sigmoid", [f]), x]),
+                            self.op("mul", [self.op("sigmoid", [i]), self.op("tanh", [g])])])
+        self.pool.append(c)
+        return self.op("mul", [self.op("sigmoid", [o]), self.op("tanh", [c])])
+
     def duplicate(self) -> Value:
         x = self.value()
         return self.op("add", [self.op("tanh", [x]), self.op("tanh", [x])])
 
 
 BLOCKS = ("dense", "attention", "conv", "norm", "reduce", "constants", "neutral",
-          "reshape_chain", "elementwise", "duplicate")
+          "reshape_chain", "elementwise", "duplicate", "lstm_cell")
 
 
 def graphs(max_blocks: int = 5):

@@ -86,14 +86,18 @@ def compile(
     target: Any = "llvm",
     opt_level: int = 2,
     progress: Progress | bool | None = None,
+    **pass_options: Any,
 ) -> CompiledModel:
-    """Compile ``graph`` for ``target`` and load it with the runtime.
+    """Optimize ``graph`` with the ``O<opt_level>`` pipeline, compile it for ``target`` and
+    load it with the runtime.
 
-    ``opt_level`` is accepted for the pass pipelines (O0..O3) but ignored for now: no graph
-    passes exist yet, so every node becomes its own kernel. ``target``: "llvm" (this machine),
-    "portable", an x86-64 level, or a dict (see ``kiln.codegen.target.resolve_target``).
+    ``pass_options`` go to ``kiln.passes.manager.optimize`` (``verify``, ``disable``,
+    ``dump_after``, ``dump``, ``records``). ``target``: "llvm" (this machine), "portable",
+    an x86-64 level, or a dict (see ``kiln.codegen.target.resolve_target``).
     """
-    del opt_level  # passes do not exist yet (see the docstring)
+    from kiln.passes.manager import optimize
+
+    graph = optimize(graph, opt_level, **pass_options)
     result = build(graph, target=target, progress=progress)
     workdir = tempfile.mkdtemp(prefix="kiln-")
     try:

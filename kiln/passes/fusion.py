@@ -82,6 +82,9 @@ class _Grouper:
         """None if ``node`` may join ``group`` through its input ``v``; else the reason."""
         if v is not group.tip:
             return f"%{v.name} is not the last value of its group"
+        if len(self.producers[v].outputs) > 1:
+            # its other outputs are read elsewhere: they could not stay inside one kernel
+            return f"%{v.name} comes from {self.producers[v].op}, which has several outputs"
         others = [u for u in self.users.get(v, []) if u is not node]
         if others or v in self.graph.outputs:
             return f"%{v.name} ({group.pattern}) is also used elsewhere"

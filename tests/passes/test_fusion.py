@@ -155,3 +155,21 @@ def test_resnet50_conv_bn_relu_are_one_kernel_each():
     assert patterns["conv2d+relu"] == 1 + 2 * 16  # the stem, and conv1/conv2 of each block
     assert patterns["conv2d+add+relu"] == 16  # conv3 + residual + relu of each block
     assert patterns["conv2d"] == 4  # the downsample convs (their bn folded in)
+
+
+def test_multi_output_nodes_stay_out_of_groups():
+    # regression (found compiling the LSTM example; the fuzzer's lstm_cell block now draws
+    # it): the split joined the sigmoid/mul chain while its output %c was read outside it
+    out, report = fused("""
+        graph g(%z: float32[2, 6]) {
+          %a: float32[2, 2], %b: float32[2, 2], %c: float32[2, 2] = split(%z) {axis=1, sizes=(2, 2, 2)}
+          %s: float32[2, 2] = sigmoid(%a)
+          %t: float32[2, 2] = tanh(%b)
+          %m: float32[2, 2] = mul(%s, %t)
+          %u: float32[2, 2] = exp(%c)
+          %y: float32[2, 2] = add(%m, %u)
+          return %y
+        }""")  # noqa: E501
+    assert [n.op for n in out.nodes] == ["split", "fused"]
+    assert out.nodes[1].attrs["pattern"] == "sigmoid+tanh+mul+exp+add"
+    assert any("several outputs" in r for r in report.declined)
