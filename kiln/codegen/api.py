@@ -12,7 +12,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from kiln.codegen.build import BuildResult, Progress, build, export
-from kiln.errors import KilnError
 from kiln.ir.graph import Graph
 
 
@@ -65,17 +64,15 @@ class CompiledModel:
         return self.model.run(dict(inputs))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Copy the artifact to ``path``: a directory ``NAME.kiln``, or one archive if the
-        path ends in ``.tar``. Returns the path written."""
-        from kiln.runtime import pack
+        """Write the artifact to ``path``: a directory ``NAME.kiln``, or one archive if the
+        path ends in ``.tar``. An old artifact there is replaced atomically; any other
+        existing file or folder is left alone (ArtifactError). Returns the path written."""
+        from kiln.runtime import copy_artifact, pack
 
         path = Path(path)
         if path.suffix == ".tar":
             return pack(self.artifact, path)
-        if path.exists():
-            raise KilnError(f"{path} exists; remove it or choose another name")
-        shutil.copytree(self.artifact, path)
-        return path
+        return copy_artifact(self.artifact, path)
 
     def __del__(self):  # the loaded library stays mapped; the files can go
         shutil.rmtree(getattr(self, "_workdir", ""), ignore_errors=True)

@@ -20,6 +20,7 @@ _LAZY = {
     "KernelProfile": "kiln.runtime.executor",
     "write_artifact": "kiln.runtime.writer",
     "pack": "kiln.runtime.writer",
+    "copy_artifact": "kiln.runtime.writer",
     "plan_memory": "kiln.runtime.planner",
 }
 

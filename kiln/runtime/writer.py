@@ -65,6 +65,21 @@ def write_artifact(
     return path
 
 
+def copy_artifact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the artifact directory ``src`` to ``dst`` atomically, replacing an old artifact
+    there (never a folder that is not one)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{dst.name}.tmp-", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        _replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
 def pack(artifact_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Pack an artifact directory into one uncompressed tar archive; return its path.
 

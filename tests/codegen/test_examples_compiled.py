@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import kiln
+import kiln.runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -95,3 +96,20 @@ def test_opt_levels_agree_and_fusion_cuts_kernels():
     assert kernels[2] < kernels[1] <= kernels[0]
     with pytest.raises(kiln.KilnError, match="O3 needs the pass"):
         kiln.compile(graph, opt_level=3)
+
+
+def test_save_replaces_an_old_artifact_but_never_a_foreign_folder(tmp_path):
+    graph, inputs = _trace("mlp")
+    compiled = kiln.compile(graph)
+    path = tmp_path / "m.kiln"
+    compiled.save(path)
+    compiled.save(path)  # compiling again to the same name replaces the old artifact
+    np.testing.assert_allclose(kiln.runtime.load(path).run(inputs)[0],
+                               compiled.run(inputs)[0])
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(kiln.KilnError, match="not a kiln artifact"):
+        compiled.save(foreign)
+    assert (foreign / "todo.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.kiln", "notes"]  # no temp left
