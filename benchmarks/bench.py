@@ -78,8 +78,19 @@ def models(names: list[str]):
 def export_onnx(twin, inputs: dict, path: Path) -> Path:
     import torch
 
+    class Exported(torch.nn.Module):
+        # the TorchScript exporter needs is_causal spelled out for transformer layers
+        def __init__(self):
+            super().__init__()
+            self.twin = twin
+
+        def forward(self, *xs):
+            if isinstance(self.twin, torch.nn.TransformerEncoderLayer):
+                return self.twin(*xs, is_causal=False)
+            return self.twin(*xs)
+
     args = tuple(torch.from_numpy(a) for a in inputs.values())
-    torch.onnx.export(twin, args, str(path), input_names=list(inputs), dynamo=False,
+    torch.onnx.export(Exported().eval(), args, str(path), input_names=list(inputs), dynamo=False,
                       opset_version=17)
     return path
 

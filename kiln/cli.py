@@ -158,6 +158,15 @@ def load_graph(ref: str, inputs: list[str]):
     return trace_ref(ref, inputs)
 
 
+def random_array(shape: tuple, dtype: str, rng: np.random.Generator) -> np.ndarray:
+    """A random input: normal floats, small non-negative ints, or fair bools."""
+    if dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype.startswith(("int", "uint")):
+        return rng.integers(0, 10, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
 def random_inputs(graph, given: dict, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     out = dict(given)
@@ -167,12 +176,7 @@ def random_inputs(graph, given: dict, seed: int) -> dict:
         if not v.type.is_static:
             raise CLIError(f"input {v.name} has symbolic shape {v.type}: give a concrete shape "
                            "or a .npy file")
-        if v.dtype == "bool":
-            out[v.name] = rng.random(v.type.shape) < 0.5
-        elif v.dtype.startswith(("int", "uint")):
-            out[v.name] = rng.integers(0, 10, v.type.shape).astype(v.dtype)
-        else:
-            out[v.name] = rng.standard_normal(v.type.shape).astype(v.dtype)
+        out[v.name] = random_array(v.type.shape, v.dtype, rng)
     return out
 
 

@@ -45,7 +45,7 @@ def cmd_compile(args) -> int:
 
 def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
     """Inputs from NAME=FILE.npy, and random ones for the rest."""
-    from kiln.cli import parse_input
+    from kiln.cli import parse_input, random_array
 
     given = {}
     for text in specs:
@@ -56,12 +56,7 @@ def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     for info in model.inputs:
         if info.name not in given:
-            if info.dtype.startswith(("int", "uint")):
-                given[info.name] = rng.integers(0, 10, info.shape).astype(info.dtype)
-            elif info.dtype == "bool":
-                given[info.name] = rng.random(info.shape) < 0.5
-            else:
-                given[info.name] = rng.standard_normal(info.shape).astype(info.dtype)
+            given[info.name] = random_array(tuple(info.shape), info.dtype, rng)
     return given
 
 

@@ -28,6 +28,7 @@ from kiln.errors import KilnError
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.ops import OPS
 from kiln.ir.types import TensorType, is_float
+from kiln.passes.canonicalize import eliminate_dead_code
 
 
 class _Shared:
@@ -384,16 +385,6 @@ def grad(graph: Graph, wrt: Sequence[str], output: int = 0) -> Graph:
     em.origin = "grad"
     named = [em.emit("identity", [g], names=[f"grad_{v.name}"])[0] for g, v in zip(grads, targets)]
     em.builder.output(env[out].value, *(g.value for g in named))
-    return prune(em.builder.build())
+    return eliminate_dead_code(em.builder.build())
 
 
-def prune(graph: Graph) -> Graph:
-    """Drop nodes whose outputs nothing reads (dead code); everything is side-effect free."""
-    live = set(graph.outputs)
-    keep = []
-    for n in reversed(graph.nodes):
-        if any(v in live for v in n.outputs):
-            keep.append(n)
-            live.update(n.inputs)
-    return Graph(graph.name, graph.inputs, graph.params, tuple(reversed(keep)), graph.outputs,
-                 graph.weights)

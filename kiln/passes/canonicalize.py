@@ -78,20 +78,16 @@ def fold_constants(graph: Graph) -> Graph:
 
 @graph_pass("dce")
 def eliminate_dead_code(graph: Graph) -> Graph:
-    """Drop nodes and parameters that no output depends on."""
+    """Drop nodes and parameters that no output depends on (every op is side-effect free)."""
     live = set(graph.outputs)
     kept = []
     for node in reversed(graph.nodes):
         if any(v in live for v in node.outputs):
             kept.append(node)
             live.update(node.inputs)
-    kept_set = set(map(id, kept))
-    b, env = start(graph)
-    for node in graph.nodes:
-        if id(node) in kept_set:
-            outs = copy_node(b, node, [env[v] for v in node.inputs])
-            env.update(zip(node.outputs, outs))
-    return finish(b, graph, env)
+    params = tuple(v for v in graph.params if v in live)
+    weights = {v.name: graph.weights[v.name] for v in params if v.name in graph.weights}
+    return Graph(graph.name, graph.inputs, params, tuple(reversed(kept)), graph.outputs, weights)
 
 
 @graph_pass("cse")
