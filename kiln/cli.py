@@ -244,7 +244,10 @@ def cmd_fuzz(args) -> int:
         print(f"FAILED: {message.splitlines()[0]}\nminimal graph (also in {path}):\n{graph}")
 
     t0 = time.perf_counter()
-    failures = campaign(args.examples, args.seed, save)
+    from kiln.fuzz import check_compiled, check_passes
+
+    prop = (lambda g: (check_passes(g), check_compiled(g))) if args.compile else check_passes
+    failures = campaign(args.examples, args.seed, save, prop=prop)
     status = "found a mismatch" if failures else "no mismatch"
     print(f"fuzzed {args.examples} graphs (seed {args.seed}) in "
           f"{time.perf_counter() - t0:.1f} s: {status}")
@@ -282,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="fuzz-failures", help="where failing graphs are written")
+    sp.add_argument("--compile", action="store_true",
+                    help="also compile each graph (O2) against the interpreter (~1 s each)")
     sp.set_defaults(fn=cmd_fuzz, command="fuzz")
     return p
 

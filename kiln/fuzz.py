@@ -105,7 +105,7 @@ class _Draw:
         st = self.st()
         x = self.value(4)
         n, c, h, w = x.shape
-        o = self.draw(st.integers(1, 4))
+        o = self.draw(st.sampled_from((1, 2, 3, 4, 8, 16)))  # 8, 16: the layout pass blocks
         k = self.draw(st.sampled_from((1, 3)))
         pad = k // 2
         y = self.op("conv2d", [x, self.weight((o, c, k, k))] +
@@ -116,7 +116,12 @@ class _Draw:
                                        self.weight((o,)), self.weight((o,), positive=True)])
         if o == c and self.draw(st.booleans()):
             y = self.op("add", [y, x])
-        return self.op("relu", [y]) if self.draw(st.booleans()) else y
+        y = self.op("relu", [y]) if self.draw(st.booleans()) else y
+        pool = self.draw(st.sampled_from((None, "max_pool2d", "avg_pool2d", "global_avg_pool2d")))
+        if pool == "global_avg_pool2d":
+            return self.op(pool, [y])
+        return self.op(pool, [y], kernel_shape=(min(h, 2), min(w, 2)), strides=(1, 1)) \
+            if pool else y
 
     def norm(self) -> Value:
         x = self.value()
@@ -247,13 +252,28 @@ def check_passes(graph: Graph) -> None:
     inputs = random_inputs(graph)
     for name in sorted(PASSES):
         assert_same_results(graph, verify(PASSES[name](graph)), f"pass {name}", inputs=inputs)
-    for level in ("O1", "O2"):
+    for level in ("O1", "O2", "O3"):
         optimized = optimize(graph, pipeline(level), verify=True)
         assert_same_results(graph, optimized, f"pipeline {level}", inputs=inputs)
         again = parse(str(optimized), optimized.weights)
         if str(again) != str(optimized):
             raise AssertionError(f"text form of the {level} graph does not round-trip:\n"
                                  f"{optimized}")
+
+
+def check_compiled(graph: Graph, opt_level: int = 2) -> None:
+    """The codegen property: the compiled graph gives the interpreter's results (within the
+    tolerance of fast exp/tanh/erf and re-associated float32 sums)."""
+    from kiln.codegen.api import compile as kiln_compile
+
+    inputs = random_inputs(graph)
+    want = interpret(graph, inputs)
+    got = kiln_compile(graph, opt_level=opt_level).run(inputs)
+    for i, (a, b) in enumerate(zip(want, got)):
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-4, equal_nan=True):
+            worst = float(np.nanmax(np.abs(a - b))) if a.shape == b.shape else float("nan")
+            raise AssertionError(f"compiled O{opt_level} output {i} differs from the "
+                                 f"interpreter (max abs diff {worst:.3g})\n{graph}")
 
 
 def campaign(examples: int, seed: int, on_failure: Callable[[Graph, str], None],

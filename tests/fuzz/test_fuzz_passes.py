@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings
 
-from kiln.fuzz import campaign, check_passes, graphs
+from kiln.fuzz import campaign, check_compiled, check_passes, graphs
 from kiln.ir import parse
 
 
@@ -41,3 +41,9 @@ def test_fuzz_inputs_are_deterministic():
     b.output(b.op("relu", [x])[0])
     g = b.build()
     np.testing.assert_array_equal(random_inputs(g, 3)["x"], random_inputs(g, 3)["x"])
+
+
+@settings(max_examples=12)  # each graph is compiled (about a second each)
+@given(graphs(max_blocks=3))
+def test_compiled_graphs_match_the_interpreter(graph):
+    check_compiled(graph)
