@@ -23,7 +23,9 @@ initial parameters) and drops the last incomplete batch: the step graph has a fi
 A progress bar goes to stderr; the test accuracy (classification) or test loss (``mse``) goes to
 stdout, measured on the training set when the data has no test split. ``--save-weights`` writes
 the trained state dict (parameter names as in ``model.state_dict()``) as ``.npz``, loadable with
-``model.load_state_dict(dict(np.load(path)))``.
+``model.load_state_dict(dict(np.load(path)))``. ``--backend compiled`` compiles the step graph
+once with kiln's codegen and keeps the parameters and optimizer state in the runtime's buffers
+(the evaluation afterwards is interpreted).
 """
 
 from __future__ import annotations
@@ -400,8 +402,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0,
                     help="seeds the initial parameters and the shuffling (default 0)")
     sp.add_argument("--backend", default="interpret",
-                    help="what runs the step graph: a name in kiln.passes.training.BACKENDS "
-                    "(default: interpret)")
+                    help="what runs the step graph: interpret (numpy, the default) or compiled "
+                    "(kiln's codegen, compiled once; the state stays in the runtime)")
     sp.add_argument("--save-weights", metavar="FILE.npz",
                     help="write the trained state dict to FILE.npz")
     sp.set_defaults(fn=cmd_train, command="train")

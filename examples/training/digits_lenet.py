@@ -13,7 +13,10 @@ one), so this runs in 3 to 20 seconds.
 
 Run it (after ``pip install -e ".[test]"``, which brings scikit-learn)::
 
-    python examples/training/digits_lenet.py
+    python examples/training/digits_lenet.py [--backend compiled]
+
+(``--backend compiled``: each step runs as code compiled once by kiln's codegen, the parameters
+and Adam's moments kept in the runtime's buffers.)
 
 or train the same model from the command line::
 
@@ -23,6 +26,7 @@ or train the same model from the command line::
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -63,15 +67,17 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def train(epochs: int = 10, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
-          limit: int | None = None, verbose: bool = False) -> tuple[float, list[float]]:
-    """Train from a seeded initialization, on the first ``limit`` training images if given;
-    returns (test accuracy, mean loss of each epoch)."""
+          limit: int | None = None, verbose: bool = False,
+          backend: str = "interpret") -> tuple[float, list[float]]:
+    """Train from a seeded initialization, on the first ``limit`` training images if given,
+    with ``backend`` ("interpret" or "compiled"); returns (test accuracy, mean loss of each
+    epoch)."""
     x_train, y_train, x_test, y_test = load_digits()
     x_train, y_train = x_train[:limit], y_train[:limit]
     nn.manual_seed(seed)
     model = make_model()
     trainer = Trainer(model, "cross_entropy", Adam(lr=lr),
-                      inputs={"x": kiln.TensorSpec((batch_size, 1, 8, 8))})
+                      inputs={"x": kiln.TensorSpec((batch_size, 1, 8, 8))}, backend=backend)
     history = []
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -85,11 +91,20 @@ def train(epochs: int = 10, batch_size: int = 32, lr: float = 3e-3, seed: int = 
     return accuracy(model, x_test, y_test), history
 
 
-def main() -> None:
+def main(backend: str = "interpret") -> None:
     t0 = time.perf_counter()
-    acc, _ = train(verbose=True)
+    acc, _ = train(verbose=True, backend=backend)
     print(f"test accuracy {acc:.2%} on 360 images ({time.perf_counter() - t0:.1f} s)")
 
 
+def parse_args() -> dict:
+    """``--backend interpret|compiled`` from the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("interpret", "compiled"), default="interpret",
+                        help="run each step in the numpy interpreter (default) or compiled "
+                        "once by kiln's codegen, the state kept in the runtime")
+    return vars(parser.parse_args())
+
+
 if __name__ == "__main__":
-    main()
+    main(**parse_args())

@@ -6,10 +6,12 @@ gradient descent). The fit converges to slope 2 and intercept 0.
 
 Run it (after ``pip install -e .``)::
 
-    python examples/training/linear_regression.py
+    python examples/training/linear_regression.py [--backend compiled]
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 
@@ -23,13 +25,13 @@ Y = 2 * X
 
 
 def train(steps: int = 300, lr: float = 0.02, momentum: float = 0.9,
-          verbose: bool = False) -> tuple[float, float, float]:
-    """Full-batch gradient descent (heavy-ball momentum) from w = b = 0; returns (slope,
-    intercept, final loss)."""
+          verbose: bool = False, backend: str = "interpret") -> tuple[float, float, float]:
+    """Full-batch gradient descent (heavy-ball momentum) from w = b = 0 on ``backend``
+    ("interpret" or "compiled"); returns (slope, intercept, final loss)."""
     model = nn.Linear(1, 1)
     model.load_state_dict({"weight": np.zeros((1, 1)), "bias": np.zeros(1)})
     trainer = Trainer(model, "mse", SGD(lr=lr, momentum=momentum),
-                      inputs={"x": kiln.TensorSpec((5, 1))})
+                      inputs={"x": kiln.TensorSpec((5, 1))}, backend=backend)
     for step in range(steps):
         loss = trainer.step(Y, x=X)  # the loss before this step's update
         if verbose and (step % 50 == 0 or step == steps - 1):
@@ -40,10 +42,19 @@ def train(steps: int = 300, lr: float = 0.02, momentum: float = 0.9,
     return trainer.params["weight"].item(), trainer.params["bias"].item(), final
 
 
-def main() -> None:
-    slope, intercept, loss = train(verbose=True)
+def main(backend: str = "interpret") -> None:
+    slope, intercept, loss = train(verbose=True, backend=backend)
     print(f"fitted y = {slope:.4f} x {intercept:+.4f}  (want y = 2x + 0), mse {loss:.2e}")
 
 
+def parse_args() -> dict:
+    """``--backend interpret|compiled`` from the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=("interpret", "compiled"), default="interpret",
+                        help="run each step in the numpy interpreter (default) or compiled "
+                        "once by kiln's codegen, the state kept in the runtime")
+    return vars(parser.parse_args())
+
+
 if __name__ == "__main__":
-    main()
+    main(**parse_args())

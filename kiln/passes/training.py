@@ -8,6 +8,11 @@ The step graph's signature is the contract a runtime needs::
 
 ``outputs[1:]`` are the next values of the last ``len(outputs) - 1`` inputs, in the same order,
 so a runner feeds them back as the next step's inputs. Optimizer state starts at zeros.
+
+Backends (``BACKENDS``): "interpret" runs the graph in the numpy interpreter, the Trainer
+carrying the state in numpy arrays; "compiled" compiles it once (``kiln.compile``, O2) and
+keeps the state in the runtime's buffers (``kiln.runtime.Model.bind_state``), so a step moves
+only the batch in and the loss out.
 """
 
 from __future__ import annotations
@@ -27,9 +32,54 @@ from kiln.passes.optim import Optimizer
 Runner = Callable[[Mapping[str, np.ndarray]], list]
 Backend = Callable[[Graph], Runner]
 
-# backend name -> (graph -> runner); the compiled runtime registers itself here
+
+class CompiledStep:
+    """The "compiled" backend's runner: the step graph compiled once with kiln's codegen
+    (``opt_level`` 2: fusion and canonicalization run on the training graph) and loaded with
+    the runtime.
+
+    Called with every input, it runs like any runner. It is also *stateful*, which is what
+    ``Trainer`` uses: after ``bind_state(carried, initial)``, ``step(feeds)`` takes the data
+    and target only and returns ``[loss]``; the parameters and optimizer state stay in the
+    runtime's buffers between steps (no copy to Python and back) and ``read_state`` copies one
+    out on request.
+    """
+
+    def __init__(self, graph: Graph, opt_level: int = 2) -> None:
+        from kiln.codegen.api import compile as compile_graph
+
+        symbolic = [f"{v.name}: {v.type}" for v in graph.inputs
+                    if any(isinstance(d, str) for d in v.type.shape)]
+        if symbolic:
+            raise KilnError(f"the compiled backend needs fixed shapes, but {symbolic} have "
+                            "symbolic dimensions: trace with a concrete batch size, e.g. "
+                            "kiln.TensorSpec((32, 64))")
+        self.compiled = compile_graph(graph, opt_level=opt_level)
+        self.model = self.compiled.model
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> list:
+        return self.model.run(_contiguous(feeds))
+
+    def bind_state(self, carried: Sequence[str], initial: Mapping[str, np.ndarray]) -> None:
+        """The last ``len(carried)`` outputs feed the inputs ``carried``, starting at
+        ``initial``."""
+        outputs = [o.name for o in self.model.outputs]
+        pairs = list(zip(outputs[len(outputs) - len(carried):], carried))
+        self.model.bind_state(pairs, _contiguous(initial))
+
+    def step(self, feeds: Mapping[str, np.ndarray]) -> list:
+        """One step on the inputs that are not state; returns the other outputs (the loss)."""
+        return self.model.step(_contiguous(feeds))
+
+    def read_state(self, name: str) -> np.ndarray:
+        """A copy of the current value of state input ``name``."""
+        return self.model.read_state(name)
+
+
+# backend name -> (graph -> runner)
 BACKENDS: dict[str, Backend] = {
     "interpret": lambda graph: lambda feeds: interpret(graph, feeds),
+    "compiled": CompiledStep,
 }
 
 
@@ -120,9 +170,12 @@ def make_train_step(model: Any, loss: str | LossFn, optimizer: Optimizer,
 class Trainer:
     """Trains ``model`` by running its step graph (``make_train_step``) on batches.
 
-    ``backend`` runs a graph: a name in ``BACKENDS`` ("interpret" for now) or a function
+    ``backend`` runs a graph: a name in ``BACKENDS`` ("interpret", "compiled") or a function
     ``graph -> runner`` where ``runner(feeds: {input name: array}) -> [output arrays]``. The
-    trainer keeps the parameters and optimizer state (``self.state``) between steps.
+    trainer carries the parameters and optimizer state (``self.state``) between steps, unless
+    the runner is stateful (has ``bind_state``, ``step`` and ``read_state``, like
+    ``CompiledStep``): then the state lives in the runner, each step passes only the batch,
+    and ``state`` / ``params`` read it from the runner when asked.
     """
 
     def __init__(self, model: Any, loss: str | LossFn, optimizer: Optimizer,
@@ -140,24 +193,48 @@ class Trainer:
             raise KilnError(f"Trainer: parameters {missing} of {self.forward.name!r} have no "
                             "initial value in its weights")
         # parameters come first among the carried inputs (same names); the state starts at 0
-        self.state = {n: np.array(self.forward.weights[n]) for n in self.param_names}
+        state = {n: np.array(self.forward.weights[n]) for n in self.param_names}
         for v in carried[len(self.param_names):]:
-            self.state[v.name] = np.zeros(v.type.shape, to_numpy_dtype(v.type.dtype))
+            state[v.name] = np.zeros(v.type.shape, to_numpy_dtype(v.type.dtype))
         self._carried = [v.name for v in carried]
         if isinstance(backend, str):
             if backend not in BACKENDS:
                 raise KilnError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
             backend = BACKENDS[backend]
         self._run = backend(self.graph)
+        self.stateful = all(callable(getattr(self._run, a, None))
+                            for a in ("bind_state", "step", "read_state"))
+        self._state: dict[str, np.ndarray] | None = None
+        if self.stateful:
+            self._run.bind_state(self._carried, state)
+        else:
+            self._state = state
         self.steps = 0
 
     def step(self, target: np.ndarray, /, **data: np.ndarray) -> float:
         """One optimizer step on one batch; returns the loss (before the update)."""
-        feeds = {**data, self.target_name: np.asarray(target), **self.state}
-        loss, *carried = self._run(feeds)
-        self.state.update(zip(self._carried, carried))
+        feeds = {**data, self.target_name: np.asarray(target)}
+        if self._state is None:  # a stateful runner keeps the state itself
+            loss = self._run.step(feeds)[0]
+        else:
+            loss, *carried = self._run({**feeds, **self._state})
+            self._state.update(zip(self._carried, carried))
         self.steps += 1
         return float(loss)
+
+    @property
+    def runner(self) -> Any:
+        """The backend's runner (for "compiled", a CompiledStep: ``.model`` is its runtime
+        Model)."""
+        return self._run
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The parameters and optimizer state by step-graph input name (copies read from the
+        runner if it is stateful)."""
+        if self._state is None:
+            return {n: self._run.read_state(n) for n in self._carried}
+        return self._state
 
     def fit(self, data: Mapping[str, np.ndarray], target: np.ndarray, batch_size: int,
             epochs: int = 1, seed: int = 0) -> list[float]:
@@ -179,7 +256,9 @@ class Trainer:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """The current values of the trained parameters."""
-        return {n: self.state[n] for n in self.param_names}
+        if self._state is None:
+            return {n: self._run.read_state(n) for n in self.param_names}
+        return {n: self._state[n] for n in self.param_names}
 
     def trained_graph(self) -> Graph:
         """The forward graph with the trained parameter values as its weights."""
@@ -189,6 +268,15 @@ class Trainer:
     def predict(self, **data: np.ndarray) -> list[np.ndarray]:
         """The forward graph's outputs with the current parameters (interpreted)."""
         return interpret(self.forward, data, params=self.params)
+
+
+def _contiguous(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays as C-contiguous numpy arrays (0-d ones stay 0-d), copied only if needed."""
+    out = {}
+    for k, v in arrays.items():
+        a = np.asarray(v)
+        out[k] = a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    return out
 
 
 def _batches(order: np.ndarray, size: int) -> Iterable[np.ndarray]:

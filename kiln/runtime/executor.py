@@ -14,6 +14,11 @@ per small graph input and output. A run then costs little more than the kernel c
 
 A Model serializes its runs with a lock (the buffers are shared); use one Model per thread for
 parallel runs.
+
+State that one run hands to the next (a training step's parameters and optimizer state) can
+stay in the runtime: ``bind_state`` pairs outputs with the inputs they feed, ``step`` runs on
+the other inputs only, and ``read_state`` copies a value out when asked (``kiln.runtime.state``
+explains the double buffering).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tvm_ffi
@@ -101,6 +106,8 @@ class Model:
         self._collectors = [_collector(s.name, i, self._outputs, slot_of, self._buffers,
                                        input_names, self._consts)
                             for i, s in enumerate(self._outputs)]
+        self._written, self._slot_of = written, slot_of
+        self._state: Any = None  # a kiln.runtime.state.BoundState once bind_state is called
         self._calls = []
         for k in manifest["kernels"]:
             try:
@@ -140,6 +147,60 @@ class Model:
             dyn = self._bind(inputs)
             self._call(dyn)
             return self._collect(inputs, dyn)
+
+    def bind_state(self, pairs: Sequence[tuple[str, str]],
+                   initial: Mapping[str, np.ndarray]) -> None:
+        """Keep state in the runtime: each ``(output name, input name)`` pair feeds that output
+        of one ``step`` back as that input of the next, inside the runtime's own buffers.
+
+        ``initial`` gives each bound input's first value (exact dtype and shape; copied in).
+        Binding again replaces the previous binding and its values. ``run`` is unaffected:
+        it still takes every input and returns every output.
+        """
+        from kiln.runtime.state import BoundState
+
+        with self._lock:
+            self._state = BoundState(self, pairs, initial)
+
+    def step(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with the bound state (see ``bind_state``) on the other inputs; return the
+        outputs that are not bound, in order. The bound outputs become the next step's
+        inputs without leaving the runtime."""
+        state = self._bound()
+        self._check(inputs, state.free_inputs)
+        with self._lock:
+            return state.step(inputs)
+
+    def read_state(self, name: str) -> np.ndarray:
+        """A copy of the current value of bound input ``name`` (or of the output bound to
+        it): what the next ``step`` reads."""
+        state = self._bound()
+        with self._lock:
+            return state.current(state.state_index(name)).copy()
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        """Set the current value of bound input ``name`` (exact dtype and shape)."""
+        from kiln.runtime.state import check_array
+
+        state = self._bound()
+        with self._lock:
+            k = state.state_index(name)
+            check_array(name, value, self._inputs_by_name()[state.pairs[k][1]], "value of")
+            state.current(k)[...] = value
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The bound inputs, in the order of ``bind_state``'s pairs (empty if none)."""
+        return tuple(i for _, i in self._state.pairs) if self._state else ()
+
+    def _bound(self) -> Any:
+        if self._state is None:
+            raise InputError("no state is bound: call bind_state([(output, input), ...], "
+                             "initial) before step / read_state / write_state")
+        return self._state
+
+    def _inputs_by_name(self) -> dict[str, TensorInfo]:
+        return {s.name: s for s in self._inputs}
 
     def memory_report(self) -> dict[str, int]:
         """Bytes of memory: the planned arena vs one buffer per intermediate, and the rest."""
@@ -191,25 +252,28 @@ class Model:
 
     # -- the per-run path: keep it lean ------------------------------------------------------
 
-    def _check(self, inputs: dict[str, np.ndarray]) -> None:
+    def _check(self, inputs: dict[str, np.ndarray],
+               expected: tuple[TensorInfo, ...] | None = None) -> None:
+        expected = self._inputs if expected is None else expected  # step: the unbound ones
         if not isinstance(inputs, dict):
             raise InputError(f"run() takes a dict {{input name: array}}, got "
                              f"{type(inputs).__name__}")
-        for sig in self._inputs:
+        for sig in expected:
             array = inputs.get(sig.name)
             if not isinstance(array, np.ndarray) or array.dtype != self._dtypes[sig.name] \
                     or array.shape != sig.shape or not array.flags.c_contiguous:
-                self._explain(inputs, sig)
-        if len(inputs) != len(self._inputs):
-            unexpected = sorted(set(inputs) - {s.name for s in self._inputs}, key=str)
+                self._explain(inputs, sig, expected)
+        if len(inputs) != len(expected):
+            unexpected = sorted(set(inputs) - {s.name for s in expected}, key=str)
             raise InputError(f"unexpected input(s) {unexpected}; the model takes "
-                             f"{[s.name for s in self._inputs]}")
+                             f"{[s.name for s in expected]}")
 
-    def _explain(self, inputs: dict[str, np.ndarray], sig: TensorInfo) -> None:
+    def _explain(self, inputs: dict[str, np.ndarray], sig: TensorInfo,
+                 expected: tuple[TensorInfo, ...]) -> None:
         want = f"{sig.dtype}{list(sig.shape)}"
         if sig.name not in inputs:
             raise InputError(f"missing input {sig.name!r} ({want}); the model takes "
-                             f"{[s.name for s in self._inputs]}, got {sorted(inputs, key=str)}")
+                             f"{[s.name for s in expected]}, got {sorted(inputs, key=str)}")
         array = inputs[sig.name]
         if not isinstance(array, np.ndarray):
             raise InputError(f"input {sig.name!r} must be a numpy array ({want}), got "
@@ -229,26 +293,34 @@ class Model:
             buffer[...] = inputs[name]
         dyn = []
         for sig, is_input in self._slots:
-            if not is_input:
-                array = aligned_empty(sig.shape, sig.dtype)
-            else:
-                array = inputs[sig.name]
-                if array.ctypes.data % ALIGNMENT or not array.flags.writeable:
-                    staged = self._staged.get(sig.name)
-                    if staged is None:
-                        staged = self._staged[sig.name] = aligned_empty(sig.shape, sig.dtype)
-                    staged[...] = array
-                    array = staged
+            array = self._slot_array(sig, is_input, inputs)
             dyn.append((array, tvm_ffi.from_dlpack(array)))
         return dyn
+
+    def _slot_array(self, sig: TensorInfo, is_input: bool,
+                    inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """This run's array for a slot: a fresh output, or the input (staged if unaligned)."""
+        if not is_input:
+            return aligned_empty(sig.shape, sig.dtype)
+        array = inputs[sig.name]
+        if array.ctypes.data % ALIGNMENT or not array.flags.writeable:
+            staged = self._staged.get(sig.name)
+            if staged is None:
+                staged = self._staged[sig.name] = aligned_empty(sig.shape, sig.dtype)
+            staged[...] = array
+            array = staged
+        return array
 
     def _call(self, dyn: list[tuple[np.ndarray, Any]]) -> None:
         for i, (func, args, dynamic) in enumerate(self._calls):
             try:
                 func(*(_with_slots(args, dynamic, dyn) if dynamic else args))
             except Exception as e:
-                k = self._manifest["kernels"][i]
-                raise ArtifactError(f"kernel #{i} {k['func']} failed: {e}") from e
+                raise self._kernel_error(i, self._manifest["kernels"][i], e) from e
+
+    @staticmethod
+    def _kernel_error(i: int, kernel: dict[str, Any], e: Exception) -> ArtifactError:
+        return ArtifactError(f"kernel #{i} {kernel['func']} failed: {e}")
 
     def _collect(self, inputs: dict[str, np.ndarray], dyn: list) -> list[np.ndarray]:
         results: list[np.ndarray] = []

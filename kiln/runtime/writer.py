@@ -155,8 +155,9 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, array in arrays.items():
             with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(array),
-                                          allow_pickle=False)
+                # ascontiguousarray makes a 0-d array 1-d: keep scalars as they are
+                np.lib.format.write_array(member, np.ascontiguousarray(array) if array.ndim
+                                          else np.asarray(array), allow_pickle=False)
 
 
 def _replace(tmp: Path, path: Path) -> None:
