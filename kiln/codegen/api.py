@@ -26,6 +26,7 @@ def manifest(result: BuildResult) -> dict[str, Any]:
                    for n, t in result.values.items()},
         "constants": sorted(result.constants),
         "kernels": [k.to_json() for k in result.kernels],
+        **({"tuning": result.tuning} if result.tuning else {}),
     }
 
 
@@ -83,6 +84,8 @@ def compile(
     target: Any = "llvm",
     opt_level: int = 2,
     progress: Progress | bool | None = None,
+    layout_budget: float = 30.0,
+    layout_cache: str | os.PathLike | bool | None = None,
     **pass_options: Any,
 ) -> CompiledModel:
     """Optimize ``graph`` with the ``O<opt_level>`` pipeline, compile it for ``target`` and
@@ -91,11 +94,19 @@ def compile(
     ``pass_options`` go to ``kiln.passes.manager.optimize`` (``verify``, ``disable``,
     ``dump_after``, ``dump``, ``records``). ``target``: "llvm" (this machine), "portable",
     an x86-64 level, or a dict (see ``kiln.codegen.target.resolve_target``).
+    At O3 the layout pass measures conv block sizes on the target for at most
+    ``layout_budget`` seconds (0: the heuristic and cached measurements only), cached in
+    ``layout_cache`` (default ``~/.cache/kiln/layout.json``; False: no cache); the choices
+    are in the manifest's ``tuning`` (``kiln/codegen/layout_tuning.py``).
     """
+    from kiln.codegen.layout_tuning import layout_options_for
     from kiln.passes.manager import optimize
 
-    graph = optimize(graph, opt_level, **pass_options)
+    with layout_options_for(target, layout_budget, layout_cache, progress) as report:
+        graph = optimize(graph, opt_level, **pass_options)
     result = build(graph, target=target, progress=progress)
+    if report.choices:
+        result.tuning["layout"] = report.to_json()
     workdir = tempfile.mkdtemp(prefix="kiln-")
     try:
         artifact = write(result, Path(workdir) / f"{_safe(graph.name)}.kiln")

@@ -56,6 +56,7 @@ class BuildResult:
     outputs: list[str]
     build_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    tuning: dict[str, Any] = field(default_factory=dict)  # measured choices (the manifest's)
 
     def signature(self, names: list[str]) -> list[dict[str, Any]]:
         return [{"name": n, "shape": list(self.values[n].shape), "dtype": self.values[n].dtype}

@@ -33,7 +33,8 @@ ELEMENTWISE = {
 ANCHORS = {
     "matmul", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
     "global_avg_pool2d", "batch_norm", "layer_norm", "softmax", "log_softmax", "lrn", "sum",
-    "mean", "max", "min", "prod", "logsumexp",
+    "mean", "max", "min", "prod", "logsumexp", "conv2d_nchwc", "max_pool2d_nchwc",
+    "avg_pool2d_nchwc", "global_avg_pool2d_nchwc",
 }
 PROLOGUE_ANCHORS = {"softmax", "log_softmax", "layer_norm"}
 SCALAR_MAX = 1  # a ``full`` of at most this many elements is copied into groups

@@ -107,3 +107,4 @@ def _load_passes() -> None:
     """Import the modules that register passes (kept lazy to avoid import cycles)."""
     import kiln.passes.canonicalize  # noqa: F401
     import kiln.passes.fusion  # noqa: F401
+    import kiln.passes.layout  # noqa: F401

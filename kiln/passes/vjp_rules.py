@@ -386,4 +386,8 @@ NON_DIFFERENTIABLE: dict[str, str] = {
 }
 
 # Ops that are differentiable but have no rule yet: op -> why.
-NOT_YET: dict[str, str] = {}
+_LAYOUT = ("made by the O3 layout pass, which runs after autodiff: differentiate the NCHW "
+           "graph, then lay it out")
+NOT_YET: dict[str, str] = dict.fromkeys((
+    "layout_transform", "conv2d_nchwc", "max_pool2d_nchwc", "avg_pool2d_nchwc",
+    "global_avg_pool2d_nchwc"), _LAYOUT)

@@ -1,14 +1,16 @@
-"""The command line with ONNX: kiln export, and show/interpret of .onnx files."""
+"""The command line with ONNX: kiln export, show/interpret of .onnx files, and kiln compile of
+a PyTorch-exported model, run with kiln run."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx
 import pytest
 
 from kiln.cli import main
-from tests.onnx.util import EXAMPLES
+from tests.onnx.util import EXAMPLES, ort_run, rand, torch_export
 
 MLP = os.path.join(EXAMPLES, "mlp.py") + ":MLP"
 
@@ -58,3 +60,50 @@ def test_onnx_errors_are_reported(mlp_onnx, tmp_path, capsys):
     assert main(["export", MLP, "--input", "x=1x784", "-o", str(tmp_path / "a.onnx"),
                  "--opset", "9"]) == 2
     assert "exports opsets 13" in capsys.readouterr().err
+
+
+def _torch_mlp_onnx(path, dynamic: bool) -> bytes:
+    """A small PyTorch MLP exported by PyTorch's exporter to ``path`` (batch 'batch' if
+    ``dynamic``)."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4),
+                                torch.nn.Softmax(-1))
+    data = torch_export(model, (rand(2, 8),), ["x"],
+                        {"x": {0: "batch"}} if dynamic else None)
+    path.write_bytes(data)
+    return data
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "symbolic_batch"])
+def test_compile_and_run_an_onnx_model(tmp_path, capsys, dynamic):
+    """kiln compile model.onnx -o model.kiln, then kiln run: the outputs match onnxruntime's.
+    A symbolic batch is fixed at compile time with --input batch=3."""
+    onnx_path = tmp_path / "mlp.onnx"
+    data = _torch_mlp_onnx(onnx_path, dynamic)
+    artifact = str(tmp_path / "mlp.kiln")
+    sizes = ["--input", "batch=3"] if dynamic else []
+    assert main(["compile", str(onnx_path), *sizes, "-o", artifact]) == 0
+    out = capsys.readouterr().out
+    assert "compiled " in out and f"wrote {artifact}" in out
+    assert os.path.isfile(os.path.join(artifact, "manifest.json"))
+
+    x = rand(3 if dynamic else 2, 8, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    outdir = tmp_path / "out"
+    assert main(["run", artifact, "--input", f"x={tmp_path / 'x.npy'}", "--out",
+                 str(outdir)]) == 0
+    assert "sha256=" in capsys.readouterr().out
+    (name,) = [o.name for o in onnx.load_from_string(data).graph.output]
+    got = np.load(outdir / f"{name}.npy")
+    np.testing.assert_allclose(got, ort_run(data, {"x": x})[0], rtol=1e-4, atol=1e-6)
+
+
+def test_compile_reports_a_symbolic_dim(tmp_path, capsys):
+    """Compiling a model with a symbolic batch, without fixing it, says what to do."""
+    onnx_path = tmp_path / "mlp.onnx"
+    _torch_mlp_onnx(onnx_path, dynamic=True)
+    assert main(["compile", str(onnx_path), "-o", str(tmp_path / "m.kiln")]) != 0
+    err = capsys.readouterr().err
+    assert "symbolic" in err and "batch" in err

@@ -126,6 +126,19 @@ OP_CASES = [
     ("lrn_even", "lrn", [T(1, 6, 3, 3)], {"size": 4, "bias": 2.0}, None),
     ("dropout", "dropout", [T(2, 3)], {}, None),
     ("dropout_training", "dropout", [T(4, 5)], {"p": 0.3, "training": True, "seed": 3}, None),
+    ("layout_transform", "layout_transform", [T(2, 16, 3, 4)],
+     {"src_layout": "NCHW", "dst_layout": "NCHW8c"}, None),
+    ("layout_transform_reblock", "layout_transform", [T(1, 2, 3, 3, 8)],
+     {"src_layout": "NCHW8c", "dst_layout": "NCHW4c"}, None),
+    ("layout_transform_weight", "layout_transform", [T(16, 8, 3, 3)],
+     {"src_layout": "OIHW", "dst_layout": "OIHW4i8o"}, None),
+    ("conv2d_nchwc", "conv2d_nchwc", [T(1, 2, 7, 7, 4), T(2, 2, 3, 3, 4, 8)],
+     {"strides": (2, 1), "pads": (1, 0, 1, 2), "tile": (1, 4)}, None),
+    ("max_pool2d_nchwc", "max_pool2d_nchwc", [T(1, 2, 7, 7, 8)],
+     {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None),
+    ("avg_pool2d_nchwc", "avg_pool2d_nchwc", [T(1, 2, 6, 6, 4)],
+     {"kernel_shape": (2, 2), "pads": (1, 1, 1, 1), "count_include_pad": False}, None),
+    ("global_avg_pool2d_nchwc", "global_avg_pool2d_nchwc", [T(2, 3, 4, 5, 8)], {}, None),
 ]
 
 

@@ -1,6 +1,6 @@
 """Real models: PyTorch twins of the model zoo exported with PyTorch's exporter, imported with
-kiln.from_onnx and interpreted, against onnxruntime on the same file; an ImageNet CNN written
-in kiln's DSL, exported and imported back; and the CNNs that ship with onnx."""
+kiln.from_onnx, interpreted and compiled, against onnxruntime on the same file; an ImageNet
+CNN written in kiln's DSL, exported and imported back; and the CNNs that ship with onnx."""
 
 from __future__ import annotations
 
@@ -152,6 +152,17 @@ def test_torch_export_imports(name):
     data = torch_export(model, tuple(feeds.values()), list(feeds))
     graph = import_and_compare(data, feeds)
     assert all(n.origin.startswith("onnx:") for n in graph.nodes)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_torch_export_compiles(name):
+    """The same files compiled with kiln.compile (O2) and run by kiln's runtime match
+    onnxruntime too."""
+    torch.manual_seed(0)
+    model, feeds = CASES[name]()
+    data = torch_export(model, tuple(feeds.values()), list(feeds))
+    compiled = kiln.compile(kiln.from_onnx(data), opt_level=2)
+    assert_close(compiled.run(feeds), ort_run(data, feeds))
 
 
 def test_symbolic_batch_survives():

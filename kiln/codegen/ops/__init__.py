@@ -5,6 +5,7 @@ from kiln.codegen.ops import (  # noqa: F401
     constant,
     conv,
     elementwise,
+    layout,
     linalg,
     nn,
     reduce,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import tvm_ffi
 from tvm import tirx
 
 from kiln.codegen.lower import lowering
@@ -41,6 +42,34 @@ def _ints_if_bool(fn):
     return wrapped
 
 
+def _read_of(x):
+    """(tensor, indices) that ``x`` reads (a te TensorSlice or a ProducerLoad), else None."""
+    for attr in ("tensor", "producer"):
+        t = getattr(x, attr, None)
+        if t is not None:
+            return t, x.indices
+    return None
+
+
+def _same_load(a, b) -> bool:
+    """Whether ``a`` and ``b`` read the same tensor at the same indices."""
+    ra, rb = _read_of(a), _read_of(b)
+    return (ra is not None and rb is not None and ra[0].same_as(rb[0])
+            and bool(tvm_ffi.structural_equal(list(ra[1]), list(rb[1]))))
+
+
+def _nan_aware(fn, nan_result):
+    """TVM's simplifier folds ``x == x`` to true and ``x != x`` to false, which NaN breaks: a
+    float compared with itself is an isnan test (what ONNX's IsNaN imports as)."""
+
+    def wrapped(a, b):
+        if c.is_float(dtype_of(a)) and _same_load(a, b):
+            return nan_result(tirx.isnan(a))
+        return fn(a, b)
+
+    return wrapped
+
+
 _BINARY = {
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
@@ -49,8 +78,8 @@ _BINARY = {
     "pow": lambda a, b: tirx.power(a, b),
     "maximum": tirx.max,
     "minimum": tirx.min,
-    "equal": _ints_if_bool(lambda a, b: a == b),
-    "not_equal": _ints_if_bool(lambda a, b: a != b),
+    "equal": _nan_aware(_ints_if_bool(lambda a, b: a == b), tirx.Not),
+    "not_equal": _nan_aware(_ints_if_bool(lambda a, b: a != b), lambda nan: nan),
     "less": _ints_if_bool(lambda a, b: a < b),
     "less_equal": _ints_if_bool(lambda a, b: a <= b),
     "greater": _ints_if_bool(lambda a, b: a > b),

@@ -10,6 +10,7 @@ from kiln.frontend.onnx.export_ops import _scalar, check_static, exports
 from kiln.frontend.onnx.exporter import Exporter
 from kiln.ir.graph import Node
 from kiln.ir.ops.constant import random_bits, uniform_from_bits
+from kiln.ir.ops.layout import nchwc, relayout_plan, transform_shape
 from kiln.ir.types import to_numpy_dtype
 
 # -- shape ops ---------------------------------------------------------------------------------
@@ -236,3 +237,52 @@ def _dropout(e, node, ins, outs):
     mask = (keep / (1 - a["p"])).astype(dtype)
     e.add("Mul", [ins[0], e.const(mask, hint=f"{outs[0]}_mask")], outs)
 
+
+
+# -- blocked layouts (the O3 layout pass) ------------------------------------------------------
+
+
+def _relayout(e: Exporter, x: str, shape, src: str, dst: str, outs: list[str] | None = None
+              ) -> str:
+    """Transpose -> Reshape -> Transpose relaying out ``x`` (static ``shape``)."""
+    perm, split, perm2 = relayout_plan(tuple(shape), src, dst)
+    if perm != sorted(perm):
+        x = e.add1("Transpose", [x], perm=perm)
+    x = e.add1("Reshape", [x, e.ints(split, "shape")])
+    return e.add("Transpose", [x], outs or 1, perm=perm2)[0]
+
+
+def _static_in(node: Node) -> tuple[int, ...]:
+    t = node.inputs[0].type
+    if not t.is_static:
+        raise UnsupportedOpError(f"exporting {node.op} needs a static input, got {t}")
+    return t.shape
+
+
+@exports("layout_transform")
+def _layout_transform(e, node, ins, outs):
+    a = node.attrs
+    _relayout(e, ins[0], _static_in(node), a["src_layout"], a["dst_layout"], outs)
+
+
+@exports("conv2d_nchwc", *(f"{op}_nchwc" for op in ("max_pool2d", "avg_pool2d",
+                                                     "global_avg_pool2d")))
+def _blocked(e, node, ins, outs):
+    """The NCHW op between relayouts (onnxruntime folds the weight's at load time)."""
+    x, y = node.inputs[0].type, node.outputs[0].type
+    ic, oc = x.shape[-1], y.shape[-1]
+    flat = _relayout(e, ins[0], _static_in(node), nchwc(ic), "NCHW")
+    y4 = e.fresh(f"{outs[0]}_nchw")
+    base = node.op[: -len("_nchwc")]
+    if base == "conv2d":
+        w = node.inputs[1].shape
+        ws = _relayout(e, ins[1], w, f"OIHW{ic}i{oc}o", "OIHW")
+        a = node.attrs
+        e.add("Conv", [flat, ws], [y4], kernel_shape=list(w[2:4]), strides=list(a["strides"]),
+              pads=list(a["pads"]), dilations=list(a["dilations"]), group=1)
+    elif base == "global_avg_pool2d":
+        e.add("GlobalAveragePool", [flat], [y4])
+    else:
+        _pool(e, Node(base, node.inputs, node.attrs, node.outputs), [flat], [y4])
+    nchw = transform_shape(y.shape, nchwc(oc), "NCHW")
+    _relayout(e, y4, nchw, "NCHW", nchwc(oc), outs)

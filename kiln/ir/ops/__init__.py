@@ -5,6 +5,7 @@ from kiln.ir.ops import (  # noqa: F401
     constant,
     elementwise,
     fused,
+    layout,
     linalg,
     nn,
     reduce,

@@ -126,6 +126,16 @@ def _concat(n: NodeContext, pieces: list[Ref], axis: int) -> Ref:
     return pieces[0] if len(pieces) == 1 else n.op("concat", *pieces, axis=axis)
 
 
+def _stack(n: NodeContext, steps: list[Ref]) -> Ref:
+    """[batch, hidden] per step -> [steps, 1, batch, hidden], in 4 kernels, not one per step:
+    side by side [batch, steps * hidden], split into [batch, steps, hidden], steps first."""
+    if len(steps) == 1:
+        return n.op("unsqueeze", steps[0], axes=(0, 1))
+    batch, hidden = steps[0].shape
+    wide = n.op("reshape", n.op("concat", *steps, axis=1), shape=(batch, len(steps), hidden))
+    return n.op("unsqueeze", n.op("transpose", wide, perm=(1, 0, 2)), axes=(1,))
+
+
 def _recurrent(n: NodeContext, kind: str) -> list[Ref | None]:
     x, seq_lens = n.x, n.input(4)
     if n.attr("input_forget", 0):
@@ -156,7 +166,7 @@ def _recurrent(n: NodeContext, kind: str) -> list[Ref | None]:
         for t in (reversed(range(steps)) if way == "reverse" else range(steps)):
             h, c = cell.step(n.op("squeeze", pieces[t], axes=(0,)), h, c)
             out[t] = h
-        ys.append(_concat(n, [n.op("unsqueeze", y, axes=(0, 1)) for y in out], 0))
+        ys.append(_stack(n, out))
         hs.append(n.op("unsqueeze", h, axes=(0,)))
         if c is not None:
             cs.append(n.op("unsqueeze", c, axes=(0,)))

@@ -1,0 +1,166 @@
+"""TE builders of the blocked-layout ops (``kiln/ir/ops/layout.py``).
+
+- ``layout_transform``: one gather stage, ``out[dst index] = x[src index]`` through the
+  primal coordinates; into a blocked layout it is a ``pack`` stage (rows in parallel, the
+  block axis vectorized), otherwise an injective one.
+- ``conv2d_nchwc``: the stages of ``conv.py``'s blocked convolution without its layout
+  changes: the input is already ``[N, C/ic, H, W, ic]`` and the weight already packed (a
+  constant folded at compile time), so the kernel is (zero padding ->) the register-tiled
+  ``conv_nchwc`` stage -> the blocked output, which the conv schedule writes from the tile
+  together with any fused epilogue (bias, residual add, relu).
+- the pools: the NCHW windows with the channel block innermost, vectorized.
+"""
+
+from __future__ import annotations
+
+from tvm import te, tirx
+
+from kiln.codegen.lower import lowering
+from kiln.codegen.ops import common as c
+from kiln.codegen.ops.common import const, dtype_of, shape_of
+from kiln.codegen.ops.conv import reg_cols, reg_rows
+from kiln.codegen.ops.reduce import reduce_rows
+from kiln.ir.ops.layout import parse_layout
+
+
+@lowering("layout_transform")
+def layout_transform(inputs, attrs, out_types):
+    x = inputs[0]
+    src, dst = parse_layout(attrs["src_layout"]), parse_layout(attrs["dst_layout"])
+    dst_sizes = dict(zip((a for a, _ in dst), (int(d) for d in out_types[0].shape)))
+    src_pos = {a: i for i, (a, _) in enumerate(src)}
+    src_factor = dict(src)
+
+    def fn(*idx):
+        at = dict(zip((a for a, _ in dst), idx))
+        index = [None] * len(src)
+        for a in (a for a, _ in src if a.isupper()):
+            primal = at[a] * dst_sizes[a.lower()] + at[a.lower()] if a.lower() in at else at[a]
+            if a.lower() in src_pos:
+                f = src_factor[a.lower()]
+                index[src_pos[a]], index[src_pos[a.lower()]] = primal // f, primal % f
+            else:
+                index[src_pos[a]] = primal
+        return x[tuple(index)]
+
+    ann = {"kiln.sched": "pack"} if dst[-1][0].islower() and len(dst) >= 3 else {}
+    return te.compute(tuple(out_types[0].shape), fn, name="layout_transform", attrs=ann)
+
+
+def _tile(attrs, oh: int, ow: int) -> tuple[int, int, int, int]:
+    """(reg_h, oh_pad, reg_n, ow_pad): the register tile (``tile`` attribute or the
+    heuristic of ``conv.py``) and the output extents padded to a multiple of it."""
+    if attrs.get("tile"):
+        reg_h, reg_n = attrs["tile"]
+        reg_h, reg_n = min(reg_h, oh), min(reg_n, ow)
+    else:
+        reg_n, _ = reg_cols(ow)
+        reg_h, _ = reg_rows(oh, reg_n)
+    return reg_h, -(-oh // reg_h) * reg_h, reg_n, -(-ow // reg_n) * reg_n
+
+
+@lowering("conv2d_nchwc")
+def conv2d_nchwc(inputs, attrs, out_types):
+    x, w = inputs
+    n, cb, h, wd, icb = shape_of(x)
+    ob, _, kh, kw, _, ocb = shape_of(w)
+    out_shape = tuple(out_types[0].shape)
+    oh, ow = out_shape[2], out_shape[3]
+    (sh, sw), (dh, dw), (top, left) = attrs["strides"], attrs["dilations"], attrs["pads"][:2]
+    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, oh, ow)
+    hp = (oh_pad - 1) * sh + (kh - 1) * dh + 1
+    wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
+    if top == left == 0 and hp <= h and wp <= wd:
+        xp = x  # every tap reads inside x: no padding stage
+    else:
+        zero = const(0, dtype_of(x))
+
+        def pad(b, cc, i, j, ci):
+            hi, wi = i - top, j - left
+            inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+            return tirx.if_then_else(inside, x[b, cc, hi, wi, ci], zero)
+
+        xp = te.compute((n, cb, hp, wp, icb), pad, name="pad", attrs={"kiln.sched": "pack"})
+    rc = te.reduce_axis((0, cb), name="rc")
+    ri = te.reduce_axis((0, icb), name="ri")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def conv_fn(b, oc, i, j, co):
+        return te.sum(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri]
+                      * w[oc, rc, ry, rx, ri, co], axis=[rc, ry, rx, ri])
+
+    ann = {"kiln.sched": "conv2d", "kiln.reg_n": reg_n, "kiln.reg_h": reg_h}
+    acc = te.compute((n, ob, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc", attrs=ann)
+    return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co],
+                      name="conv2d_nchwc")
+
+
+def _clamped(v, n: int):
+    return tirx.max(tirx.min(v, n - 1), 0)
+
+
+def _window(x, attrs, fill, dilated: bool):
+    """read(b, cc, i, j, ci, ry, rx): the window tap, ``fill`` outside x."""
+    _, _, h, w, _ = shape_of(x)
+    (sh, sw) = attrs["strides"] or attrs["kernel_shape"]
+    (dh, dw) = attrs["dilations"] if dilated else (1, 1)
+    top, left = attrs["pads"][:2]
+
+    def read(b, cc, i, j, ci, ry, rx):
+        hi, wi = i * sh + ry * dh - top, j * sw + rx * dw - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < w)
+        return tirx.if_then_else(inside, x[b, cc, _clamped(hi, h), _clamped(wi, w), ci], fill)
+
+    return read
+
+
+_POOL_ANN = {"kiln.row": 2, "kiln.outer": 1}  # the channel block: vectorized, innermost
+
+
+@lowering("max_pool2d_nchwc")
+def max_pool2d_nchwc(inputs, attrs, out_types):
+    x = inputs[0]
+    kh, kw = attrs["kernel_shape"]
+    read = _window(x, attrs, const(float("-inf"), dtype_of(x)), dilated=True)
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    return te.compute(tuple(out_types[0].shape),
+                      lambda b, cc, i, j, ci: te.max(read(b, cc, i, j, ci, ry, rx),
+                                                     axis=[ry, rx]),
+                      name="max_pool2d_nchwc", attrs=_POOL_ANN)
+
+
+@lowering("avg_pool2d_nchwc")
+def avg_pool2d_nchwc(inputs, attrs, out_types):
+    x = inputs[0]
+    _, _, h, w, _ = shape_of(x)
+    dt = dtype_of(x)
+    (kh, kw), (sh, sw) = attrs["kernel_shape"], attrs["strides"] or attrs["kernel_shape"]
+    top, left, bottom, right = attrs["pads"]
+    read = _window(x, attrs, const(0, dt), dilated=False)
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    s = te.compute(tuple(out_types[0].shape),
+                   lambda b, cc, i, j, ci: te.sum(read(b, cc, i, j, ci, ry, rx), axis=[ry, rx]),
+                   name="avg_pool_sum", attrs=_POOL_ANN)
+
+    def count(start, k, size, lo_pad, hi_pad):
+        lo, hi = (-lo_pad, size + hi_pad) if attrs["count_include_pad"] else (0, size)
+        return tirx.min(start + k, hi) - tirx.max(start, lo)
+
+    def fn(b, cc, i, j, ci):
+        cells = count(i * sh - top, kh, h, top, bottom) * count(j * sw - left, kw, w, left,
+                                                                 right)
+        return s[b, cc, i, j, ci] / cells.astype(dt)
+
+    return te.compute(tuple(out_types[0].shape), fn, name="avg_pool2d_nchwc")
+
+
+@lowering("global_avg_pool2d_nchwc")
+def global_avg_pool2d_nchwc(inputs, attrs, out_types):
+    x = inputs[0]
+    shape, dt = shape_of(x), dtype_of(x)
+    r = reduce_rows(lambda i: x[tuple(i)], shape, (2, 3), "sum", dt, c.target_lanes(attrs),
+                    "gap_sum")
+    scale = const(1.0 / max(shape[2] * shape[3], 1), dt)
+    return te.compute(tuple(out_types[0].shape), lambda *i: r[i] * scale,
+                      name="global_avg_pool2d_nchwc")
