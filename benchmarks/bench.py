@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="mlp,bert,resnet50")
-    p.add_argument("--levels", default="0,1,2", help="kiln opt levels to compile at")
+    p.add_argument("--levels", default="0,1,2,3", help="kiln opt levels to compile at")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--relax", default="mlp,bert",

@@ -30,7 +30,8 @@ def cmd_compile(args) -> int:
         print(fuse_with_report(optimize(graph, 1))[1])
     compiled = kiln_compile(graph, target=args.target, opt_level=args.opt_level,
                             progress=sys.stderr.isatty(), verify=args.verify,
-                            disable=args.disable, dump_after=dump, records=records)
+                            disable=args.disable, dump_after=dump, records=records,
+                            layout_budget=args.layout_budget)
     path = compiled.save(args.output)
     seconds = time.perf_counter() - t0
     kernels = len(compiled.build.kernels)
@@ -107,6 +108,8 @@ def add_parsers(sub) -> None:
     sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
     sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3))
     sp.add_argument("--target", default="llvm", help="llvm (this CPU), portable, x86-64-v3...")
+    sp.add_argument("--layout-budget", type=float, default=30.0, metavar="SECONDS",
+                    help="O3: seconds to spend timing conv block sizes (0: cache + heuristic)")
     sp.add_argument("--dump-ir", action="append", default=[], metavar="after=PASS",
                     help="print the IR after a pass (after=fuse, after=all)")
     sp.add_argument("--disable", action="append", default=[], metavar="PASS")

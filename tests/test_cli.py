@@ -101,3 +101,47 @@ def test_fuzz_command_reports_no_mismatch(capsys, tmp_path):
     assert main(["fuzz", "--examples", "15", "--seed", "2", "--out", str(tmp_path)]) == 0
     assert "fuzzed 15 graphs (seed 2)" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
+
+
+CONV_MODEL = textwrap.dedent("""
+    from kiln import nn, ops
+
+    def small_cnn():
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(16 * 4 * 4, 5))
+""")
+
+
+def test_compile_run_bench_a_dsl_model_at_o3(tmp_path, capsys, monkeypatch):
+    """kiln compile -O 3 (layout tuning from the cache and heuristic only), then kiln run and
+    kiln bench on the artifact; the outputs match the interpreter, the manifest holds the
+    layout choices."""
+    import json
+
+    import kiln
+    from kiln.cli import load_graph
+
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "cnn.py"
+    path.write_text(CONV_MODEL)
+    artifact = str(tmp_path / "cnn.kiln")
+    kiln.nn.manual_seed(0)  # the same weights as the graph traced below
+    assert main(["compile", f"{path}:small_cnn", "-i", "x=1x3x8x8", "-O", "3",
+                 "--layout-budget", "0", "-o", artifact]) == 0
+    assert "(O3)" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "cnn.kiln" / "manifest.json").read_text())
+    assert {c["source"] for c in manifest["tuning"]["layout"]["choices"]} == {"heuristic"}
+
+    x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", artifact, "-i", f"x={tmp_path / 'x.npy'}", "--out",
+                 str(tmp_path / "out")]) == 0
+    (got,) = [np.load(p) for p in (tmp_path / "out").iterdir()]
+    kiln.nn.manual_seed(0)
+    graph, _ = load_graph(f"{path}:small_cnn", ["x=1x3x8x8"])
+    np.testing.assert_allclose(got, kiln.interpret(graph, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+    assert main(["bench", artifact, "--repeat", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "median latency over 3 runs" in out and "conv2d_nchwc" in out
