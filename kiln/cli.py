@@ -246,7 +246,17 @@ def cmd_fuzz(args) -> int:
     t0 = time.perf_counter()
     from kiln.fuzz import check_compiled, check_passes
 
-    prop = (lambda g: (check_passes(g), check_compiled(g))) if args.compile else check_passes
+    check = (lambda g: (check_passes(g), check_compiled(g))) if args.compile else check_passes
+    tried = [0]
+    every = 25 if args.compile else 250
+
+    def prop(graph) -> None:  # progress on stderr: a 5000-graph campaign takes minutes
+        tried[0] += 1
+        if tried[0] % every == 0:
+            print(f"  {tried[0]}/{args.examples} graphs, {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+        check(graph)
+
     failures = campaign(args.examples, args.seed, save, prop=prop)
     status = "found a mismatch" if failures else "no mismatch"
     print(f"fuzzed {args.examples} graphs (seed {args.seed}) in "

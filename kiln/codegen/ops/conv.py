@@ -108,6 +108,27 @@ def _conv1d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | Non
     return PackPlan(plan.suffix, plan.array, plan.attrs) if plan else None
 
 
+def blocked_conv(xp, w, out_hw, strides, dilations, tile):
+    """The register-tiled stage both blocked convolutions share: xp[N, C/ic, Hp, Wp, ic]
+    (padded) and w[O/oc, C/ic, kh, kw, ic, oc] -> [N, O/oc, OH, OW, oc] with OH, OW =
+    ``out_hw`` (padded to a multiple of the register ``tile`` (rows, cols), which the conv
+    schedule reads from the stage's annotations)."""
+    n, cb = shape_of(xp)[:2]
+    ob, _, kh, kw, icb, ocb = shape_of(w)
+    (sh, sw), (dh, dw) = strides, dilations
+    rc = te.reduce_axis((0, cb), name="rc")
+    ri = te.reduce_axis((0, icb), name="ri")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def conv_fn(b, oc, i, j, co):
+        return te.sum(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri]
+                      * w[oc, rc, ry, rx, ri, co], axis=[rc, ry, rx, ri])
+
+    ann = {"kiln.sched": "conv2d", "kiln.reg_h": tile[0], "kiln.reg_n": tile[1]}
+    return te.compute((n, ob, *out_hw, ocb), conv_fn, name="conv_nchwc", attrs=ann)
+
+
 def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed):
     """The blocked convolution of x[N, C, H, W] (te tensors); returns the NCHW output."""
     n, ch, h, wd = shape_of(x)
@@ -145,18 +166,7 @@ def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed)
 
         wpk = te.compute((o_pad // ocb, ch // icb, kh, kw, icb, ocb), w_pack, name="pack_w",
                          attrs={"kiln.sched": "pack"})
-    rc = te.reduce_axis((0, ch // icb), name="rc")
-    ri = te.reduce_axis((0, icb), name="ri")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-
-    def conv_fn(b, oc, i, j, co):
-        return te.sum(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri]
-                      * wpk[oc, rc, ry, rx, ri, co], axis=[rc, ry, rx, ri])
-
-    ann = {"kiln.sched": "conv2d", "kiln.reg_n": reg_n, "kiln.reg_h": reg_h}
-    acc = te.compute((n, o_pad // ocb, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc",
-                     attrs=ann)
+    acc = blocked_conv(xp, wpk, (oh_pad, ow_pad), strides, dilations, (reg_h, reg_n))
 
     def unpack(b, oo, i, j):
         v = acc[b, oo // ocb, i, j, oo % ocb]

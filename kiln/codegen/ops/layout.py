@@ -16,10 +16,9 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
-from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
-from kiln.codegen.ops.conv import reg_cols, reg_rows
-from kiln.codegen.ops.reduce import reduce_rows
+from kiln.codegen.ops.conv import blocked_conv, reg_cols, reg_rows
+from kiln.codegen.ops.nn import spatial_mean
 from kiln.ir.ops.layout import parse_layout
 
 
@@ -63,7 +62,7 @@ def _tile(attrs, oh: int, ow: int) -> tuple[int, int, int, int]:
 def conv2d_nchwc(inputs, attrs, out_types):
     x, w = inputs
     n, cb, h, wd, icb = shape_of(x)
-    ob, _, kh, kw, _, ocb = shape_of(w)
+    kh, kw = shape_of(w)[2:4]
     out_shape = tuple(out_types[0].shape)
     oh, ow = out_shape[2], out_shape[3]
     (sh, sw), (dh, dw), (top, left) = attrs["strides"], attrs["dilations"], attrs["pads"][:2]
@@ -81,17 +80,8 @@ def conv2d_nchwc(inputs, attrs, out_types):
             return tirx.if_then_else(inside, x[b, cc, hi, wi, ci], zero)
 
         xp = te.compute((n, cb, hp, wp, icb), pad, name="pad", attrs={"kiln.sched": "pack"})
-    rc = te.reduce_axis((0, cb), name="rc")
-    ri = te.reduce_axis((0, icb), name="ri")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-
-    def conv_fn(b, oc, i, j, co):
-        return te.sum(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri]
-                      * w[oc, rc, ry, rx, ri, co], axis=[rc, ry, rx, ri])
-
-    ann = {"kiln.sched": "conv2d", "kiln.reg_n": reg_n, "kiln.reg_h": reg_h}
-    acc = te.compute((n, ob, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc", attrs=ann)
+    acc = blocked_conv(xp, w, (oh_pad, ow_pad), attrs["strides"], attrs["dilations"],
+                       (reg_h, reg_n))
     return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co],
                       name="conv2d_nchwc")
 
@@ -157,10 +147,4 @@ def avg_pool2d_nchwc(inputs, attrs, out_types):
 
 @lowering("global_avg_pool2d_nchwc")
 def global_avg_pool2d_nchwc(inputs, attrs, out_types):
-    x = inputs[0]
-    shape, dt = shape_of(x), dtype_of(x)
-    r = reduce_rows(lambda i: x[tuple(i)], shape, (2, 3), "sum", dt, c.target_lanes(attrs),
-                    "gap_sum")
-    scale = const(1.0 / max(shape[2] * shape[3], 1), dt)
-    return te.compute(tuple(out_types[0].shape), lambda *i: r[i] * scale,
-                      name="global_avg_pool2d_nchwc")
+    return spatial_mean(inputs[0], attrs, out_types, "global_avg_pool2d_nchwc")

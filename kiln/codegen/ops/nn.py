@@ -69,15 +69,18 @@ def avg_pool2d(inputs, attrs, out_types):
     return te.compute(tuple(out_types[0].shape), fn, name="avg_pool2d")
 
 
-@lowering("global_avg_pool2d")
-def global_avg_pool2d(inputs, attrs, out_types):
-    x = inputs[0]
+def spatial_mean(x, attrs, out_types, name: str):
+    """The mean over axes 2 and 3 (H, W) of x, in NCHW or blocked NCHW{c}c alike."""
     shape, dt = shape_of(x), dtype_of(x)
     r = reduce_rows(lambda i: x[tuple(i)], shape, (2, 3), "sum", dt, c.target_lanes(attrs),
                     "gap_sum")
     scale = const(1.0 / max(shape[2] * shape[3], 1), dt)
-    return te.compute(tuple(out_types[0].shape), lambda *i: r[i] * scale,
-                      name="global_avg_pool2d")
+    return te.compute(tuple(out_types[0].shape), lambda *i: r[i] * scale, name=name)
+
+
+@lowering("global_avg_pool2d")
+def global_avg_pool2d(inputs, attrs, out_types):
+    return spatial_mean(inputs[0], attrs, out_types, "global_avg_pool2d")
 
 
 @lowering("batch_norm")
