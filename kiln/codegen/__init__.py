@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import importlib
 
+from kiln.runtime.threads import set_thread_defaults
+
+set_thread_defaults()  # before TVM's thread pool starts (kernels run at compile time too)
+
 _LAZY = {
     "build": "kiln.codegen.build",
     "export": "kiln.codegen.build",

@@ -28,6 +28,7 @@ from kiln.runtime import format as fmt
 from kiln.runtime.elf import check_elf
 from kiln.runtime.executor import Model
 from kiln.runtime.planner import check_plan
+from kiln.runtime.threads import set_thread_defaults
 
 
 def load(path: str | os.PathLike) -> Model:
@@ -196,10 +197,7 @@ def _load_thread_pool(lib: Path) -> list[str]:
     global _thread_pool
     if _thread_pool is not None:
         return []
-    # TVM pins its pool's threads to cores by default; on shared or virtual machines that
-    # often leaves two threads on one core (measured: half speed in 5 of 9 runs). The user's
-    # own setting wins.
-    os.environ.setdefault("TVM_BIND_THREADS", "0")
+    set_thread_defaults()  # one thread per physical core, unpinned, unless the user chose
     import tvm_ffi
 
     if tvm_ffi.get_global_func("runtime.NumThreads", allow_missing=True) is not None:

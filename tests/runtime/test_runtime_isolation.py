@@ -59,8 +59,12 @@ else:
 NO_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 
-def child(code: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TVM_NUM_THREADS": "2"}
+def child(code: str, *args, threads: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python; ``threads``: the thread variables it sees (default
+    TVM_NUM_THREADS=2)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    env.update({"PYTHONPATH": str(ROOT)}, **({"TVM_NUM_THREADS": "2"} if threads is None
+                                            else threads))
     return subprocess.run([sys.executable, "-c", NO_TORCH + textwrap.dedent(code),
                            *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -76,6 +80,27 @@ def test_packed_artifact_in_a_fresh_process(small_artifact, tmp_path):
     tar = pack(small_artifact, tmp_path / "m.kiln.tar")
     result = child(RUN, tar, small_artifact / fmt.WEIGHTS)
     assert result.returncode == 0, result.stderr
+
+
+THREADS = """
+import sys
+import kiln.runtime
+import tvm_ffi
+from kiln.runtime.threads import physical_cores
+kiln.runtime.load(sys.argv[1])
+print(tvm_ffi.get_global_func("runtime.NumThreads")(), physical_cores())
+"""
+
+
+@pytest.mark.parametrize("threads", [{}, {"TVM_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1"}],
+                         ids=["default", "tvm_num_threads", "omp_num_threads"])
+def test_thread_pool_size(small_artifact, threads):
+    """One thread per physical core by default (TVM alone would take half the hardware
+    threads on x86); the user's TVM_NUM_THREADS or OMP_NUM_THREADS wins."""
+    result = child(THREADS, small_artifact, threads=threads)
+    assert result.returncode == 0, result.stderr
+    pool, cores = map(int, result.stdout.split())
+    assert pool == (cores if not threads else 1)
 
 
 def damage_truncate(path: Path) -> None:
