@@ -9,7 +9,8 @@ each), largest total FLOPs first, and times each kernel (best of a few batches,
 round-robin: the machine may be shared). It stops before a batch that would run past
 ``budget`` seconds; problems it did not reach keep the heuristic. Measured times are cached
 in a JSON file keyed by everything that affects them: the op, shapes, dtype, input block,
-the candidate set, the target (``CpuTarget.to_dict()``) and the kiln version. The cache file
+the candidate set, the target (``CpuTarget.to_dict()``), the thread count and the kiln
+version. The cache file
 is, in order: the ``cache`` argument, ``$KILN_CACHE_DIR/layout.json``,
 ``~/.cache/kiln/layout.json``; a missing, unreadable or unwritable cache is not an error (it
 is just not used). The environment variable only says where the file is: what it holds is
@@ -104,13 +105,21 @@ def candidates(p: ConvProblem, lanes: int) -> list[Candidate]:
     return out
 
 
+def pool_threads() -> int:
+    """The threads TVM's pool runs kernels with (times, and so choices, depend on it)."""
+    import tvm  # noqa: F401  (registers the runtime's functions)
+    import tvm_ffi
+
+    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+
+
 def cache_key(p: ConvProblem, target: CpuTarget) -> str:
     from kiln import __version__
 
     lanes = target.lanes(p.dtype)
     return json.dumps({"op": "conv2d_nchwc", "problem": p.key(), "ic": in_block(p.c, lanes),
                        "candidates": CANDIDATES_VERSION, "target": target.to_dict(),
-                       "kiln": __version__}, sort_keys=True)
+                       "threads": pool_threads(), "kiln": __version__}, sort_keys=True)
 
 
 def _kernel(p: ConvProblem, cand: Candidate, target: CpuTarget):

@@ -121,7 +121,7 @@ def test_cache_miss_measures_then_a_hit_does_not(tmp_path, fake_measure):
     stored = json.loads(path.read_text())
     assert len(stored) == 2
     key = json.loads(next(iter(stored)))
-    assert set(key) == {"op", "problem", "ic", "candidates", "target", "kiln"}
+    assert set(key) == {"op", "problem", "ic", "candidates", "target", "threads", "kiln"}
     second = _choose(path)
     assert len(fake_measure) == 1  # nothing measured again
     assert {c.source for cs in second.values() for c in cs} == {"cache"}
@@ -129,7 +129,7 @@ def test_cache_miss_measures_then_a_hit_does_not(tmp_path, fake_measure):
         [(c.block, c.tile, c.seconds) for c in first[P1]]
 
 
-def test_cache_keys_hold_the_target_and_the_kiln_version(tmp_path, fake_measure, monkeypatch):
+def test_cache_keys_hold_the_target_threads_and_kiln_version(tmp_path, fake_measure, monkeypatch):
     path = tmp_path / "layout.json"
     tgt = host_target()
     _choose(path, target=tgt)
@@ -140,7 +140,10 @@ def test_cache_keys_hold_the_target_and_the_kiln_version(tmp_path, fake_measure,
     monkeypatch.setattr(kiln, "__version__", "999.0")
     _choose(path, target=tgt)
     assert len(fake_measure) == 3
-    assert len(json.loads(path.read_text())) == 6
+    monkeypatch.setattr(tuning, "pool_threads", lambda: 64)  # timed with another pool size
+    _choose(path, target=tgt)
+    assert len(fake_measure) == 4
+    assert len(json.loads(path.read_text())) == 8
 
 
 def test_budget_zero_measures_nothing_but_uses_the_cache(tmp_path, fake_measure):

@@ -209,6 +209,24 @@ def test_googlenet_variants_match_torch():
     np.testing.assert_allclose(case.expected[0], case.torch_outputs()[0], rtol=RTOL, atol=ATOL)
 
 
+def test_googlenet_training_mode_returns_the_aux_logits():
+    """In training mode: (logits, aux2, aux1), batch statistics in every batch norm (no
+    dropout, so that torch's mask does not matter); 64x64 images put the aux heads on 4x4."""
+    torch.manual_seed(6)
+    kwargs = dict(num_classes=5, aux_logits=True, width=1 / 16, dropout=0.0, dropout_aux=0.0,
+                  init_weights=False)
+    ref = torch_port("inception").GoogLeNet(**kwargs).train()
+    ours = example("inception").GoogLeNet(**kwargs)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    x = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(f32)
+    got = kiln.interpret(kiln.trace(ours.train(), x=kiln.TensorSpec(x.shape)), {"x": x})
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x))
+    assert [g.shape for g in got] == [(2, 5)] * 3
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=RTOL, atol=ATOL)
+
+
 def test_inception_module_concatenates_its_branches():
     block = example("inception").Inception(8, 4, 2, 6, 2, 3, 5)
     graph = kiln.trace(block, x=kiln.TensorSpec((1, 8, 5, 5)))
