@@ -6,8 +6,11 @@ TVM Relax's default ONNX path vs kiln's numpy interpreter, same weights, same th
 
 The models are kiln's examples; PyTorch runs a twin module with the same weights (the example
 source with ``from torch import nn``), and onnxruntime and TVM Relax run that twin as exported
-by PyTorch's exporter. Every engine's output is checked against kiln's interpreter. Ratios are
-engine latency / kiln's best latency (above 1: kiln is faster).
+by PyTorch's exporter. Every engine's output is checked against kiln's interpreter. kiln,
+PyTorch and onnxruntime are timed in alternating blocks of calls (``timing.py``), so that a
+noisy machine slows them alike; onnxruntime runs without spin-waiting (its spinning workers
+take the cores from the other engines in the same process). Ratios are engine latency /
+kiln's best latency (above 1: kiln is faster).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import paired_medians  # noqa: E402
 
 
 def set_threads(n: int) -> None:
@@ -96,6 +102,8 @@ def export_onnx(twin, inputs: dict, path: Path) -> Path:
 
 
 def run_model(name, module, example, factory, inputs, args, out: list) -> None:
+    """Build every engine, check its output against the interpreter, then time them all in
+    alternating blocks (``timing.paired_medians``) so that each meets the same machine load."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -109,40 +117,47 @@ def run_model(name, module, example, factory, inputs, args, out: list) -> None:
     t0 = time.perf_counter()
     (reference,) = kiln.interpret(graph, inputs)[:1]
     interp_s = time.perf_counter() - t0
-    rows = []  # (engine, compile seconds or None, median seconds, max abs error, kernels)
+    engines = []  # (engine, compile seconds or None, run, max abs error, kernels)
+
+    def first(got):
+        got = got[0] if isinstance(got, (list, tuple)) else got
+        return got.numpy() if hasattr(got, "numpy") else np.asarray(got)
 
     for level in args.levels:
         t0 = time.perf_counter()
         compiled = kiln_compile(graph, opt_level=level)
         build_s = time.perf_counter() - t0
-        got = compiled.run(inputs)[0]
-        lat = median_seconds(lambda c=compiled: c.run(inputs), args.repeat)
-        rows.append((f"kiln O{level}", build_s, lat, float(np.abs(got - reference).max()),
-                     len(compiled.build.kernels)))
+        err = float(np.abs(first(compiled.run(inputs)) - reference).max())
+        engines.append((f"kiln O{level}", build_s, lambda c=compiled: c.run(inputs), err,
+                        len(compiled.build.kernels)))
 
     twin = torch_twin(example, factory, module.state_dict())
     torch.set_num_threads(args.threads)
     tin = tuple(torch.from_numpy(a) for a in inputs.values())
-    with torch.inference_mode():
-        got = twin(*tin)
-        got = (got[0] if isinstance(got, tuple) else got).numpy()
-        lat = median_seconds(lambda: twin(*tin), args.repeat)
-    rows.append(("pytorch eager", None, lat, float(np.abs(got - reference).max()), None))
+
+    def torch_run():
+        with torch.inference_mode():
+            return twin(*tin)
+
+    err = float(np.abs(first(torch_run()) - reference).max())
+    engines.append(("pytorch eager", None, torch_run, err, None))
 
     onnx_path = Path(args.workdir) / f"{name}.onnx"
     export_onnx(twin, inputs, onnx_path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+    # spin-waiting workers would take the cores from the other engines' pools (onnx_bench.py)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     t0 = time.perf_counter()
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     build_s = time.perf_counter() - t0
-    got = sess.run(None, inputs)[0]
-    lat = median_seconds(lambda: sess.run(None, inputs), args.repeat)
-    rows.append(("onnxruntime", build_s, lat, float(np.abs(got - reference).max()), None))
+    err = float(np.abs(first(sess.run(None, inputs)) - reference).max())
+    engines.append(("onnxruntime", build_s, lambda: sess.run(None, inputs), err, None))
 
+    medians = paired_medians([e[2] for e in engines], args.repeat)
+    rows = [(e[0], e[1], lat, e[3], e[4]) for e, lat in zip(engines, medians)]
     if name in args.relax:
         rows.append(relax_row(onnx_path, inputs, reference, args))
-
     rows.append(("numpy interpreter", None, interp_s, 0.0, len(graph.nodes)))
     best = min(r[2] for r in rows if r[0].startswith("kiln"))
     out.append((name, rows, best))
@@ -150,7 +165,7 @@ def run_model(name, module, example, factory, inputs, args, out: list) -> None:
 
 
 def relax_row(onnx_path: Path, inputs: dict, reference, args):
-    """TVM's own ONNX path with its default (untuned) CPU build."""
+    """TVM's own ONNX path with its default (untuned) CPU build (slow: timed on its own)."""
     import numpy as np
     import onnx
     import tvm

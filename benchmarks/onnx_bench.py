@@ -36,6 +36,10 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import paired_medians  # noqa: E402
+
 MODELS = ("mlp", "lenet", "resnet_block", "lstm", "gru", "encoder_layer", "bert", "gpt",
           "resnet50")
 
@@ -195,28 +199,6 @@ def export(model, inputs: dict[str, np.ndarray]) -> bytes:
         torch.onnx.export(model.eval(), tuple(torch.from_numpy(a) for a in inputs.values()), f,
                           input_names=list(inputs), opset_version=17, dynamo=False)
     return f.getvalue()
-
-
-def paired_medians(fns: list[Callable[[], Any]], repeat: int, rounds: int = 3,
-                   budget_s: float = 1.0) -> list[float]:
-    """Median seconds of each of ``fns``, timed in alternating blocks (a block of a, a block
-    of b, ... ``rounds`` times) so that every engine meets the same machine load. Whole
-    blocks, not single calls, alternate: a thread pool still spinning after its engine's last
-    call would slow the other engine's next one. Each block warms up with 3 calls, then times
-    up to ``repeat / rounds`` calls (fewer once ``budget_s`` is spent, but at least 3)."""
-    times: list[list[float]] = [[] for _ in fns]
-    per_block = max(3, repeat // rounds)
-    for _ in range(rounds):
-        for fn, acc in zip(fns, times):
-            for _ in range(3):
-                fn()
-            start, done = time.perf_counter(), 0
-            while done < per_block and (done < 3 or time.perf_counter() - start < budget_s):
-                t0 = time.perf_counter()
-                fn()
-                acc.append(time.perf_counter() - t0)
-                done += 1
-    return [sorted(acc)[len(acc) // 2] for acc in times]
 
 
 def bench_one(name: str, size: str, args) -> dict[str, Any]:
