@@ -7,16 +7,19 @@ from typing import Any, Callable
 
 
 def paired_medians(fns: list[Callable[[], Any]], repeat: int, rounds: int = 3,
-                   budget_s: float = 1.0) -> list[float]:
+                   budget_s: float = 1.0, settle_s: float = 0.05) -> list[float]:
     """Median seconds of each of ``fns``, timed in alternating blocks (a block of a, a block
     of b, ... ``rounds`` times) so that every engine meets the same machine load. Whole
     blocks, not single calls, alternate: a thread pool still spinning after its engine's last
     call would slow the other engine's next one. Each block warms up with 3 calls, then times
-    up to ``repeat / rounds`` calls (fewer once ``budget_s`` is spent, but at least 3)."""
+    up to ``repeat / rounds`` calls (fewer once ``budget_s`` is spent, but at least 3). Before
+    each block the process sleeps ``settle_s``, long enough for a thread pool that spin-waits
+    after its last call (onnxruntime's default) to go idle."""
     times: list[list[float]] = [[] for _ in fns]
     per_block = max(3, repeat // rounds)
     for _ in range(rounds):
         for fn, acc in zip(fns, times):
+            time.sleep(settle_s)
             for _ in range(3):
                 fn()
             start, done = time.perf_counter(), 0

@@ -13,11 +13,10 @@ same compiled Q-network with older weights)::
     y    = r + gamma * (1 - done) * max_a' Q'(s', a')
     loss = mean(huber(Q(s, a) - y))          # or the squared error, huber=False
 
-Huber with delta 1 is PyTorch's ``smooth_l1_loss`` (the paper's error clipping). As
-docs/training.md suggests for losses, it is a Module traced like a model, and
-``dqn_loss_graph`` appends the gradients with ``kiln.grad``. (``make_train_step`` and
-``Trainer`` take a loss of one prediction and one target; the TD loss needs four extra
-inputs, so it does not fit them without packing its inputs into one tensor.)
+Huber with delta 1 is PyTorch's ``smooth_l1_loss`` (the paper's error clipping). The loss is
+a Module traced like a model: ``dqn_loss_graph`` appends its gradients with ``kiln.grad``, and
+``dqn_trainer`` makes a ``Trainer`` of it (``loss=None``: the model is its own loss), whose
+compiled step runs forward, TD loss, backward and the optimizer's update as one program.
 
 Run with the kiln CLI::
 
@@ -98,6 +97,23 @@ def dqn_loss_graph(q_net: DQN, batch_size: int, gamma: float = 0.99,
                        reward=kiln.TensorSpec((n,)), done=kiln.TensorSpec((n,)),
                        next_q=kiln.TensorSpec((n, q_net.num_actions)))
     return kiln.grad(graph, [name for name, _ in loss.named_parameters()])
+
+
+def dqn_trainer(q_net: DQN, batch_size: int, optimizer: Any = None, gamma: float = 0.99,
+                huber: bool = True, backend: str = "compiled") -> Any:
+    """A ``Trainer`` of ``q_net`` on the TD loss of ``batch_size`` transitions:
+    ``trainer.step(obs=..., action=..., reward=..., done=..., next_q=...)`` returns the loss and
+    updates the parameters (default optimizer: Adam, lr 1e-4); ``trainer.params`` holds them
+    by ``q_net.``-prefixed name."""
+    from kiln.passes.optim import Adam
+    from kiln.passes.training import Trainer
+
+    n, c, side = batch_size, q_net.in_channels, q_net.input_size
+    specs = {"obs": kiln.TensorSpec((n, c, side, side)),
+             "action": kiln.TensorSpec((n,), "int64"), "reward": kiln.TensorSpec((n,)),
+             "done": kiln.TensorSpec((n,)), "next_q": kiln.TensorSpec((n, q_net.num_actions))}
+    return Trainer(DQNLoss(q_net, gamma, huber), None, optimizer or Adam(lr=1e-4),
+                   inputs=specs, backend=backend)
 
 
 def dqn() -> DQN:

@@ -6,6 +6,10 @@ The step graph's signature is the contract a runtime needs::
     inputs:  *data inputs, target, *trainable parameters, *optimizer state
     outputs: loss, *new parameters, *new optimizer state
 
+With ``loss=None`` the model computes its own scalar loss (a DQN's TD loss, a GAN's
+discriminator loss: whatever needs more than one prediction and one target) and there is no
+target input; everything it needs is a data input.
+
 ``outputs[1:]`` are the next values of the last ``len(outputs) - 1`` inputs, in the same order,
 so a runner feeds them back as the next step's inputs. Optimizer state starts at zeros.
 
@@ -107,7 +111,7 @@ def _as_type(spec: Any) -> TensorType:
     return spec.type() if callable(getattr(spec, "type", None)) else spec
 
 
-def make_train_step(model: Any, loss: str | LossFn, optimizer: Optimizer,
+def make_train_step(model: Any, loss: str | LossFn | None, optimizer: Optimizer,
                     inputs: Mapping[str, Any] | None = None, target: Any = None,
                     params: Sequence[str] | None = None, output: int = 0,
                     name: str | None = None) -> Graph:
@@ -115,7 +119,8 @@ def make_train_step(model: Any, loss: str | LossFn, optimizer: Optimizer,
 
     ``model``: a Graph or a kiln.nn.Module / function traced on ``inputs`` (name ->
     TensorSpec). ``loss``: a name from ``kiln.passes.losses.LOSSES`` or a function ``(em,
-    prediction, target) -> scalar``, applied to ``model``'s output number ``output``.
+    prediction, target) -> scalar``, applied to ``model``'s output number ``output``; or None
+    when that output is itself the (scalar) loss: then the step has no target input.
     ``target``: the target's TensorSpec/TensorType (default: class indices for
     cross-entropy, else the prediction's type). ``params``: the names to train (default:
     the module's parameters, or every float parameter of a graph).
@@ -131,26 +136,32 @@ def make_train_step(model: Any, loss: str | LossFn, optimizer: Optimizer,
     if not -len(forward.outputs) <= output < len(forward.outputs):
         raise KilnError(f"make_train_step: output={output} but {forward.name!r} has "
                         f"{len(forward.outputs)} outputs")
-    loss_fn = get_loss(loss)
-
     # forward + loss, trainable parameters as inputs; then the backward pass
     em = Emitter(GraphBuilder(f"{forward.name}_loss"))
     env = clone(forward, em, as_inputs=trainable)
     pred = env[forward.outputs[output]]
-    target_type = default_target_type(loss_fn, pred.type) if target is None else _as_type(target)
-    y = em.var(em.builder.input(em.builder.free_name("target"), target_type))
-    em.origin = "loss"
-    value = loss_fn(em, pred, y)
+    if loss is None:
+        if target is not None:
+            raise KilnError("make_train_step: loss=None (the model's output is the loss) "
+                            "takes no target")
+        value, target_names = pred, []
+    else:
+        loss_fn = get_loss(loss)
+        target_type = (default_target_type(loss_fn, pred.type) if target is None
+                       else _as_type(target))
+        y = em.var(em.builder.input(em.builder.free_name("target"), target_type))
+        em.origin = "loss"
+        value, target_names = loss_fn(em, pred, y), [y.value.name]
     if value.shape != ():
-        raise KilnError(f"make_train_step: the loss must be a scalar, got {value.type} (use "
+        what = "the model's output" if loss is None else "the loss"
+        raise KilnError(f"make_train_step: {what} must be a scalar, got {value.type} (use "
                         "reduction 'mean' or 'sum')")
     em.builder.output(em.emit("identity", [value], names=["loss"])[0].value)
     backward = grad(em.builder.build(), trainable)
 
     # + the optimizer's update, with its state as inputs
     em = Emitter(GraphBuilder(name or f"{forward.name}_train_step"))
-    target_name = y.value.name
-    order = [v.name for v in forward.inputs] + [target_name] + list(trainable)
+    order = [v.name for v in forward.inputs] + target_names + list(trainable)
     env = clone(backward, em, order=order)
     values = {v.name: env[v] for v in backward.inputs}
     grads = {n: env[v] for n, v in zip(trainable, backward.outputs[1:])}
@@ -178,7 +189,7 @@ class Trainer:
     and ``state`` / ``params`` read it from the runner when asked.
     """
 
-    def __init__(self, model: Any, loss: str | LossFn, optimizer: Optimizer,
+    def __init__(self, model: Any, loss: str | LossFn | None, optimizer: Optimizer,
                  inputs: Mapping[str, Any] | None = None, target: Any = None,
                  params: Sequence[str] | None = None, output: int = 0,
                  backend: str | Backend = "interpret"):
@@ -187,7 +198,8 @@ class Trainer:
         self.graph = make_train_step(self.forward, loss, optimizer, target=target,
                                      params=self.param_names, output=output)
         carried = self.graph.inputs[len(self.graph.inputs) - (len(self.graph.outputs) - 1):]
-        self.target_name = self.graph.inputs[len(self.forward.inputs)].name
+        self.target_name = None if loss is None else \
+            self.graph.inputs[len(self.forward.inputs)].name
         missing = [n for n in self.param_names if n not in self.forward.weights]
         if missing:
             raise KilnError(f"Trainer: parameters {missing} of {self.forward.name!r} have no "
@@ -211,9 +223,15 @@ class Trainer:
             self._state = state
         self.steps = 0
 
-    def step(self, target: np.ndarray, /, **data: np.ndarray) -> float:
-        """One optimizer step on one batch; returns the loss (before the update)."""
-        feeds = {**data, self.target_name: np.asarray(target)}
+    def step(self, target: np.ndarray | None = None, /, **data: np.ndarray) -> float:
+        """One optimizer step on one batch; returns the loss (before the update). Without a
+        loss function (``loss=None``) there is no target: ``step(**data)``."""
+        if (target is None) != (self.target_name is None):
+            raise KilnError("Trainer.step: " + ("this model computes its own loss: pass only "
+                            "its inputs" if target is not None else "pass the batch's target"))
+        feeds = dict(data)
+        if target is not None:
+            feeds[self.target_name] = np.asarray(target)
         if self._state is None:  # a stateful runner keeps the state itself
             loss = self._run.step(feeds)[0]
         else:
@@ -236,19 +254,20 @@ class Trainer:
             return {n: self._run.read_state(n) for n in self._carried}
         return self._state
 
-    def fit(self, data: Mapping[str, np.ndarray], target: np.ndarray, batch_size: int,
+    def fit(self, data: Mapping[str, np.ndarray], target: np.ndarray | None, batch_size: int,
             epochs: int = 1, seed: int = 0) -> list[float]:
         """Shuffled mini-batches of ``batch_size`` samples (the last, incomplete batch of an
         epoch is dropped: the step graph has a fixed batch size); returns each epoch's mean
-        loss."""
-        n = len(target)
+        loss. ``target`` is None for a model that computes its own loss."""
+        n = len(target) if target is not None else len(next(iter(data.values())))
         if n < batch_size:
             raise KilnError(f"fit: {n} samples are fewer than one batch of {batch_size}")
         rng = np.random.default_rng(seed)
         history = []
         for _ in range(epochs):
             order = rng.permutation(n)
-            losses = [self.step(target[idx], **{k: v[idx] for k, v in data.items()})
+            losses = [self.step(*([] if target is None else [target[idx]]),
+                                **{k: v[idx] for k, v in data.items()})
                       for idx in _batches(order, batch_size)]
             history.append(float(np.mean(losses)))
         return history

@@ -321,6 +321,23 @@ def test_dqn_loss_gradients_compile(dqn_loss):
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
+def test_dqn_compiled_training_step_is_torchs_sgd_step(cases):
+    """dqn_trainer: one compiled step (forward, Huber TD loss, backward, SGD) gives torch's
+    loss and moves every parameter by -lr * torch's gradient."""
+    from kiln.passes.optim import SGD
+
+    data = _transitions(8, 4, seed=11)
+    trainer = example("dqn").dqn_trainer(cases["dqn"].model, 8, SGD(lr=0.05), gamma=0.9)
+    before = {k: np.array(v) for k, v in trainer.params.items()}
+    loss = trainer.step(**data)
+    want_loss, want_grads = _torch_dqn_loss(cases["dqn"].ref, data, 0.9, huber=True)
+    np.testing.assert_allclose(loss, want_loss, rtol=RTOL)
+    for key, g in want_grads.items():
+        np.testing.assert_allclose(trainer.params[f"q_net.{key}"],
+                                   before[f"q_net.{key}"] - 0.05 * g, rtol=RTOL, atol=ATOL,
+                                   err_msg=key)
+
+
 def test_nature_dqn_sizes():
     model = example("dqn").dqn()
     assert model.num_parameters() == 1_693_362

@@ -198,6 +198,54 @@ def test_symbolic_batch_step():
         make_train_step(conv, "mse", SGD(), inputs={"x": kiln.TensorSpec(("N", 1, 4, 3))})
 
 
+class WeightedSquaredError(nn.Module):
+    """A model that computes its own loss from three inputs (no prediction/target pair)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(np.array([[0.5], [-1.0], [2.0]], np.float32))
+
+    def forward(self, x, y, weight):
+        err = x @ self.w - y
+        return (weight * err * err).mean()
+
+
+@pytest.mark.parametrize("backend", ["interpret", "compiled"])
+def test_a_model_that_computes_its_own_loss(backend):
+    """loss=None: the model's scalar output is the loss; the step has no target input, and
+    one SGD step moves w by -lr * dL/dw (computed by hand here)."""
+    data = np.random.default_rng(4)
+    x = data.standard_normal((5, 3)).astype(np.float32)
+    y = data.standard_normal((5, 1)).astype(np.float32)
+    weight = data.random((5, 1)).astype(np.float32)
+    specs = {"x": kiln.TensorSpec((5, 3)), "y": kiln.TensorSpec((5, 1)),
+             "weight": kiln.TensorSpec((5, 1))}
+    trainer = Trainer(WeightedSquaredError(), None, SGD(lr=0.1), inputs=specs, backend=backend)
+    assert [v.name for v in trainer.graph.inputs] == ["x", "y", "weight", "w"]
+    w0 = np.array(trainer.params["w"])
+    loss = trainer.step(x=x, y=y, weight=weight)
+    err = x @ w0 - y
+    np.testing.assert_allclose(loss, np.mean(weight * err * err), rtol=1e-5)
+    dw = x.T @ (2 * weight * err) / len(x)
+    np.testing.assert_allclose(trainer.params["w"], w0 - 0.1 * dw, rtol=1e-5, atol=1e-6)
+    with pytest.raises(KilnError, match="computes its own loss"):
+        trainer.step(y, x=x, y=y, weight=weight)
+    history = trainer.fit({"x": x, "y": y, "weight": weight}, None, batch_size=5, epochs=30)
+    assert history[-1] < history[0]
+
+
+def test_own_loss_errors():
+    spec = {"x": kiln.TensorSpec((4, 3))}
+    with pytest.raises(KilnError, match="the model's output must be a scalar"):
+        make_train_step(nn.Linear(3, 2), None, SGD(), inputs=spec)
+    with pytest.raises(KilnError, match="takes no target"):
+        make_train_step(nn.Linear(3, 2), None, SGD(), inputs=spec,
+                        target=kiln.TensorSpec((4, 2)))
+    trainer = Trainer(nn.Linear(3, 2), "mse", SGD(), inputs=spec)
+    with pytest.raises(KilnError, match="pass the batch's target"):
+        trainer.step(x=np.zeros((4, 3), np.float32))
+
+
 # -- models that must learn --------------------------------------------------------------------
 
 
