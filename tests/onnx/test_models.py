@@ -237,3 +237,48 @@ def test_onnx_light_models(path):
         warnings.simplefilter("ignore")
         got = kiln.interpret(graph, {v.name: x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-6)
+
+
+def with_random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """A light model with its ConstantOfShape weights replaced by seeded random initializers
+    (1-D ones, biases and batch-norm statistics, in [0.5, 1.5]; the others He-scaled normal),
+    and its final Softmax cut off: with constant weights every output is the same, and with
+    random ones the softmax saturates, so neither would show a wrong kernel."""
+    rng = np.random.default_rng(seed)
+    g = model.graph
+    shapes = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes = []
+    for node in g.node:
+        if node.op_type != "ConstantOfShape" or node.input[0] not in shapes:
+            nodes.append(node)
+            continue
+        shape = tuple(int(d) for d in shapes[node.input[0]])
+        a = rng.uniform(0.5, 1.5, shape) if len(shape) <= 1 else \
+            rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+        g.initializer.append(numpy_helper.from_array(a.astype(np.float32), node.output[0]))
+        # IR version 3: an initializer is also a graph input
+        g.input.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT,
+                                                          shape))
+    if nodes[-1].op_type == "Softmax" and nodes[-1].output[0] == g.output[0].name:
+        g.output[0].name = nodes.pop().input[0]
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(LIGHT, "*.onnx"))),
+                         ids=os.path.basename)
+def test_onnx_light_models_compiled_with_random_weights(path):
+    """Every light CNN (AlexNet, DenseNet-121, Inception v1/v2, ResNet-50, ShuffleNet,
+    SqueezeNet, VGG-19, ZFNet-512) with random weights: imported, compiled at O2 and run by
+    kiln's runtime, its logits match onnxruntime's on the same file."""
+    data = with_random_weights(onnx.load(path)).SerializeToString()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the opset 9 -> 13 conversion warning
+        graph = kiln.from_onnx(data)
+    v = graph.inputs[0]
+    x = np.random.default_rng(1).standard_normal(v.shape).astype(np.float32)
+    (want,) = ort_run(data, {v.name: x})
+    (got,) = kiln.compile(graph, opt_level=2).run({v.name: x})
+    assert want.std() > 1e-3 * np.abs(want).max()  # the logits differ: a real check
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
