@@ -94,3 +94,45 @@ def test_conv2d_odd_shapes_match_torch():
     scripts = [f.script() for f in res.module.functions.values()]
     assert sum("conv_nchwc_local" in s for s in scripts) == len(CONV_CASES) - 1
     assert sum("gemm_local" in s for s in scripts) == 1
+
+
+TRANSPOSES = [((48, 32), (1, 0)), ((2, 3, 32, 16), (0, 1, 3, 2)), ((32, 4, 16), (2, 1, 0)),
+              ((20, 35), (1, 0)), ((16, 8), (1, 0))]
+
+
+def test_transposes_tiled_and_fused_match_numpy():
+    """Transposes whose output rows walk the input across its rows get lanes x lanes tiles
+    (schedule_transpose); shapes that do not tile fall back. Alone and inlined into an
+    elementwise op (an optimizer update with a transposed gradient), values are exact."""
+    builder, feeds, want = GraphBuilder("transposes"), {}, []
+    for i, (shape, perm) in enumerate(TRANSPOSES):
+        x = _randn(*shape)
+        xv = builder.input(f"x{i}", TensorType.of(x))
+        (y,) = builder.op("transpose", [xv], {"perm": perm})
+        builder.output(y)
+        feeds[f"x{i}"] = x
+        want.append(x.transpose(perm))
+    w, g = _randn(32, 48), _randn(48, 32)
+    wv, gv = builder.input("w", TensorType.of(w)), builder.input("g", TensorType.of(g))
+    (gt,) = builder.op("transpose", [gv], {"perm": (1, 0)})
+    (y,) = builder.op("sub", [wv, gt])
+    builder.output(y)
+    feeds.update(w=w, g=g)
+    want.append(w - g.T)
+    res = build(builder.build())
+    for got, expected in zip(res.run(feeds), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_transposed_axis_finds_the_walked_axis():
+    from tvm import s_tir, te
+
+    from kiln.codegen.schedules.common import blocks, transposed_axis
+
+    x = te.placeholder((8, 16, 32), name="x")
+    t = te.compute((32, 16, 8), lambda i, j, k: x[k, j, i] + 1.0, name="t")
+    same = te.compute((8, 16, 32), lambda i, j, k: x[i, j, k] * 2.0, name="same")
+    for out, axis in ((t, 0), (same, None)):
+        sch = s_tir.Schedule(te.create_prim_func([x, out]))
+        (block,) = blocks(sch)
+        assert transposed_axis(sch, block) == axis

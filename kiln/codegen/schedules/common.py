@@ -85,12 +85,14 @@ def largest_divisor(n: int, at_most: int) -> int:
 _CHILDREN = ("a", "b", "value", "condition", "true_value", "false_value", "args", "indices")
 
 
-def loads_of(expr, buffer_name: str) -> list:
-    """The index tuples with which ``expr`` reads the buffer called ``buffer_name``."""
+def loads_of(expr, buffer_name: str | None) -> list:
+    """The index tuples with which ``expr`` reads the buffer called ``buffer_name`` (every
+    buffer for None)."""
     found: list = []
 
     def walk(e) -> None:
-        if type(e).__name__ in ("TensorLoad", "BufferLoad") and str(e.source) == buffer_name:
+        if type(e).__name__ in ("TensorLoad", "BufferLoad") and \
+                (buffer_name is None or str(e.source) == buffer_name):
             found.append(list(e.indices))
         for attr in _CHILDREN:
             child = getattr(e, attr, None)
@@ -127,3 +129,30 @@ def reads_tile_exactly(sch, consumer, producer, allow_divmod: bool = False) -> b
                 continue
             return False
     return True
+
+
+def uses_var(expr, var) -> bool:
+    """Whether the index expression ``expr`` mentions the variable ``var``."""
+    if type(expr).__name__ == "Var":
+        return expr.same_as(var)
+    return any(uses_var(getattr(expr, a), var) for a in ("a", "b", "value")
+               if getattr(expr, a, None) is not None and not isinstance(getattr(expr, a),
+                                                                        (int, float, str)))
+
+
+def transposed_axis(sch, block) -> int | None:
+    """For a block that reads some input across its rows along its own contiguous axis (a
+    transpose, also inlined into an elementwise op): the position of the iteration variable
+    that indexes that input's contiguous axis; None for any other block."""
+    ivs = [iv.var for iv in sch.get(block).iter_vars]
+    if len(ivs) < 2:
+        return None
+    body = sch.get(block).body
+    for idx in loads_of(getattr(body, "value", body), None):
+        if len(idx) < 2 or uses_var(idx[-1], ivs[-1]) or \
+                not any(uses_var(e, ivs[-1]) for e in idx[:-1]):
+            continue
+        for pos, v in enumerate(ivs[:-1]):
+            if uses_var(idx[-1], v):
+                return pos
+    return None

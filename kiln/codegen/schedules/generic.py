@@ -20,6 +20,7 @@ from kiln.codegen.schedules.common import (
     is_output,
     is_reduction,
     kind,
+    transposed_axis,
     vectorize_inner,
 )
 
@@ -29,9 +30,13 @@ PARALLEL_MIN = 16384
 
 
 def schedule_injective(sch, block, lanes: int, cores: int) -> None:
-    """Parallel over the outer loops and vector chunks, vectorized innermost."""
+    """Parallel over the outer loops and vector chunks, vectorized innermost (transposes:
+    ``schedule_transpose``)."""
     loops = sch.get_loops(block)
     if not loops:
+        return
+    axis = transposed_axis(sch, block)
+    if axis is not None and schedule_transpose(sch, block, lanes, cores, axis):
         return
     ext = extents(sch, loops)
     total = prod(ext)
@@ -46,6 +51,29 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
     outer = list(loops[:-1]) + ([chunk] if chunk is not None else [])
     if outer and cores > 1 and total >= PARALLEL_MIN:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def schedule_transpose(sch, block, lanes: int, cores: int, axis: int) -> bool:
+    """A block whose contiguous output axis walks an input across its rows (``axis``: the
+    loop that walks that input's contiguous axis): lanes x lanes tiles, so that the gathered
+    rows of a tile stay in L1 while its vectors are written. Returns False (untouched) when
+    the two axes do not divide into tiles."""
+    loops = sch.get_loops(block)
+    ext = extents(sch, loops)
+    if len(loops) != len(sch.get(block).iter_vars) or ext[-1] % lanes or ext[axis] < lanes:
+        return False
+    tile = lanes if ext[axis] % lanes == 0 else None
+    if tile is None:
+        return False
+    a0, a1 = sch.split(loops[axis], [None, tile])
+    b0, b1 = sch.split(loops[-1], [None, lanes])
+    others = [lp for i, lp in enumerate(loops[:-1]) if i != axis]
+    sch.reorder(*others, a0, b0, a1, b1)
+    sch.vectorize(b1)
+    outer = [*others, a0, b0]
+    if cores > 1 and prod(ext) >= PARALLEL_MIN:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    return True
 
 
 def schedule_pack(sch, block, lanes: int, cores: int) -> None:
