@@ -15,11 +15,12 @@ that both meet the same machine load; ``ort/kiln`` above 1 means kiln is faster.
 s`` is kiln's import + O2 compile (+ artifact write and load) and onnxruntime's session
 creation. ``max err`` is kiln's largest absolute difference from onnxruntime.
 
-Both engines live in one process, so onnxruntime runs with ``allow_spinning=0``: its default
-spin-waiting workers keep the cores busy after each run, and on a 2-core machine that made
-both engines' latencies swing by 2x (ResNet block, modest: kiln 3.1-5.7 ms, onnxruntime
-2.5-6.3 ms from block to block; without spinning 2.05 and 1.6 ms, steady, and onnxruntime
-alone faster than with spinning). ``--ort-spinning`` restores onnxruntime's default.
+Both engines live in one process. onnxruntime runs with its default settings: its workers
+spin-wait after each call, which on a 2-core machine took the cores from kiln's thread pool
+when calls alternated one by one (both engines' latencies swung by 2x); ``timing.py`` times
+whole blocks of calls and sleeps between blocks until the spinning stops.
+``--ort-no-spinning`` turns the spinning off (slower for small models: the MLP 0.13 ms instead
+of 0.05 ms).
 """
 
 from __future__ import annotations
@@ -224,9 +225,8 @@ def bench_one(name: str, size: str, args) -> dict[str, Any]:
         return row
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-    # spin-waiting workers would take the cores from kiln's thread pool (and kiln's from them)
-    opts.add_session_config_entry("session.intra_op.allow_spinning",
-                                  "1" if args.ort_spinning else "0")
+    if args.ort_no_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     t0 = time.perf_counter()
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     row["ort_compile_s"] = time.perf_counter() - t0
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="tiny,modest")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=50, help="timed runs per engine (at most)")
-    p.add_argument("--ort-spinning", action="store_true",
-                   help="let onnxruntime's workers spin-wait (its default; off here, see above)")
+    p.add_argument("--ort-no-spinning", action="store_true",
+                   help="stop onnxruntime's workers spin-waiting after each call")
     args = p.parse_args(argv)
     set_threads(args.threads)
     import torch

@@ -82,8 +82,10 @@ class _Draw:
         s = self.draw(st.integers(1, 4))
         k = self.b.input(f"in{len(self.b._inputs)}", TensorType((b, s, d)))
         kt = self.op("transpose", [k], perm=(0, 2, 1))
+        spelling = self.draw(st.sampled_from(("none", "mul", "div", "scale_q")))
+        if spelling == "scale_q":  # (q * s) @ k.T: simplify moves the scale after the matmul
+            q = self.op("mul", [q, self.scalar(1 / math.sqrt(d))])
         scores = self.op("matmul", [q, kt])
-        spelling = self.draw(st.sampled_from(("none", "mul", "div")))
         if spelling == "mul":
             scores = self.op("mul", [scores, self.scalar(1 / math.sqrt(d))])
         elif spelling == "div":

@@ -6,11 +6,13 @@ Each pass is ``Graph -> Graph`` and keeps what the graph computes (the fuzz test
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.interpreter import run_node
-from kiln.ir.types import is_float
+from kiln.ir.types import is_float, to_numpy_dtype
 from kiln.passes.manager import graph_pass
 from kiln.passes.rewrite import add_param, copy_node, finish, rebuild, start
 
@@ -122,9 +124,12 @@ def _compose_perm(inner, outer, rank: int) -> tuple[int, ...]:
 @graph_pass("simplify")
 def simplify(graph: Graph) -> Graph:
     """x+0, x*1, x/1, x**1 -> x; x / c -> x * (1/c); transpose and reshape chains collapse;
-    no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x."""
+    no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x;
+    (x * c) @ y and x @ (y * c) -> (x @ y) * c for a scalar c (see ``_scale_after_matmul``)."""
     consts = Constants(graph)
     made: dict[Value, Node] = {}  # new value -> the node that made it in the new graph
+    producer = {v: n for n in graph.nodes for v in n.outputs}
+    uses = Counter(v for n in graph.nodes for v in n.inputs) + Counter(graph.outputs)
 
     def emit(b: GraphBuilder, node: Node, op: str, ins: list[Value], attrs: dict):
         outs = b.op(op, ins, attrs, origin=node.origin, names=[node.outputs[0].name])
@@ -145,6 +150,10 @@ def simplify(graph: Graph) -> Graph:
                     node.inputs[1]).dtype)
                 c = add_param(b, f"{node.outputs[0].name}.reciprocal", inverse)
                 return emit(b, node, "mul", [ins[0], c], {})
+        if node.op == "matmul" and is_float(out_t.dtype):
+            moved = _scale_after_matmul(b, node, ins, consts, producer, uses, made, emit)
+            if moved is not None:
+                return moved
         if node.op in ("identity",) or (
                 node.op in ("cast", "reshape", "expand", "transpose")
                 and ins[0].type == out_t and _is_noop(node)):
@@ -166,6 +175,30 @@ def simplify(graph: Graph) -> Graph:
         return outs
 
     return rebuild(graph, rule)
+
+
+def _scale_after_matmul(b, node, ins, consts, producer, uses, made, emit):
+    """The canonical spelling of a scaled product: ``(x * c) @ y`` and ``x @ (y * c)`` become
+    ``(x @ y) * c`` (c a constant scalar, the scaled operand used only here), so attention
+    written as ``softmax((q * s) @ k.T + mask)`` reaches the same matmul -> scale -> mask ->
+    softmax chain as ``softmax(q @ k.T / sqrt(d) + mask)``, which fusion makes one kernel."""
+    for side in (0, 1):
+        scaled, new_mul = node.inputs[side], made.get(ins[side])
+        mul = producer.get(scaled)
+        if mul is None or mul.op != "mul" or new_mul is None or uses[scaled] != 1:
+            continue
+        for c in (0, 1):
+            value = consts.scalar(mul.inputs[c])
+            if value is None or not np.isfinite(value) or mul.inputs[1 - c].type != scaled.type:
+                continue
+            operands = list(ins)
+            operands[side] = new_mul.inputs[1 - c]
+            (product,) = b.op("matmul", operands, dict(node.attrs), origin=node.origin,
+                              names=[f"{node.outputs[0].name}.unscaled"])
+            scale = add_param(b, f"{node.outputs[0].name}.scale",
+                              np.array(value, to_numpy_dtype(scaled.dtype)))
+            return emit(b, node, "mul", [product, scale], {})
+    return None
 
 
 def _is_noop(node: Node) -> bool:

@@ -168,6 +168,39 @@ def test_simplify_transpose_reshape_chains():
         }""")
 
 
+def test_scale_moves_after_the_matmul():
+    """(q * c) @ k.T -> (q @ k.T) * c: the canonical attention-score spelling."""
+    check(simplify_dce, """
+        graph g(%q: float32[2, 4, 8], %k: float32[2, 4, 8]) {
+          %c: float32[] = full() {shape=(), value=0.5}
+          %qs: float32[2, 4, 8] = mul(%q, %c)
+          %kt: float32[2, 8, 4] = transpose(%k) {perm=(0, 2, 1)}
+          %s: float32[2, 4, 4] = matmul(%qs, %kt)
+          return %s
+        }""", """
+        graph g(%q: float32[2, 4, 8], %k: float32[2, 4, 8]) {
+          param %s.scale: float32[]
+          %kt: float32[2, 8, 4] = transpose(%k) {perm=(0, 2, 1)}
+          %s.unscaled: float32[2, 4, 4] = matmul(%q, %kt)
+          %s: float32[2, 4, 4] = mul(%s.unscaled, %s.scale)
+          return %s
+        }""")
+
+
+def test_scale_stays_when_the_scaled_operand_is_used_elsewhere():
+    text = """
+        graph g(%x: float32[3, 4], %y: float32[4, 2], %w: float32[3, 4]) {
+          param %c: float32[3, 4]
+          %xs: float32[3, 4] = mul(%x, %w)
+          %xc: float32[3, 4] = mul(%x, %c)
+          %a: float32[3, 2] = matmul(%xs, %y)
+          %b: float32[3, 2] = matmul(%xc, %y)
+          return %a, %b, %xc
+        }"""
+    # %w is not constant; %xc is an output too: nothing moves
+    check(simplify_dce, text, text, {"c": np.full((3, 4), 2.0, F32)})
+
+
 def test_fold_batch_norm_into_conv():
     rng = np.random.default_rng(1)
     w = {"w": rng.standard_normal((4, 3, 3, 3)).astype(F32),

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import kiln
 from kiln.ir import interpret, parse, verify
@@ -72,6 +73,51 @@ def test_scale_mask_softmax_is_one_kernel_after_the_score_matmul():
     body = out.nodes[1].attrs["graph"]
     assert [n.op for n in body.nodes] == ["full", "mul", "full", "where", "softmax"]
     assert any("leads into a softmax" in r for r in report.declined)
+
+
+ATTENTION_SPELLINGS = {
+    "divide_by_sqrt_d": """
+        %kt: float32[2, 8, 4] = transpose(%k) {perm=(0, 2, 1)}
+        %s: float32[2, 4, 4] = matmul(%q, %kt)
+        %d: float32[] = full() {shape=(), value=2.828427}
+        %t: float32[2, 4, 4] = div(%s, %d)
+        %m: float32[2, 4, 4] = add(%t, %mask)""",
+    "scale_q_first": """
+        %c: float32[] = full() {shape=(), value=0.35355339}
+        %qs: float32[2, 4, 8] = mul(%q, %c)
+        %kt: float32[2, 8, 4] = transpose(%k) {perm=(0, 2, 1)}
+        %s: float32[2, 4, 4] = matmul(%qs, %kt)
+        %m: float32[2, 4, 4] = add(%s, %mask)""",
+    "masked_fill": """
+        %kt: float32[2, 8, 4] = transpose(%k) {perm=(0, 2, 1)}
+        %s: float32[2, 4, 4] = matmul(%q, %kt)
+        %c: float32[] = full() {shape=(), value=0.35355339}
+        %t: float32[2, 4, 4] = mul(%s, %c)
+        %ninf: float32[] = full() {shape=(), value=-inf}
+        %m: float32[2, 4, 4] = where(%mask, %ninf, %t)""",
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(ATTENTION_SPELLINGS))
+def test_attention_spellings_reach_one_score_kernel(spelling):
+    """softmax(q @ k.T / sqrt(d) + mask), softmax((q * s) @ k.T + mask) and the masked_fill
+    form all canonicalize to matmul -> one fused scale + mask + softmax kernel."""
+    mask = "bool" if spelling == "masked_fill" else "float32"  # padding: True = masked
+    text = (f"graph g(%q: float32[2, 4, 8], %k: float32[2, 4, 8], %mask: {mask}[2, 1, 4]) {{"
+            + ATTENTION_SPELLINGS[spelling]
+            + "\n        %p: float32[2, 4, 4] = softmax(%m)\n        return %p\n    }")
+    g = verify(parse(textwrap.dedent(text)))
+    out = optimize(g, 2, verify=True)
+    ops = [n.op for n in out.nodes]
+    assert ops[-2:] == ["matmul", "fused"], ops
+    body = out.nodes[-1].attrs["graph"]
+    assert body.nodes[-1].op == "softmax" and "mul" in [n.op for n in body.nodes]
+    rng = np.random.default_rng(0)
+    feeds = {v.name: rng.standard_normal(v.type.shape).astype(np.float32) for v in g.inputs}
+    if mask == "bool":
+        feeds["mask"] = np.array([True, False, False, True]).reshape(1, 1, 4).repeat(2, 0)
+    np.testing.assert_allclose(interpret(out, feeds)[0], interpret(g, feeds)[0], rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_conv_residual_relu():
