@@ -185,7 +185,9 @@ def _scale_after_matmul(b, node, ins, consts, producer, uses, made, emit):
     for side in (0, 1):
         scaled, new_mul = node.inputs[side], made.get(ins[side])
         mul = producer.get(scaled)
-        if mul is None or mul.op != "mul" or new_mul is None or uses[scaled] != 1:
+        # new_mul must be the mul's own copy: a simplified mul (x * 1 -> x) is not
+        if mul is None or mul.op != "mul" or uses[scaled] != 1 or new_mul is None \
+                or new_mul.op != "mul" or new_mul.outputs[0].name != scaled.name:
             continue
         for c in (0, 1):
             value = consts.scalar(mul.inputs[c])

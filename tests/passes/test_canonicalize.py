@@ -187,6 +187,24 @@ def test_scale_moves_after_the_matmul():
         }""")
 
 
+def test_a_scale_of_one_is_dropped_not_moved():
+    """Found by the fuzzer: x * 1 simplifies to x first; the scale rule must then see no mul
+    (it once took the softmax that made x for the mul and multiplied by its input)."""
+    check(simplify_dce, """
+        graph g(%x: float32[1, 2, 3], %y: float32[1, 3, 2]) {
+          %s: float32[1, 2, 3] = softmax(%x)
+          %c: float32[] = full() {shape=(), value=1.0}
+          %m: float32[1, 2, 3] = mul(%s, %c)
+          %p: float32[1, 2, 2] = matmul(%m, %y)
+          return %p
+        }""", """
+        graph g(%x: float32[1, 2, 3], %y: float32[1, 3, 2]) {
+          %s: float32[1, 2, 3] = softmax(%x)
+          %p: float32[1, 2, 2] = matmul(%s, %y)
+          return %p
+        }""")
+
+
 def test_scale_stays_when_the_scaled_operand_is_used_elsewhere():
     text = """
         graph g(%x: float32[3, 4], %y: float32[4, 2], %w: float32[3, 4]) {
