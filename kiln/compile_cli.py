@@ -83,7 +83,11 @@ def cmd_bench(args) -> int:
     model = load(args.artifact)
     inputs = _inputs(model, args.input, args.seed)
     latency = model.benchmark(inputs, repeat=args.repeat)
-    print(f"median latency over {args.repeat} runs: {latency * 1e3:.3f} ms")
+    import tvm_ffi
+
+    threads = tvm_ffi.get_global_func("runtime.NumThreads")()
+    print(f"median latency over {args.repeat} runs: {latency * 1e3:.3f} ms ({threads} "
+          "threads: set TVM_NUM_THREADS to change)")
     report = model.memory_report()
     print(f"memory: {report}")
     profile = sorted(model.profile(inputs, repeat=max(3, args.repeat // 5)),

@@ -145,3 +145,4 @@ def test_compile_run_bench_a_dsl_model_at_o3(tmp_path, capsys, monkeypatch):
     assert main(["bench", artifact, "--repeat", "3"]) == 0
     out = capsys.readouterr().out
     assert "median latency over 3 runs" in out and "conv2d_nchwc" in out
+    assert re.search(r"\(\d+ threads", out)
