@@ -3,11 +3,7 @@ state-dict keys and shapes, and the same outputs once torch's weights are loaded
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
-import os
-import types
 
 import numpy as np
 import pytest
@@ -17,44 +13,9 @@ import kiln
 from kiln import nn
 from kiln.errors import ShapeError
 from kiln.ir import verify
+from tests.examples_util import example, randomize_norms, torch_port
 
 tnn = torch.nn
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
-
-
-@functools.cache
-def example(name: str) -> types.ModuleType:
-    path = os.path.join(EXAMPLES, f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_kiln_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@functools.cache
-def torch_port(name: str) -> types.ModuleType:
-    """The example with ``from kiln import nn`` replaced by ``from torch import nn``."""
-    path = os.path.join(EXAMPLES, f"{name}.py")
-    with open(path) as f:
-        source = f.read()
-    assert "from kiln import nn" in source
-    module = types.ModuleType(f"_torch_example_{name}")
-    exec(compile(source.replace("from kiln import nn", "from torch import nn"), path, "exec"),
-         module.__dict__)
-    return module
-
-
-def randomize_norms(model: tnn.Module, seed: int = 0) -> None:
-    """Batch-norm parameters and statistics that are not the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, tnn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
 
 
 def compare(ours: nn.Module, ref: tnn.Module, shape: tuple[int, ...], rtol: float = 1e-4,

@@ -6,8 +6,6 @@ checked against the interpreter, the DQN's gradients and the diffusion sampler i
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 import types
 
 import numpy as np
@@ -16,20 +14,12 @@ import torch
 
 import kiln
 from kiln.ir import verify
+from tests.examples_util import example, randomize_norms
+from tests.examples_util import torch_port as _torch_port
 
 tnn = torch.nn
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 RTOL, ATOL = 1e-4, 1e-5  # float32 re-association; compiled and torch alike
 f32 = np.float32
-
-
-@functools.cache
-def example(name: str) -> types.ModuleType:
-    path = os.path.join(EXAMPLES, f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_kiln_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _arange(start, stop=None, step=1, dtype="int64"):
@@ -47,30 +37,8 @@ TORCH_OPS = types.SimpleNamespace(
 
 @functools.cache
 def torch_port(name: str) -> types.ModuleType:
-    """The example with ``from kiln import nn, ops`` replaced by torch's nn and ``TORCH_OPS``."""
-    path = os.path.join(EXAMPLES, f"{name}.py")
-    with open(path) as f:
-        source = f.read()
-    assert "from kiln import nn, ops\n" in source or "from kiln import nn\n" in source
-    source = source.replace("from kiln import nn, ops\n", "from torch import nn\n")
-    module = types.ModuleType(f"_torch_example_{name}")
-    module.ops = TORCH_OPS
-    exec(compile(source.replace("from kiln import nn\n", "from torch import nn\n"), path,
-                 "exec"), module.__dict__)
-    return module
+    return _torch_port(name, TORCH_OPS)
 
-
-def randomize_norms(model: tnn.Module, seed: int = 0) -> None:
-    """Batch-norm parameters and statistics that are not the identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, tnn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
 
 
 def load_from(ours, ref: tnn.Module):

@@ -3,11 +3,7 @@ model zoo's example files."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import io
-import os
-import types
 import warnings
 
 import numpy as np
@@ -16,19 +12,9 @@ import onnxruntime as ort
 
 import kiln
 from kiln.ir import Graph
+from tests.examples_util import EXAMPLES, example  # noqa: F401  (re-exported)
 
 ort.set_default_logger_severity(3)  # no warnings about unused initializers
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
-
-
-@functools.cache
-def example(name: str) -> types.ModuleType:
-    """examples/NAME.py as a module."""
-    spec = importlib.util.spec_from_file_location(f"_kiln_onnx_example_{name}",
-                                                  os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def ort_run(model: onnx.ModelProto | bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
