@@ -136,3 +136,21 @@ def test_transposed_axis_finds_the_walked_axis():
         sch = s_tir.Schedule(te.create_prim_func([x, out]))
         (block,) = blocks(sch)
         assert transposed_axis(sch, block) == axis
+
+
+@pytest.mark.parametrize("parts, shape, axis", [(3, (2, 5, 7), 1), (4, (3, 33), 1),
+                                                (9, (2, 3, 5, 5), 1), (33, (2, 7), 1),
+                                                (17, (3, 4), 0), (6, (2, 3, 17), 2)])
+def test_concat_chain_and_tree_forms_match_numpy(parts, shape, axis):
+    """concat picks its part with a chain of selects up to CONCAT_CHAIN_MAX parts and a
+    balanced tree above; parts of different sizes along the axis, values exact."""
+    builder, arrays = GraphBuilder("concat"), []
+    for i in range(parts):
+        part = list(shape)
+        part[axis] += i % 3  # unequal sizes
+        arrays.append(_randn(*part))
+    values = [builder.input(f"x{i}", TensorType.of(a)) for i, a in enumerate(arrays)]
+    (y,) = builder.op("concat", values, {"axis": axis})
+    builder.output(y)
+    (got,) = build(builder.build()).run({f"x{i}": a for i, a in enumerate(arrays)})
+    np.testing.assert_array_equal(got, np.concatenate(arrays, axis))

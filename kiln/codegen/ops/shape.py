@@ -62,25 +62,41 @@ def transpose(inputs, attrs, out_types):
     return te.compute(tuple(out_types[0].shape), fn, name="transpose")
 
 
+CONCAT_CHAIN_MAX = 4  # concat selects its part with a chain up to this many parts, then a tree
+
+
 @lowering("concat")
 def concat(inputs, attrs, out_types):
     shape = tuple(out_types[0].shape)
     axis = attrs["axis"] % len(shape)
     parts = [(x, shape_of(x)[axis]) for x in inputs if shape_of(x)[axis] > 0]
 
+    offsets = [0]
+    for _, size in parts:
+        offsets.append(offsets[-1] + size)
+
     def fn(*idx):
         i = idx[axis]
-        offsets, off = [], 0
-        for _, size in parts:
-            offsets.append(off)
-            off += size
-        out = None
-        for (x, size), start in zip(parts, offsets):
-            local = list(idx)
-            local[axis] = tirx.max(tirx.min(i - start, size - 1), 0)
-            value = x[tuple(local)]
-            out = value if out is None else tirx.if_then_else(i >= start, value, out)
-        return out
+
+        def pick(lo: int, hi: int):
+            """The element from parts[lo:hi]: a chain of selects for a few parts, a balanced
+            tree (log2(parts) deep) for more. Measured, 2 threads: 24 parts [1, 32, 14, 14]
+            (DenseNet) 0.79-0.99 ms as a chain, 0.09-0.12 ms as a tree; 32 parts [4, 128]
+            (an LSTM's steps) 83-128 vs 9-15 us; but 4 parts along the last axis of
+            [16, 64, 64]: 48 vs 104 us."""
+            if hi - lo == 1:
+                x, size = parts[lo]
+                local = list(idx)
+                local[axis] = tirx.max(tirx.min(i - offsets[lo], size - 1), 0)
+                return x[tuple(local)]
+            if chain:  # (each form's branch order is the one that measured best)
+                return tirx.if_then_else(i >= offsets[hi - 1], pick(hi - 1, hi),
+                                         pick(lo, hi - 1))
+            mid = (lo + hi) // 2
+            return tirx.if_then_else(i < offsets[mid], pick(lo, mid), pick(mid, hi))
+
+        chain = len(parts) <= CONCAT_CHAIN_MAX
+        return pick(0, len(parts))
 
     return te.compute(shape, fn, name="concat")
 
