@@ -40,8 +40,13 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
         return
     ext = extents(sch, loops)
     total = prod(ext)
-    if ext[-1] < lanes and len(loops) > 1:
-        loops = [sch.fuse(*loops)]
+    # fuse the trailing loops whose extents multiply to whole vectors: a [N, C, 28, 28]
+    # output vectorizes over H*W = 49 x 16 instead of 28 = 16 + a predicated 12
+    k = len(loops) - 1
+    while k > 0 and (prod(ext[k:]) % lanes or prod(ext[k:]) < lanes):
+        k -= 1
+    if k < len(loops) - 1:
+        loops = [*loops[:k], sch.fuse(*loops[k:])]
     last = loops[-1]
     if extents(sch, [last])[0] > lanes:
         chunk, vec = sch.split(last, [None, lanes])
