@@ -1,5 +1,5 @@
-"""Imported models: kiln (``kiln.from_onnx`` + ``kiln.compile`` at O2) vs onnxruntime on the
-same ``.onnx`` files, same threads, latency side by side.
+"""Imported models: kiln (``kiln.from_onnx`` + ``kiln.compile``, O2 or ``--opt-level``) vs
+onnxruntime on the same ``.onnx`` files, same threads, latency side by side.
 
     python benchmarks/onnx_bench.py                         # every model, both sizes, 2 threads
     python benchmarks/onnx_bench.py --models gpt,bert --sizes tiny --threads 1 --repeat 100
@@ -12,7 +12,7 @@ test's size at batch 1; ``modest`` is a wider model (and for the small CNNs a ba
 is the median wall time of one ``run`` call from Python (kiln's ``CompiledModel.run``,
 onnxruntime's ``InferenceSession.run``), the engines timed in alternating blocks of calls so
 that both meet the same machine load; ``ort/kiln`` above 1 means kiln is faster. ``compile
-s`` is kiln's import + O2 compile (+ artifact write and load) and onnxruntime's session
+s`` is kiln's import + compile (+ artifact write and load) and onnxruntime's session
 creation. ``max err`` is kiln's largest absolute difference from onnxruntime.
 
 Both engines live in one process. onnxruntime runs with its default settings: its workers
@@ -217,7 +217,7 @@ def bench_one(name: str, size: str, args) -> dict[str, Any]:
     try:
         t0 = time.perf_counter()
         graph = kiln.from_onnx(data)
-        compiled = kiln.compile(graph, opt_level=2)
+        compiled = kiln.compile(graph, opt_level=args.opt_level)
         row["kiln_compile_s"] = time.perf_counter() - t0
         row["kernels"] = len(compiled.build.kernels)
     except Exception as e:  # report exactly why, and go on with the other models
@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--sizes", default="tiny,modest")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--opt-level", type=int, default=2, choices=(0, 1, 2, 3),
+                   help="kiln's; 3 adds layout tuning (timed conv blocks, cached)")
     p.add_argument("--repeat", type=int, default=50, help="timed runs per engine (at most)")
     p.add_argument("--ort-no-spinning", action="store_true",
                    help="stop onnxruntime's workers spin-waiting after each call")
