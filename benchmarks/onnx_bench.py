@@ -5,15 +5,16 @@ onnxruntime on the same ``.onnx`` files, same threads, latency side by side.
     python benchmarks/onnx_bench.py --models gpt,bert --sizes tiny --threads 1 --repeat 100
 
 The models are the PyTorch twins of kiln's examples that tests/onnx/test_models.py checks
-(MLP, LeNet, a ResNet block, LSTM, GRU, a Transformer encoder layer, BERT- and GPT-style
-stacks) plus ResNet-50 (examples/resnet.py built with torch.nn), exported by PyTorch's
-TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset 17). ``tiny`` is the
-test's size at batch 1; ``modest`` is a wider model (and for the small CNNs a batch). Latency
-is the median wall time of one ``run`` call from Python (kiln's ``CompiledModel.run``,
-onnxruntime's ``InferenceSession.run``), the engines timed in alternating blocks of calls so
-that both meet the same machine load; ``ort/kiln`` above 1 means kiln is faster. ``compile
-s`` is kiln's import + compile (+ artifact write and load) and onnxruntime's session
-creation. ``max err`` is kiln's largest absolute difference from onnxruntime.
+(tests/onnx/torch_twins.py: MLP, LeNet, a ResNet block, LSTM, GRU, a Transformer encoder
+layer, BERT- and GPT-style stacks) plus ResNet-50 (examples/resnet.py built with torch.nn),
+exported by PyTorch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``,
+opset 17). ``tiny`` is the test's size at batch 1; ``modest`` is a wider model (and for the
+small CNNs a batch). Latency is the median wall time of one ``run`` call from Python (kiln's
+``CompiledModel.run``, onnxruntime's ``InferenceSession.run``), the engines timed in
+alternating blocks of calls so that both meet the same machine load; ``ort/kiln`` above 1
+means kiln is faster. ``compile s`` is kiln's import + compile (+ artifact write and load)
+and onnxruntime's session creation. ``max err`` is kiln's largest absolute difference from
+onnxruntime.
 
 Both engines live in one process. onnxruntime runs with its default settings: its workers
 spin-wait after each call, which on a 2-core machine took the cores from kiln's thread pool
@@ -37,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the twins live beside the tests
 
 from timing import paired_medians  # noqa: E402
 
@@ -53,87 +54,10 @@ def set_threads(n: int) -> None:
 
 def twins() -> dict[str, Callable[..., Any]]:
     """Name -> a PyTorch module factory taking the size's keyword arguments."""
-    import torch
     from torch import nn
 
-    class LeNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1, self.c2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-            self.f1, self.f2, self.f3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-        def forward(self, x):
-            x = nn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
-            x = nn.functional.avg_pool2d(torch.relu(self.c2(x)), 2)
-            return self.f3(torch.relu(self.f2(torch.relu(self.f1(torch.flatten(x, 1))))))
-
-    class ResBlock(nn.Module):
-        def __init__(self, c: int):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-            self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
-            self.down = nn.Sequential(nn.Conv2d(c, 2 * c, 1, stride=2, bias=False),
-                                      nn.BatchNorm2d(2 * c))
-            self.conv3 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
-
-        def forward(self, x):
-            y = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
-            return torch.relu(self.conv3(y) + self.down(y)).mean((2, 3))
-
-    class Recurrent(nn.Module):
-        def __init__(self, cell: str, d_in: int, hidden: int):
-            super().__init__()
-            self.rnn = getattr(nn, cell)(d_in, hidden, num_layers=2, bidirectional=True)
-            self.fc = nn.Linear(2 * hidden, 3)
-
-        def forward(self, x):
-            return self.fc(self.rnn(x)[0][-1])
-
-    class EncoderLayer(nn.Module):
-        def __init__(self, d: int, heads: int):
-            super().__init__()
-            self.layer = nn.TransformerEncoderLayer(d, heads, 2 * d, batch_first=True)
-
-        def forward(self, x):
-            return self.layer(x, is_causal=False)
-
-    class Embeddings(nn.Module):
-        def __init__(self, vocab: int, max_len: int, d: int):
-            super().__init__()
-            self.tokens, self.positions = nn.Embedding(vocab, d), nn.Embedding(max_len, d)
-
-        def forward(self, ids):
-            return self.tokens(ids) + self.positions(torch.arange(ids.shape[-1]))
-
-    class Bert(nn.Module):
-        def __init__(self, vocab: int, max_len: int, d: int, heads: int, layers: int = 2):
-            super().__init__()
-            self.embeddings = Embeddings(vocab, max_len, d)
-            self.norm = nn.LayerNorm(d, eps=1e-12)
-            layer = nn.TransformerEncoderLayer(d, heads, 2 * d, 0.1, "gelu", 1e-12,
-                                               batch_first=True)
-            self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-            self.pooler = nn.Linear(d, d)
-
-        def forward(self, ids, padding_mask):
-            x = self.encoder(self.norm(self.embeddings(ids)), src_key_padding_mask=padding_mask)
-            return x, torch.tanh(self.pooler(x[:, 0]))
-
-    class GPT(nn.Module):
-        def __init__(self, vocab: int, max_len: int, d: int, heads: int, layers: int = 2):
-            super().__init__()
-            self.embeddings = Embeddings(vocab, max_len, d)
-            block = nn.TransformerEncoderLayer(d, heads, 4 * d, 0.1,
-                                               nn.GELU(approximate="tanh"), batch_first=True,
-                                               norm_first=True)
-            self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-            self.norm = nn.LayerNorm(d)
-
-        def forward(self, ids):
-            n = ids.shape[-1]
-            mask = torch.triu(torch.full((n, n), float("-inf")), 1)
-            x = self.norm(self.blocks(self.embeddings(ids), mask=mask))
-            return nn.functional.linear(x, self.embeddings.tokens.weight)
+    from tests.examples_util import torch_port
+    from tests.onnx.torch_twins import GPT, Bert, EncoderLayer, LeNet, Recurrent, ResBlock
 
     def mlp(widths: tuple[int, ...]):
         layers: list = []
@@ -141,17 +65,10 @@ def twins() -> dict[str, Callable[..., Any]]:
             layers += [nn.Linear(a, b), nn.ReLU()]
         return nn.Sequential(*layers[:-1], nn.Softmax(-1))
 
-    def resnet50():
-        source = (ROOT / "examples" / "resnet.py").read_text()
-        namespace: dict = {"__name__": "torch_resnet"}
-        exec(compile(source.replace("from kiln import nn", "from torch import nn"),
-                     "resnet.py", "exec"), namespace)
-        return namespace["resnet50"]()
-
     return {"mlp": mlp, "lenet": LeNet, "resnet_block": ResBlock,
             "lstm": lambda **kw: Recurrent("LSTM", **kw),
             "gru": lambda **kw: Recurrent("GRU", **kw), "encoder_layer": EncoderLayer,
-            "bert": Bert, "gpt": GPT, "resnet50": resnet50}
+            "bert": Bert, "gpt": GPT, "resnet50": lambda: torch_port("resnet").resnet50()}
 
 
 def _f32(*shape: int) -> np.ndarray:

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import importlib.util
 import inspect
+import itertools
 import os
 import re
 import sys
@@ -247,13 +248,13 @@ def cmd_fuzz(args) -> int:
     from kiln.fuzz import check_compiled, check_passes
 
     check = (lambda g: (check_passes(g), check_compiled(g))) if args.compile else check_passes
-    tried = [0]
+    tried = itertools.count(1)
     every = 25 if args.compile else 250
 
     def prop(graph) -> None:  # progress on stderr: a 5000-graph campaign takes minutes
-        tried[0] += 1
-        if tried[0] % every == 0:
-            print(f"  {tried[0]}/{args.examples} graphs, {time.perf_counter() - t0:.0f} s",
+        n = next(tried)
+        if n % every == 0:
+            print(f"  {n}/{args.examples} graphs, {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
         check(graph)
 

@@ -83,10 +83,9 @@ def cmd_bench(args) -> int:
     model = load(args.artifact)
     inputs = _inputs(model, args.input, args.seed)
     latency = model.benchmark(inputs, repeat=args.repeat)
-    import tvm_ffi
+    from kiln.runtime.threads import pool_threads
 
-    threads = tvm_ffi.get_global_func("runtime.NumThreads")()
-    print(f"median latency over {args.repeat} runs: {latency * 1e3:.3f} ms ({threads} "
+    print(f"median latency over {args.repeat} runs: {latency * 1e3:.3f} ms ({pool_threads()} "
           "threads: set TVM_NUM_THREADS to change)")
     report = model.memory_report()
     print(f"memory: {report}")

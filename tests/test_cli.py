@@ -1,5 +1,6 @@
-"""The kiln command line: show, interpret, and its error messages."""
+"""The kiln command line: show, interpret, compile/run/bench, fuzz, and its error messages."""
 
+import json
 import re
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from kiln.cli import main, parse_input
+import kiln
+from kiln.cli import load_graph, main, parse_input
 from kiln.errors import CLIError
 
 MODEL = textwrap.dedent("""
@@ -117,11 +119,6 @@ def test_compile_run_bench_a_dsl_model_at_o3(tmp_path, capsys, monkeypatch):
     """kiln compile -O 3 (layout tuning from the cache and heuristic only), then kiln run and
     kiln bench on the artifact; the outputs match the interpreter, the manifest holds the
     layout choices."""
-    import json
-
-    import kiln
-    from kiln.cli import load_graph
-
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "cnn.py"
     path.write_text(CONV_MODEL)

@@ -107,19 +107,22 @@ def candidates(p: ConvProblem, lanes: int) -> list[Candidate]:
 
 def pool_threads() -> int:
     """The threads TVM's pool runs kernels with (times, and so choices, depend on it)."""
-    import tvm  # noqa: F401  (registers the runtime's functions)
-    import tvm_ffi
+    import tvm  # noqa: F401  (loads the runtime that answers)
 
-    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+    from kiln.runtime.threads import pool_threads as threads
+
+    return threads()
 
 
-def cache_key(p: ConvProblem, target: CpuTarget) -> str:
+def cache_key(p: ConvProblem, target: CpuTarget, threads: int | None = None) -> str:
+    """The cache key of ``p``'s candidate times (``threads``: the pool size, asked if None)."""
     from kiln import __version__
 
     lanes = target.lanes(p.dtype)
     return json.dumps({"op": "conv2d_nchwc", "problem": p.key(), "ic": in_block(p.c, lanes),
                        "candidates": CANDIDATES_VERSION, "target": target.to_dict(),
-                       "threads": pool_threads(), "kiln": __version__}, sort_keys=True)
+                       "threads": pool_threads() if threads is None else threads,
+                       "kiln": __version__}, sort_keys=True)
 
 
 def _kernel(p: ConvProblem, cand: Candidate, target: CpuTarget):
@@ -204,10 +207,12 @@ def measuring_chooser(target: CpuTarget, budget: float,
         path = cache_path(cache)
         stored = _load(path)
         counts = Counter(problems)
+        threads = pool_threads()
+        keys = {p: cache_key(p, target, threads) for p in counts}
         out: dict[ConvProblem, list[Candidate]] = {}
         todo = []
         for p in counts:
-            hit = _cached(stored.get(cache_key(p, target)))
+            hit = _cached(stored.get(keys[p]))
             if hit:
                 out[p] = hit
             elif candidates(p, lanes):
@@ -235,7 +240,7 @@ def measuring_chooser(target: CpuTarget, budget: float,
             for (p, c), t in zip(work, times):
                 out.setdefault(p, []).append(Candidate(c.block, c.tile, t, "measured"))
             for p in batch:
-                fresh[cache_key(p, target)] = [
+                fresh[keys[p]] = [
                     {"block": c.block, "tile": list(c.tile) if c.tile else None,
                      "seconds": c.seconds} for c in out[p]]
         if fresh:

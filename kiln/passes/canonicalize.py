@@ -125,9 +125,10 @@ def _compose_perm(inner, outer, rank: int) -> tuple[int, ...]:
 def simplify(graph: Graph) -> Graph:
     """x+0, x*1, x/1, x**1 -> x; x / c -> x * (1/c); transpose and reshape chains collapse;
     no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x;
-    (x * c) @ y and x @ (y * c) -> (x @ y) * c for a scalar c (see ``_scale_after_matmul``)."""
+    (x * c) @ y and x @ (y * c) -> (x @ y) * c for a scalar c (see ``scale_after_matmul``)."""
     consts = Constants(graph)
     made: dict[Value, Node] = {}  # new value -> the node that made it in the new graph
+    copied: dict[Value, Node] = {}  # old value -> its node copied unchanged into the new graph
     producer = {v: n for n in graph.nodes for v in n.outputs}
     uses = Counter(v for n in graph.nodes for v in n.inputs) + Counter(graph.outputs)
 
@@ -135,6 +136,31 @@ def simplify(graph: Graph) -> Graph:
         outs = b.op(op, ins, attrs, origin=node.origin, names=[node.outputs[0].name])
         made[outs[0]] = b._nodes[-1]
         return outs
+
+    def scale_after_matmul(b: GraphBuilder, node: Node, ins: list[Value]):
+        """The canonical spelling of a scaled product: ``(x * c) @ y`` and ``x @ (y * c)``
+        become ``(x @ y) * c`` (c a constant scalar, the scaled operand used only here), so
+        attention written as ``softmax((q * s) @ k.T + mask)`` reaches the same matmul ->
+        scale -> mask -> softmax chain as ``softmax(q @ k.T / sqrt(d) + mask)``, which fusion
+        makes one kernel. Only a mul copied unchanged qualifies (``x * 1`` became ``x``)."""
+        for side in (0, 1):
+            scaled = node.inputs[side]
+            mul, new_mul = producer.get(scaled), copied.get(scaled)
+            if new_mul is None or mul.op != "mul" or uses[scaled] != 1:
+                continue
+            for c in (0, 1):
+                value = consts.scalar(mul.inputs[c])
+                if value is None or not np.isfinite(value) \
+                        or mul.inputs[1 - c].type != scaled.type:
+                    continue
+                operands = list(ins)
+                operands[side] = new_mul.inputs[1 - c]
+                (product,) = b.op("matmul", operands, dict(node.attrs), origin=node.origin,
+                                  names=[f"{node.outputs[0].name}.unscaled"])
+                scale = add_param(b, f"{node.outputs[0].name}.scale",
+                                  np.array(value, to_numpy_dtype(scaled.dtype)))
+                return emit(b, node, "mul", [product, scale], {})
+        return None
 
     def rule(b: GraphBuilder, node: Node, ins: list[Value]):
         out_t = node.outputs[0].type
@@ -151,7 +177,7 @@ def simplify(graph: Graph) -> Graph:
                 c = add_param(b, f"{node.outputs[0].name}.reciprocal", inverse)
                 return emit(b, node, "mul", [ins[0], c], {})
         if node.op == "matmul" and is_float(out_t.dtype):
-            moved = _scale_after_matmul(b, node, ins, consts, producer, uses, made, emit)
+            moved = scale_after_matmul(b, node, ins)
             if moved is not None:
                 return moved
         if node.op in ("identity",) or (
@@ -172,35 +198,10 @@ def simplify(graph: Graph) -> Graph:
             return emit(b, node, "reshape", [inner.inputs[0]], dict(node.attrs))
         outs = copy_node(b, node, ins)
         made.update((v, b._nodes[-1]) for v in outs)
+        copied.update((v, b._nodes[-1]) for v in node.outputs)
         return outs
 
     return rebuild(graph, rule)
-
-
-def _scale_after_matmul(b, node, ins, consts, producer, uses, made, emit):
-    """The canonical spelling of a scaled product: ``(x * c) @ y`` and ``x @ (y * c)`` become
-    ``(x @ y) * c`` (c a constant scalar, the scaled operand used only here), so attention
-    written as ``softmax((q * s) @ k.T + mask)`` reaches the same matmul -> scale -> mask ->
-    softmax chain as ``softmax(q @ k.T / sqrt(d) + mask)``, which fusion makes one kernel."""
-    for side in (0, 1):
-        scaled, new_mul = node.inputs[side], made.get(ins[side])
-        mul = producer.get(scaled)
-        # new_mul must be the mul's own copy: a simplified mul (x * 1 -> x) is not
-        if mul is None or mul.op != "mul" or uses[scaled] != 1 or new_mul is None \
-                or new_mul.op != "mul" or new_mul.outputs[0].name != scaled.name:
-            continue
-        for c in (0, 1):
-            value = consts.scalar(mul.inputs[c])
-            if value is None or not np.isfinite(value) or mul.inputs[1 - c].type != scaled.type:
-                continue
-            operands = list(ins)
-            operands[side] = new_mul.inputs[1 - c]
-            (product,) = b.op("matmul", operands, dict(node.attrs), origin=node.origin,
-                              names=[f"{node.outputs[0].name}.unscaled"])
-            scale = add_param(b, f"{node.outputs[0].name}.scale",
-                              np.array(value, to_numpy_dtype(scaled.dtype)))
-            return emit(b, node, "mul", [product, scale], {})
-    return None
 
 
 def _is_noop(node: Node) -> bool:

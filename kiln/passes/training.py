@@ -266,7 +266,7 @@ class Trainer:
         history = []
         for _ in range(epochs):
             order = rng.permutation(n)
-            losses = [self.step(*([] if target is None else [target[idx]]),
+            losses = [self.step(None if target is None else target[idx],
                                 **{k: v[idx] for k, v in data.items()})
                       for idx in _batches(order, batch_size)]
             history.append(float(np.mean(losses)))

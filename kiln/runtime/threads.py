@@ -33,6 +33,13 @@ def physical_cores() -> int:
     return max(len(cores), 1)
 
 
+def pool_threads() -> int:
+    """The threads TVM's pool runs kernels with (a TVM runtime must be loaded)."""
+    import tvm_ffi
+
+    return int(tvm_ffi.get_global_func("runtime.NumThreads")())
+
+
 def set_thread_defaults() -> None:
     """Set TVM's pool size (physical cores) and pinning (off) where the user has not."""
     if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:

@@ -15,6 +15,7 @@ import torch
 from onnx import numpy_helper
 
 import kiln
+from tests.onnx.torch_twins import GPT, Bert, EncoderLayer, LeNet, Recurrent, ResBlock
 from tests.onnx.util import assert_close, example, import_and_compare, ort_run, rand, torch_export
 
 tnn = torch.nn
@@ -33,99 +34,6 @@ def _seeded(model: tnn.Module, seed: int = 0) -> tnn.Module:
     return model.eval()
 
 
-class LeNet(tnn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1, self.c2 = tnn.Conv2d(1, 6, 5), tnn.Conv2d(6, 16, 5)
-        self.f1, self.f2, self.f3 = tnn.Linear(400, 120), tnn.Linear(120, 84), tnn.Linear(84, 10)
-
-    def forward(self, x):
-        x = tnn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
-        x = tnn.functional.avg_pool2d(torch.relu(self.c2(x)), 2)
-        x = torch.flatten(x, 1)
-        return self.f3(torch.relu(self.f2(torch.relu(self.f1(x)))))
-
-
-class ResBlock(tnn.Module):
-    def __init__(self, c: int = 8):
-        super().__init__()
-        self.conv1, self.bn1 = tnn.Conv2d(c, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c)
-        self.conv2, self.bn2 = tnn.Conv2d(c, c, 3, padding=1, bias=False), tnn.BatchNorm2d(c)
-        self.down = tnn.Sequential(tnn.Conv2d(c, 2 * c, 1, stride=2, bias=False),
-                                   tnn.BatchNorm2d(2 * c))
-        self.conv3 = tnn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        y = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
-        return torch.relu(self.conv3(y) + self.down(y)).mean((2, 3))
-
-
-class Recurrent(tnn.Module):
-    def __init__(self, cell: str):
-        super().__init__()
-        self.rnn = getattr(tnn, cell)(6, 5, num_layers=2, bidirectional=True)
-        self.fc = tnn.Linear(10, 3)
-
-    def forward(self, x):
-        y, _ = self.rnn(x)
-        return self.fc(y[-1])
-
-
-class EncoderLayer(tnn.Module):
-    def __init__(self, norm_first: bool):
-        super().__init__()
-        self.layer = tnn.TransformerEncoderLayer(16, 4, 32, batch_first=True,
-                                                 norm_first=norm_first)
-
-    def forward(self, x):
-        return self.layer(x, is_causal=False)
-
-
-class Embeddings(tnn.Module):
-    def __init__(self, vocab: int, max_len: int, d: int):
-        super().__init__()
-        self.tokens, self.positions = tnn.Embedding(vocab, d), tnn.Embedding(max_len, d)
-
-    def forward(self, ids):
-        return self.tokens(ids) + self.positions(torch.arange(ids.shape[-1]))
-
-
-class Bert(tnn.Module):
-    """examples/transformer.py's Bert (small), in PyTorch."""
-
-    def __init__(self, vocab=50, max_len=16, d=16, heads=2, layers=2):
-        super().__init__()
-        self.embeddings = Embeddings(vocab, max_len, d)
-        self.norm = tnn.LayerNorm(d, eps=1e-12)
-        layer = tnn.TransformerEncoderLayer(d, heads, 2 * d, 0.1, "gelu", 1e-12,
-                                            batch_first=True)
-        self.encoder = tnn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.pooler = tnn.Linear(d, d)
-
-    def forward(self, ids, padding_mask):
-        x = self.encoder(self.norm(self.embeddings(ids)), src_key_padding_mask=padding_mask)
-        return x, torch.tanh(self.pooler(x[:, 0]))
-
-
-class GPT(tnn.Module):
-    """examples/transformer.py's GPT (small), in PyTorch: pre-norm causal blocks with
-    tanh-GELU and a tied LM head."""
-
-    def __init__(self, vocab=50, max_len=16, d=16, heads=2, layers=2):
-        super().__init__()
-        self.embeddings = Embeddings(vocab, max_len, d)
-        block = tnn.TransformerEncoderLayer(d, heads, 4 * d, 0.1, tnn.GELU(approximate="tanh"),
-                                            batch_first=True, norm_first=True)
-        self.blocks = tnn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.norm = tnn.LayerNorm(d)
-
-    def forward(self, ids):
-        n = ids.shape[-1]
-        mask = torch.triu(torch.full((n, n), float("-inf")), 1)
-        x = self.norm(self.blocks(self.embeddings(ids), mask=mask))
-        return torch.nn.functional.linear(x, self.embeddings.tokens.weight)
-
-
 def _ids(shape, vocab=50, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int64)
 
@@ -137,8 +45,8 @@ CASES = {
     "resnet_block": lambda: (_seeded(ResBlock()), {"x": rand(1, 8, 8, 8)}),
     "lstm": lambda: (Recurrent("LSTM"), {"x": rand(5, 2, 6)}),
     "gru": lambda: (Recurrent("GRU"), {"x": rand(5, 2, 6)}),
-    "encoder_layer": lambda: (EncoderLayer(False), {"x": rand(2, 5, 16)}),
-    "encoder_layer_pre_norm": lambda: (EncoderLayer(True), {"x": rand(2, 5, 16)}),
+    "encoder_layer": lambda: (EncoderLayer(), {"x": rand(2, 5, 16)}),
+    "encoder_layer_pre_norm": lambda: (EncoderLayer(norm_first=True), {"x": rand(2, 5, 16)}),
     "bert": lambda: (Bert(), {"ids": _ids((2, 7)),
                               "padding_mask": np.arange(7)[None, :] >= np.array([[7], [4]])}),
     "gpt": lambda: (GPT(), {"ids": _ids((2, 7))}),
@@ -188,7 +96,7 @@ def test_symbolic_batch_lstm_zero_state():
 def test_symbolic_attention_needs_fixed_batch():
     """Multi-head attention reshapes to batch * heads, which kiln cannot name: the error says
     which dim to fix, and fixing it works."""
-    data = torch_export(EncoderLayer(False), (rand(2, 5, 16),), ["x"], {"x": {0: "batch"}})
+    data = torch_export(EncoderLayer(), (rand(2, 5, 16),), ["x"], {"x": {0: "batch"}})
     with pytest.raises(kiln.KilnError, match=r"input_shapes=\{'batch': SIZE\}"):
         kiln.from_onnx(data)
     graph = import_and_compare(data, {"x": rand(3, 5, 16)}, input_shapes={"batch": 3})

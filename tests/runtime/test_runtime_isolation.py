@@ -63,8 +63,8 @@ def child(code: str, *args, threads: dict | None = None) -> subprocess.Completed
     """Run ``code`` in a fresh Python; ``threads``: the thread variables it sees (default
     TVM_NUM_THREADS=2)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
-    env.update({"PYTHONPATH": str(ROOT)}, **({"TVM_NUM_THREADS": "2"} if threads is None
-                                            else threads))
+    env["PYTHONPATH"] = str(ROOT)
+    env.update({"TVM_NUM_THREADS": "2"} if threads is None else threads)
     return subprocess.run([sys.executable, "-c", NO_TORCH + textwrap.dedent(code),
                            *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)

@@ -62,7 +62,11 @@ def transpose(inputs, attrs, out_types):
     return te.compute(tuple(out_types[0].shape), fn, name="transpose")
 
 
-CONCAT_CHAIN_MAX = 4  # concat selects its part with a chain up to this many parts, then a tree
+# concat picks each element's part with a chain of selects up to this many parts, above it with
+# a balanced tree (log2(parts) deep). Measured, 2 threads: 24 parts [1, 32, 14, 14] (DenseNet)
+# 0.79-0.99 ms as a chain, 0.09-0.12 ms as a tree; 32 parts [4, 128] (an LSTM's steps) 83-128
+# vs 9-15 us; with few parts the chain was as fast or faster.
+CONCAT_CHAIN_MAX = 4
 
 
 @lowering("concat")
@@ -74,16 +78,13 @@ def concat(inputs, attrs, out_types):
     offsets = [0]
     for _, size in parts:
         offsets.append(offsets[-1] + size)
+    chain = len(parts) <= CONCAT_CHAIN_MAX
 
     def fn(*idx):
         i = idx[axis]
 
         def pick(lo: int, hi: int):
-            """The element from parts[lo:hi]: a chain of selects for a few parts, a balanced
-            tree (log2(parts) deep) for more. Measured, 2 threads: 24 parts [1, 32, 14, 14]
-            (DenseNet) 0.79-0.99 ms as a chain, 0.09-0.12 ms as a tree; 32 parts [4, 128]
-            (an LSTM's steps) 83-128 vs 9-15 us; but 4 parts along the last axis of
-            [16, 64, 64]: 48 vs 104 us."""
+            """The element from parts[lo:hi]."""
             if hi - lo == 1:
                 x, size = parts[lo]
                 local = list(idx)
@@ -95,7 +96,6 @@ def concat(inputs, attrs, out_types):
             mid = (lo + hi) // 2
             return tirx.if_then_else(i < offsets[mid], pick(lo, mid), pick(mid, hi))
 
-        chain = len(parts) <= CONCAT_CHAIN_MAX
         return pick(0, len(parts))
 
     return te.compute(shape, fn, name="concat")

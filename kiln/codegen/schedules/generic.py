@@ -65,12 +65,9 @@ def schedule_transpose(sch, block, lanes: int, cores: int, axis: int) -> bool:
     the two axes do not divide into tiles."""
     loops = sch.get_loops(block)
     ext = extents(sch, loops)
-    if len(loops) != len(sch.get(block).iter_vars) or ext[-1] % lanes or ext[axis] < lanes:
+    if len(loops) != len(sch.get(block).iter_vars) or ext[-1] % lanes or ext[axis] % lanes:
         return False
-    tile = lanes if ext[axis] % lanes == 0 else None
-    if tile is None:
-        return False
-    a0, a1 = sch.split(loops[axis], [None, tile])
+    a0, a1 = sch.split(loops[axis], [None, lanes])
     b0, b1 = sch.split(loops[-1], [None, lanes])
     others = [lp for i, lp in enumerate(loops[:-1]) if i != axis]
     sch.reorder(*others, a0, b0, a1, b1)
