@@ -1,4 +1,4 @@
-"""``kiln train`` (kiln/train_cli.py), driven through its own sub-parser: training on digits and
+"""``kiln train`` (kiln/cli/train.py), driven through its own sub-parser: training on digits and
 on .npz files, the progress bar, the saved weights, and the error messages."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import kiln
 from kiln import nn
 from kiln.errors import CLIError, KilnError
-from kiln.train_cli import ProgressBar, add_parser, load_digits
+from kiln.cli.train import ProgressBar, add_parser, load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_MLP = f"{ROOT / 'examples' / 'training' / 'digits_mlp.py'}:make_model"

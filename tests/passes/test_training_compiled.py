@@ -227,7 +227,7 @@ def test_kiln_train_backend_compiled(capsys):
     from pathlib import Path
 
     pytest.importorskip("sklearn")
-    from kiln.train_cli import add_parser
+    from kiln.cli.train import add_parser
 
     model = Path(__file__).resolve().parents[2] / "examples" / "training" / "digits_mlp.py"
     parser = argparse.ArgumentParser()

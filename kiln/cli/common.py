@@ -1,23 +1,19 @@
-"""The ``kiln`` command line.
-
-    kiln show examples/mlp.py:MLP --input x=1x784:float32      # IR + per-op summary
-    kiln interpret examples/lenet.py:LeNet5 --input x=1x1x32x32 # run the numpy interpreter
-    kiln show model.onnx --input batch=1                         # an ONNX model, N fixed
-    kiln export examples/mlp.py:MLP --input x=Nx784 -o mlp.onnx  # write ONNX
+"""What the ``kiln`` subcommands share: naming a model (``FILE.py:NAME`` or ``MODEL.onnx``),
+parsing ``--input`` specs, random inputs and output checksums.
 
 A model is named ``FILE.py:NAME``: NAME is a Module class (instantiated with no arguments), a
 factory function returning a Module, or a function whose parameters are the inputs. Or it is
 an ONNX file (``*.onnx``), whose inputs ``--input`` may reshape (``x=1x3x224x224``) or whose
 symbolic dims it may fix (``batch=1``).
+
+Imports nothing of ``kiln.cli``: every subcommand module imports this one.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import inspect
-import itertools
 import os
 import re
 import sys
@@ -183,133 +179,3 @@ def random_inputs(graph, given: dict, seed: int) -> dict:
 
 def checksum(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
-
-
-def cmd_show(args) -> int:
-    from kiln.ir.summary import format_summary, to_dot
-
-    graph, _ = load_graph(args.model, args.input)
-    if not args.summary_only:
-        print(graph)
-        print()
-    print(format_summary(graph))
-    if args.dot:
-        with open(args.dot, "w") as f:
-            f.write(to_dot(graph))
-        print(f"wrote Graphviz DOT to {args.dot} (render: dot -Tsvg {args.dot} -o graph.svg)")
-    return 0
-
-
-def cmd_interpret(args) -> int:
-    from kiln.ir.interpreter import interpret
-
-    graph, given = load_graph(args.model, args.input)
-    inputs = random_inputs(graph, given, args.seed)
-    outputs = interpret(graph, inputs)
-    for v, out in zip(graph.outputs, outputs):
-        total = float(np.sum(out, dtype=np.float64))
-        print(f"{v.name}: {out.dtype.name}{list(out.shape)}  sum={total:.6g}"
-              f"  sha256={checksum(out)}")
-        if args.save:
-            os.makedirs(args.save, exist_ok=True)
-            np.save(os.path.join(args.save, f"{v.name}.npy"), out)
-    if args.save:
-        print(f"saved outputs to {args.save}/")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from kiln.frontend.onnx.exporter import to_onnx
-
-    graph, _ = load_graph(args.model, args.input)
-    model = to_onnx(graph, args.output, opset=args.opset)
-    print(f"wrote {args.output}: opset {args.opset}, {len(model.graph.node)} ONNX nodes, "
-          f"{len(model.graph.initializer)} initializers, inputs "
-          f"{', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}")
-    return 0
-
-
-def cmd_fuzz(args) -> int:
-    import time
-
-    from kiln.fuzz import campaign
-
-    def save(graph, message: str) -> None:
-        os.makedirs(args.out, exist_ok=True)
-        digest = hashlib.sha256(str(graph).encode()).hexdigest()[:12]
-        path = os.path.join(args.out, f"failure-{digest}.kiln.txt")
-        with open(path, "w") as f:
-            f.write("// " + message.splitlines()[0] + "\n" + str(graph) + "\n")
-        if graph.weights:
-            np.savez(path.replace(".kiln.txt", ".weights.npz"), **graph.weights)
-        print(f"FAILED: {message.splitlines()[0]}\nminimal graph (also in {path}):\n{graph}")
-
-    t0 = time.perf_counter()
-    from kiln.fuzz import check_compiled, check_passes
-
-    check = (lambda g: (check_passes(g), check_compiled(g))) if args.compile else check_passes
-    tried = itertools.count(1)
-    every = 25 if args.compile else 250
-
-    def prop(graph) -> None:  # progress on stderr: a 5000-graph campaign takes minutes
-        n = next(tried)
-        if n % every == 0:
-            print(f"  {n}/{args.examples} graphs, {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr, flush=True)
-        check(graph)
-
-    failures = campaign(args.examples, args.seed, save, prop=prop)
-    status = "found a mismatch" if failures else "no mismatch"
-    print(f"fuzzed {args.examples} graphs (seed {args.seed}) in "
-          f"{time.perf_counter() - t0:.1f} s: {status}")
-    return 1 if failures else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kiln", description="kiln: a neural-network compiler")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def model_command(name: str, help: str, fn) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help)
-        sp.add_argument("model", help="FILE.py:NAME (Module class, factory or function) or "
-                        "MODEL.onnx")
-        sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
-                        help="an input: x=1x3x224x224:float32, x=N,128:int64 or x=file.npy")
-        sp.set_defaults(fn=fn)
-        return sp
-
-    sp = model_command("show", "trace (or import) a model; print its IR and an op summary",
-                       cmd_show)
-    sp.add_argument("--dot", metavar="FILE", help="also write the graph as Graphviz DOT")
-    sp.add_argument("--summary-only", action="store_true", help="print only the op summary")
-    sp = model_command("export", "write a model as ONNX", cmd_export)
-    sp.add_argument("--output", "-o", required=True, metavar="FILE.onnx", help="where to write")
-    sp.add_argument("--opset", type=int, default=17, help="ONNX opset (13 and newer)")
-    sp = model_command("interpret", "run a model with the numpy interpreter", cmd_interpret)
-    sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    sp.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy")
-    from kiln import compile_cli, train_cli
-
-    compile_cli.add_parsers(sub)
-    train_cli.add_parser(sub)
-    sp = sub.add_parser("fuzz", help="check the passes on random graphs (needs hypothesis)")
-    sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--out", default="fuzz-failures", help="where failing graphs are written")
-    sp.add_argument("--compile", action="store_true",
-                    help="also compile each graph (O2) against the interpreter (~1 s each)")
-    sp.set_defaults(fn=cmd_fuzz, command="fuzz")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except KilnError as e:
-        print(f"kiln {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

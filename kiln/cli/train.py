@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from kiln.cli.common import instantiate, load_model
 from kiln.errors import CLIError, KilnError
 
 LOSSES = ("cross_entropy", "mse", "bce", "bce_with_logits")
@@ -184,7 +185,6 @@ def _input_name(model: Any, ref: str) -> str:
 def build_model(ref: str, data: Dataset, batch: int) -> tuple[Any, str, Any]:
     """Load and instantiate ``ref``; trace it on the first layout of ``data`` it accepts.
     Returns (model, input name, forward graph)."""
-    from kiln.cli import instantiate, load_model  # here: kiln.cli may import this module
     from kiln.frontend.dsl import TensorSpec, trace
 
     obj = load_model(ref)

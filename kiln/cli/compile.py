@@ -13,11 +13,11 @@ import time
 
 import numpy as np
 
+from kiln.cli.common import checksum, load_graph, parse_input, random_array
 from kiln.errors import CLIError
 
 
 def cmd_compile(args) -> int:
-    from kiln.cli import load_graph
     from kiln.codegen.api import compile as kiln_compile
     from kiln.passes.fusion import fuse_with_report
     from kiln.passes.manager import optimize
@@ -46,8 +46,6 @@ def cmd_compile(args) -> int:
 
 def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
     """Inputs from NAME=FILE.npy, and random ones for the rest."""
-    from kiln.cli import parse_input, random_array
-
     given = {}
     for text in specs:
         name, _, array = parse_input(text)
@@ -62,7 +60,6 @@ def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
 
 
 def cmd_run(args) -> int:
-    from kiln.cli import checksum
     from kiln.runtime import load
 
     model = load(args.artifact)
