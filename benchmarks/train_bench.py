@@ -90,7 +90,7 @@ def run(name, module, example, factory, x_name, x, y, loss, args) -> None:
     import torch.nn.functional as F
 
     import kiln
-    from kiln.passes.training import Trainer
+    from kiln.train import Trainer
 
     ours, theirs = optimizers(args.optimizer, args.lr)
     state = {k: np.array(v) for k, v in module.state_dict().items()}

@@ -106,7 +106,7 @@ def dqn_trainer(q_net: DQN, batch_size: int, optimizer: Any = None, gamma: float
     updates the parameters (default optimizer: Adam, lr 1e-4); ``trainer.params`` holds them
     by ``q_net.``-prefixed name."""
     from kiln.passes.optim import Adam
-    from kiln.passes.training import Trainer
+    from kiln.train import Trainer
 
     n, c, side = batch_size, q_net.in_channels, q_net.input_size
     specs = {"obs": kiln.TensorSpec((n, c, side, side)),

@@ -25,6 +25,8 @@ _LAZY = {
     "compile": ("kiln.codegen.api", "compile"),
     "load": ("kiln.runtime", "load"),
     "optimize": ("kiln.passes.manager", "optimize"),
+    "Trainer": ("kiln.train", "Trainer"),
+    "make_train_step": ("kiln.train", "make_train_step"),
     "nn": ("kiln.frontend.nn", None),
     "from_onnx": ("kiln.frontend.onnx.importer", "from_onnx"),
     "to_onnx": ("kiln.frontend.onnx.exporter", "to_onnx"),

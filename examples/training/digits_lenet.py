@@ -34,7 +34,7 @@ import numpy as np
 import kiln
 from kiln import nn
 from kiln.passes.optim import Adam
-from kiln.passes.training import Trainer
+from kiln.train import Trainer
 
 SPLIT_SEED, N_TRAIN = 0, 1437
 

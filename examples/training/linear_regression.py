@@ -18,7 +18,7 @@ import numpy as np
 import kiln
 from kiln import nn
 from kiln.passes.optim import SGD
-from kiln.passes.training import Trainer
+from kiln.train import Trainer
 
 X = np.arange(1, 6, dtype=np.float32)[:, None]  # [5, 1]: five samples of one feature
 Y = 2 * X

@@ -18,7 +18,7 @@ import numpy as np
 import kiln
 from kiln import nn
 from kiln.passes.optim import SGD
-from kiln.passes.training import Trainer
+from kiln.train import Trainer
 
 
 def toy_data(n_per_class: int = 50, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:

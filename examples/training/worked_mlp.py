@@ -27,7 +27,7 @@ import numpy as np
 import kiln
 from kiln import nn, ops
 from kiln.passes.optim import SGD
-from kiln.passes.training import Trainer
+from kiln.train import Trainer
 
 W1 = [[0.2, 0.4, 0.6], [0.5, 0.1, 0.3], [0.8, 0.7, 0.9], [0.3, 0.5, 0.7]]
 B1 = [0.1, 0.2, 0.3, 0.4]

@@ -334,7 +334,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Run ``kiln train`` (see the module docstring); returns the exit status."""
     from kiln.frontend.dsl import TensorSpec
     from kiln.frontend.nn import manual_seed
-    from kiln.passes.training import BACKENDS, Trainer
+    from kiln.train import BACKENDS, Trainer
 
     if args.loss not in LOSSES:
         raise CLIError(f"--loss {args.loss!r}: unknown; use one of {', '.join(LOSSES)}")

@@ -18,7 +18,7 @@ from kiln.passes import grad
 from kiln.passes.autodiff import Emitter
 from kiln.passes.losses import LOSSES
 from kiln.passes.optim import SGD, Adadelta, Adam
-from kiln.passes.training import Trainer, make_train_step
+from kiln.train import Trainer, make_train_step
 
 # -- losses against torch ----------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from kiln import nn
 from kiln.errors import InputError, KilnError
 from kiln.ir import GraphBuilder, TensorType, interpret
 from kiln.passes.optim import SGD, Adadelta, Adam
-from kiln.passes.training import BACKENDS, CompiledStep, Trainer
 from kiln.runtime.executor import Model
+from kiln.train import BACKENDS, CompiledStep, Trainer
 
 RTOL, ATOL = 2e-4, 1e-5  # float32, kernels that sum in another order than numpy
 
