@@ -12,7 +12,7 @@ import numpy as np
 
 from kiln.errors import InputError, KilnError
 from kiln.ir.graph import Graph, Value
-from kiln.ir.ops import get_op
+from kiln.ir.ops import get_op, infer_node
 from kiln.ir.types import TensorType
 
 
@@ -99,15 +99,36 @@ def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) ->
 
 def run_node(node, args: list[np.ndarray]) -> list[np.ndarray]:
     """Run one node's reference; failures are reported with the node they happened in."""
-    opdef = get_op(node.op)
+    return _call_reference(node.op, args, node.attrs, len(node.outputs), node.describe())
+
+
+def evaluate(op: str, args: list[np.ndarray], attrs: Mapping, origin: str = ""
+             ) -> list[np.ndarray]:
+    """Constant folding's one primitive: ``op`` on constant arrays, attributes completed and
+    checked, each result checked against type inference (a frontend folding ``op`` and a
+    pass folding a node get the same arrays and the same errors)."""
+    values = [Value(f"c{i}", TensorType.of(a)) for i, a in enumerate(args)]
+    full, types = infer_node(op, values, attrs, origin=origin)
+    where = f"{op}" + (f" at {origin}" if origin else "")
+    outs = _call_reference(op, args, full, len(types), where)
+    for a, t in zip(outs, types):
+        if a.dtype.name != t.dtype or a.shape != t.shape:
+            raise KilnError(f"folding {where}: reference gave {a.dtype.name}{list(a.shape)}, "
+                            f"inference says {t}")
+    return outs
+
+
+def _call_reference(op: str, args: list[np.ndarray], attrs: Mapping, num_outputs: int,
+                    where: str) -> list[np.ndarray]:
+    opdef = get_op(op)
     try:
-        result = opdef.reference(*args, **node.attrs)
+        result = opdef.reference(*args, **attrs)
     except KilnError as e:
-        raise type(e)(f"{node.describe()}: {e}") from None
+        raise type(e)(f"{where}: {e}") from None
     except Exception as e:  # a numpy error inside a reference: say where it happened
         shapes = ", ".join(f"{a.dtype.name}{list(a.shape)}" for a in args)
-        raise KilnError(f"{node.describe()} failed on inputs ({shapes}): {e}") from e
+        raise KilnError(f"{where} failed on inputs ({shapes}): {e}") from e
     results = list(result) if isinstance(result, (tuple, list)) else [result]
-    if len(results) != len(node.outputs):
-        raise KilnError(f"{node.describe()}: reference gave {len(results)} outputs")
+    if len(results) != num_outputs:
+        raise KilnError(f"{where}: reference gave {len(results)} outputs")
     return [np.asarray(r) for r in results]

@@ -27,6 +27,7 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.ops import OPS
+from kiln.ir.ops.registry import normalize_axes
 from kiln.ir.types import TensorType, is_float
 from kiln.passes.canonicalize import eliminate_dead_code
 
@@ -195,14 +196,6 @@ class Emitter:
             return int(np.prod(dims, dtype=np.int64))
         return self.sum(self.broadcast_to(self.const(1, x.dtype), x), axes=tuple(axes),
                         keepdims=True)
-
-
-def normalize_axes(axes: Any, rank: int) -> tuple[int, ...]:
-    """A reduction's ``axes`` attribute as sorted non-negative axes (None: all)."""
-    if axes is None:
-        return tuple(range(rank))
-    axes = (axes,) if isinstance(axes, int) else axes
-    return tuple(sorted(a % rank for a in axes))
 
 
 class VJPContext(Emitter):

@@ -1,5 +1,7 @@
 """Operator fusion: groups of nodes become one ``fused`` node, compiled to ONE kernel.
 
+Which op plays which part comes from its definition (``kiln.ir.ops``): its kind
+(``ELEMENTWISE``) and its ``epilogue``/``prologue`` flags; fusion keeps no list of op names.
 The rules, in the order a node meets them:
 - an elementwise node joins the group that produced one of its inputs when that input has no
   other user and the node keeps its shape (an epilogue: matmul + bias + gelu, conv + relu +
@@ -18,25 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
+from kiln.ir.ops.registry import is_elementwise, takes_epilogue, takes_prologue
 from kiln.passes.canonicalize import eliminate_dead_code
 from kiln.passes.manager import graph_pass
 from kiln.passes.rewrite import copy_node, finish, start
 
-ELEMENTWISE = {
-    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal", "not_equal", "less",
-    "less_equal", "greater", "greater_equal", "logical_and", "logical_or", "logical_xor",
-    "logical_not", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "reciprocal", "sin",
-    "cos", "erf", "floor", "ceil", "round", "where", "cast", "clip", "identity", "relu",
-    "leaky_relu", "elu", "sigmoid", "tanh", "gelu", "silu", "softplus", "heaviside", "hardtanh",
-}
-# ops whose output an elementwise epilogue may be computed into
-ANCHORS = {
-    "matmul", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
-    "global_avg_pool2d", "batch_norm", "layer_norm", "softmax", "log_softmax", "lrn", "sum",
-    "mean", "max", "min", "prod", "logsumexp", "conv2d_nchwc", "max_pool2d_nchwc",
-    "avg_pool2d_nchwc", "global_avg_pool2d_nchwc",
-}
-PROLOGUE_ANCHORS = {"softmax", "log_softmax", "layer_norm"}
 SCALAR_MAX = 1  # a ``full`` of at most this many elements is copied into groups
 
 
@@ -106,12 +94,12 @@ class _Grouper:
             node = users[0]
             if node.op in ("softmax", "log_softmax"):
                 return node.inputs[0].type.shape == out.type.shape
-            if node.op not in ELEMENTWISE:
+            if not is_elementwise(node.op):
                 return False
 
     def place(self, node: Node) -> None:
         group = None
-        if node.op in ELEMENTWISE:
+        if is_elementwise(node.op):
             for v in node.inputs:
                 cand = self.group_of.get(v)
                 if cand is None or cand is group or _is_scalar_const(self.producers.get(v)):
@@ -124,7 +112,7 @@ class _Grouper:
                 elif reason is not None:
                     self.report.declined.append(f"%{node.outputs[0].name} ({node.op}) not "
                                                 f"fused into {cand.pattern}: {reason}")
-        elif node.op in PROLOGUE_ANCHORS:
+        elif takes_prologue(node.op):
             cand = self.group_of.get(node.inputs[0])
             if cand is not None and cand.anchor is None:
                 reason = self.why_not(cand, node.inputs[0], node)
@@ -134,7 +122,7 @@ class _Grouper:
                     self.report.declined.append(f"%{node.outputs[0].name} ({node.op}) did not "
                                                 f"absorb {cand.pattern}: {reason}")
         if group is None:
-            group = Group([], node if node.op in ANCHORS else None)
+            group = Group([], node if takes_epilogue(node.op) else None)
             self.groups.append(group)
         group.nodes.append(node)
         for v in node.outputs:

@@ -35,8 +35,8 @@ import numpy as np
 
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.ops.layout import nchwc
+from kiln.ir.ops.registry import is_elementwise
 from kiln.passes.canonicalize import Constants, eliminate_dead_code, fold_constants
-from kiln.passes.fusion import ELEMENTWISE
 from kiln.passes.layout_choice import (
     _OPTIONS,
     BLOCKS,
@@ -133,7 +133,7 @@ class _Plan:
         elif node.op == "concat" and node.attrs["axis"] in (1, -3) and all(
                 v.type.is_static and v.shape[1] % min(BLOCKS) == 0 for v in node.inputs):
             self.operands[node] = list(node.inputs)
-        elif node.op in ELEMENTWISE:
+        elif is_elementwise(node.op):
             kinds = [_operand_kind(v, out) for v in node.inputs]
             if None not in kinds:
                 self.operands[node] = [v for v, k in zip(node.inputs, kinds) if k == "full"]

@@ -7,6 +7,7 @@ builder would refuse them.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import networkx as nx
@@ -16,7 +17,6 @@ from hypothesis import given
 
 from kiln.errors import InputError, KilnError, ShapeError, VerifyError
 from kiln.ir import OPS, Graph, GraphBuilder, Node, TensorType, Value, interpret, verify
-from kiln.ir.ops import OpDef
 from tests.strategies import graph_inputs, graphs
 
 F23 = TensorType((2, 3))
@@ -216,7 +216,7 @@ def test_symbolic_dims_bind_across_inputs_and_params():
 
 def test_interpreter_blames_the_op_for_a_wrong_reference(monkeypatch):
     relu = OPS["relu"]
-    wrong = OpDef("relu", {}, relu.infer, lambda x: x.astype(np.float64), (1, 1))
+    wrong = dataclasses.replace(relu, reference=lambda x: x.astype(np.float64))
     monkeypatch.setitem(OPS, "relu", wrong)
     b = GraphBuilder()
     x = b.input("x", TensorType((2,)))
@@ -229,7 +229,7 @@ def test_interpreter_blames_the_op_for_a_wrong_reference(monkeypatch):
     def boom(x):
         raise ValueError("numpy said no")
 
-    monkeypatch.setitem(OPS, "relu", OpDef("relu", {}, relu.infer, boom, (1, 1)))
+    monkeypatch.setitem(OPS, "relu", dataclasses.replace(relu, reference=boom))
     with pytest.raises(KilnError, match=r"node %0 \(relu, at m.py:3\) failed on inputs "
                                         r"\(float32\[2\]\): numpy said no"):
         interpret(b.build(), {"x": np.ones(2, np.float32)})

@@ -86,10 +86,6 @@ def elementwise(out: TensorType, fn, *inputs, name: str):
     return te.compute(shape, lambda *i: fn(*(r(*i) for r in readers)), name=name)
 
 
-def is_float(dtype: str) -> bool:
-    return dtype.startswith("float") or dtype == "bfloat16"
-
-
 def _via_f32(fn, x):
     """Apply a float32-only formula to float16/bfloat16 by widening."""
     dtype = dtype_of(x)

@@ -10,6 +10,7 @@ from tvm import tirx
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, elementwise
+from kiln.ir.types import is_float
 
 
 def _binary(op: str, fn):
@@ -21,7 +22,7 @@ def _binary(op: str, fn):
 
 
 def _div(a, b):
-    if c.is_float(dtype_of(a)):
+    if is_float(dtype_of(a)):
         return a / b
     return tirx.truncdiv(a, b)
 
@@ -63,7 +64,7 @@ def _nan_aware(fn, nan_result):
     float compared with itself is an isnan test (what ONNX's IsNaN imports as)."""
 
     def wrapped(a, b):
-        if c.is_float(dtype_of(a)) and _same_load(a, b):
+        if is_float(dtype_of(a)) and _same_load(a, b):
             return nan_result(tirx.isnan(a))
         return fn(a, b)
 

@@ -17,14 +17,8 @@ from tvm import te, tirx
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
-
-
-def _axes(axes, rank: int) -> tuple[int, ...]:
-    if axes is None:
-        return tuple(range(rank))
-    if isinstance(axes, int):
-        axes = (axes,)
-    return tuple(sorted(a % rank for a in axes))
+from kiln.ir.ops.registry import normalize_axes
+from kiln.ir.types import is_float
 
 
 def _identity(op: str, dtype: str):
@@ -32,7 +26,7 @@ def _identity(op: str, dtype: str):
         return const(0, dtype)
     if op == "prod":
         return const(1, dtype)
-    if c.is_float(dtype):
+    if is_float(dtype):
         return const(float("-inf") if op == "max" else float("inf"), dtype)
     return tirx.min_value(dtype) if op == "max" else tirx.max_value(dtype)
 
@@ -138,7 +132,7 @@ def _simple(op: str):
     def build(inputs, attrs, out_types):
         x = inputs[0]
         shape = shape_of(x)
-        axes = _axes(attrs["axes"], len(shape))
+        axes = normalize_axes(attrs["axes"], len(shape))
         dt = dtype_of(x)
         base = "sum" if op == "mean" else op
         r = reduce_rows(lambda i: x[tuple(i)], shape, axes, base, dt, c.target_lanes(attrs), op)
@@ -166,7 +160,7 @@ def _shift(m):
 def logsumexp(inputs, attrs, out_types):
     x = inputs[0]
     shape, dt, lanes = shape_of(x), dtype_of(x), c.target_lanes(attrs)
-    axes = _axes(attrs["axes"], len(shape))
+    axes = normalize_axes(attrs["axes"], len(shape))
     m = reduce_rows(lambda i: x[tuple(i)], shape, axes, "max", dt, lanes, "lse_max")
     m0 = te.compute(m.shape, _shift(m), name="lse_shift")
 

@@ -22,6 +22,7 @@ import onnx
 
 from kiln.errors import KilnError, ShapeError, UnsupportedOpError
 from kiln.ir.graph import GraphBuilder, Value
+from kiln.ir.interpreter import evaluate
 from kiln.ir.ops import get_op, infer_node
 from kiln.ir.ops.registry import broadcast_shapes
 from kiln.ir.types import TensorType, from_numpy_dtype, to_numpy_dtype
@@ -256,18 +257,12 @@ class Context:
         return [Ref(v.type, value=v) for v in outs]
 
     def _fold(self, op: str, refs: list[Ref], attrs: dict) -> list[Ref]:
-        values = [Value(r.name or f"c{i}", r.type) for i, r in enumerate(refs)]
-        full, types = infer_node(op, values, attrs, origin=self.origin)
         arrays = [r.const for r in refs]
         if any(a.dtype == object for a in arrays):
+            values = [Value(r.name or f"c{i}", r.type) for i, r in enumerate(refs)]
+            full, _ = infer_node(op, values, attrs, origin=self.origin)
             return [const_ref(a) for a in fold_symbolic(op, arrays, full)]
-        out = get_op(op).reference(*arrays, **full)
-        outs = [np.asarray(a) for a in (out if isinstance(out, (list, tuple)) else [out])]
-        for a, t in zip(outs, types):
-            if a.dtype.name != t.dtype or a.shape != t.shape:
-                raise KilnError(f"folding {op}: reference gave {a.dtype.name}{list(a.shape)}, "
-                                f"inference says {t}")
-        results = [const_ref(a) for a in outs]
+        results = [const_ref(a) for a in evaluate(op, arrays, attrs, origin=self.origin)]
         if any(r.named or r.recipe is not None for r in refs):
             recipe = (op, refs, attrs, self.origin, results)
             for r in results:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from kiln.ir.ops.elementwise import erf
-from kiln.ir.ops.registry import elementwise_flops, fail, register, same_as_input
+from kiln.ir.ops.registry import ELEMENTWISE, elementwise_flops, fail, register, same_as_input
 
 _float = same_as_input(floats=True)
 
@@ -17,29 +17,30 @@ def _c(value, x):
     return np.asarray(value, dtype=x.dtype)
 
 
-@register("relu", infer=_float, flops=elementwise_flops(1))
+@register("relu", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(1))
 def relu(x):
     return np.maximum(x, _c(0, x))
 
 
-@register("leaky_relu", infer=_float, attrs={"alpha": 0.01}, flops=elementwise_flops(2))
+@register("leaky_relu", kind=ELEMENTWISE, infer=_float, attrs={"alpha": 0.01},
+          flops=elementwise_flops(2))
 def leaky_relu(x, alpha):
     return np.where(x >= 0, x, x * _c(alpha, x))
 
 
-@register("elu", infer=_float, attrs={"alpha": 1.0}, flops=elementwise_flops(3))
+@register("elu", kind=ELEMENTWISE, infer=_float, attrs={"alpha": 1.0}, flops=elementwise_flops(3))
 def elu(x, alpha):
     return np.where(x > 0, x, _c(alpha, x) * np.expm1(np.minimum(x, _c(0, x))))
 
 
-@register("sigmoid", infer=_float, flops=elementwise_flops(4))
+@register("sigmoid", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(4))
 def sigmoid(x):
     # 1 / (1 + e^-x), evaluated without overflow for large |x|
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
-@register("tanh", infer=_float, flops=elementwise_flops(4))
+@register("tanh", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(4))
 def tanh(x):
     return np.tanh(x)
 
@@ -50,7 +51,8 @@ def _gelu_infer(types, attrs):
     return _float(types, attrs)
 
 
-@register("gelu", infer=_gelu_infer, attrs={"approximate": "none"}, flops=elementwise_flops(8))
+@register("gelu", kind=ELEMENTWISE, infer=_gelu_infer, attrs={"approximate": "none"},
+          flops=elementwise_flops(8))
 def gelu(x, approximate):
     """Exact: x * Phi(x) with the erf; 'tanh': the approximation of Hendrycks and Gimpel."""
     if approximate == "tanh":
@@ -59,12 +61,12 @@ def gelu(x, approximate):
     return _c(0.5, x) * x * (1 + erf(x / _c(math.sqrt(2), x)))
 
 
-@register("silu", infer=_float, flops=elementwise_flops(5))
+@register("silu", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(5))
 def silu(x):
     return x * sigmoid(x)
 
 
-@register("softplus", infer=_float, attrs={"beta": 1.0, "threshold": 20.0},
+@register("softplus", kind=ELEMENTWISE, infer=_float, attrs={"beta": 1.0, "threshold": 20.0},
           flops=elementwise_flops(4))
 def softplus(x, beta, threshold):
     """log(1 + e^(beta x)) / beta, linear above ``threshold`` (as PyTorch)."""
@@ -74,7 +76,8 @@ def softplus(x, beta, threshold):
     return np.where(bx > threshold, x, soft)
 
 
-@register("heaviside", infer=_float, attrs={"value_at_zero": 1.0}, flops=elementwise_flops(1))
+@register("heaviside", kind=ELEMENTWISE, infer=_float, attrs={"value_at_zero": 1.0},
+          flops=elementwise_flops(1))
 def heaviside(x, value_at_zero):
     """The perceptron's step: 1 for x > 0, 0 for x < 0, ``value_at_zero`` at 0."""
     return np.heaviside(x, _c(value_at_zero, x)).astype(x.dtype)
@@ -86,7 +89,8 @@ def _hardtanh_infer(types, attrs):
     return _float(types, attrs)
 
 
-@register("hardtanh", infer=_hardtanh_infer, attrs={"min_val": -1.0, "max_val": 1.0},
+@register("hardtanh", kind=ELEMENTWISE, infer=_hardtanh_infer,
+          attrs={"min_val": -1.0, "max_val": 1.0},
           flops=elementwise_flops(2))
 def hardtanh(x, min_val, max_val):
     return np.clip(x, _c(min_val, x), _c(max_val, x))

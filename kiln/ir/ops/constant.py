@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from kiln.errors import AttributeError_, KilnError
-from kiln.ir.ops.registry import REQUIRED, elementwise_flops, register
+from kiln.ir.ops.registry import INJECTIVE, OPAQUE, REQUIRED, elementwise_flops, register
 from kiln.ir.types import DTYPES, TensorType, is_float, is_int, to_numpy_dtype
 
 _GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: keeps seed 0 away from lowbias32's fixed point 0
@@ -117,6 +117,7 @@ def _full(types, attrs):
 
 @register(
     "full",
+    kind=INJECTIVE,
     infer=_full,
     attrs={"shape": REQUIRED, "value": REQUIRED, "dtype": "float32"},
     arity=0,
@@ -156,6 +157,7 @@ def _arange(types, attrs):
 
 @register(
     "arange",
+    kind=INJECTIVE,
     infer=_arange,
     attrs={"start": 0, "stop": REQUIRED, "step": 1, "dtype": "int64"},
     arity=0,
@@ -181,6 +183,7 @@ def _random_uniform(types, attrs):
 
 @register(
     "random_uniform",
+    kind=OPAQUE,
     infer=_random_uniform,
     attrs={"shape": REQUIRED, "low": 0.0, "high": 1.0, "seed": 0, "dtype": "float32"},
     arity=0,
@@ -204,6 +207,7 @@ def _random_normal(types, attrs):
 
 @register(
     "random_normal",
+    kind=OPAQUE,
     infer=_random_normal,
     attrs={"shape": REQUIRED, "mean": 0.0, "std": 1.0, "seed": 0, "dtype": "float32"},
     arity=0,

@@ -8,6 +8,7 @@ import numpy as np
 
 from kiln.errors import AttributeError_
 from kiln.ir.ops.registry import (
+    ELEMENTWISE,
     broadcast_shapes,
     elementwise_flops,
     fail,
@@ -52,22 +53,22 @@ _flops = elementwise_flops(1)
 # -- binary arithmetic -------------------------------------------------------------------------
 
 
-@register("add", infer=_binary, arity=2, flops=_flops)
+@register("add", kind=ELEMENTWISE, infer=_binary, arity=2, flops=_flops)
 def add(a, b):
     return np.add(a, b)
 
 
-@register("sub", infer=_arith, arity=2, flops=_flops)
+@register("sub", kind=ELEMENTWISE, infer=_arith, arity=2, flops=_flops)
 def sub(a, b):
     return np.subtract(a, b)
 
 
-@register("mul", infer=_binary, arity=2, flops=_flops)
+@register("mul", kind=ELEMENTWISE, infer=_binary, arity=2, flops=_flops)
 def mul(a, b):
     return np.multiply(a, b)
 
 
-@register("div", infer=_arith, arity=2, flops=_flops)
+@register("div", kind=ELEMENTWISE, infer=_arith, arity=2, flops=_flops)
 def div(a, b):
     """True division for floats; for integers, C-style division truncating toward zero."""
     if np.issubdtype(a.dtype, np.integer):
@@ -78,17 +79,17 @@ def div(a, b):
     return np.true_divide(a, b)
 
 
-@register("pow", infer=_arith, arity=2, flops=_flops)
+@register("pow", kind=ELEMENTWISE, infer=_arith, arity=2, flops=_flops)
 def pow_(a, b):
     return np.power(a, b)
 
 
-@register("maximum", infer=_binary, arity=2, flops=_flops)
+@register("maximum", kind=ELEMENTWISE, infer=_binary, arity=2, flops=_flops)
 def maximum(a, b):
     return np.maximum(a, b)
 
 
-@register("minimum", infer=_binary, arity=2, flops=_flops)
+@register("minimum", kind=ELEMENTWISE, infer=_binary, arity=2, flops=_flops)
 def minimum(a, b):
     return np.minimum(a, b)
 
@@ -96,52 +97,52 @@ def minimum(a, b):
 # -- comparisons and logic ---------------------------------------------------------------------
 
 
-@register("equal", infer=_compare, arity=2, flops=_flops)
+@register("equal", kind=ELEMENTWISE, infer=_compare, arity=2, flops=_flops)
 def equal(a, b):
     return np.equal(a, b)
 
 
-@register("not_equal", infer=_compare, arity=2, flops=_flops)
+@register("not_equal", kind=ELEMENTWISE, infer=_compare, arity=2, flops=_flops)
 def not_equal(a, b):
     return np.not_equal(a, b)
 
 
-@register("less", infer=_compare, arity=2, flops=_flops)
+@register("less", kind=ELEMENTWISE, infer=_compare, arity=2, flops=_flops)
 def less(a, b):
     return np.less(a, b)
 
 
-@register("less_equal", infer=_compare, arity=2, flops=_flops)
+@register("less_equal", kind=ELEMENTWISE, infer=_compare, arity=2, flops=_flops)
 def less_equal(a, b):
     return np.less_equal(a, b)
 
 
-@register("greater", infer=_compare, arity=2, flops=_flops)
+@register("greater", kind=ELEMENTWISE, infer=_compare, arity=2, flops=_flops)
 def greater(a, b):
     return np.greater(a, b)
 
 
-@register("greater_equal", infer=_compare, arity=2, flops=_flops)
+@register("greater_equal", kind=ELEMENTWISE, infer=_compare, arity=2, flops=_flops)
 def greater_equal(a, b):
     return np.greater_equal(a, b)
 
 
-@register("logical_and", infer=_logical, arity=2, flops=_flops)
+@register("logical_and", kind=ELEMENTWISE, infer=_logical, arity=2, flops=_flops)
 def logical_and(a, b):
     return np.logical_and(a, b)
 
 
-@register("logical_or", infer=_logical, arity=2, flops=_flops)
+@register("logical_or", kind=ELEMENTWISE, infer=_logical, arity=2, flops=_flops)
 def logical_or(a, b):
     return np.logical_or(a, b)
 
 
-@register("logical_xor", infer=_logical, arity=2, flops=_flops)
+@register("logical_xor", kind=ELEMENTWISE, infer=_logical, arity=2, flops=_flops)
 def logical_xor(a, b):
     return np.logical_xor(a, b)
 
 
-@register("logical_not", infer=_logical, arity=1, flops=_flops)
+@register("logical_not", kind=ELEMENTWISE, infer=_logical, arity=1, flops=_flops)
 def logical_not(a):
     return np.logical_not(a)
 
@@ -149,74 +150,74 @@ def logical_not(a):
 # -- unary math --------------------------------------------------------------------------------
 
 
-@register("neg", infer=_numeric, flops=_flops)
+@register("neg", kind=ELEMENTWISE, infer=_numeric, flops=_flops)
 def neg(x):
     return np.negative(x)
 
 
-@register("abs", infer=_numeric, flops=_flops)
+@register("abs", kind=ELEMENTWISE, infer=_numeric, flops=_flops)
 def abs_(x):
     return np.abs(x)
 
 
-@register("sign", infer=_numeric, flops=_flops)
+@register("sign", kind=ELEMENTWISE, infer=_numeric, flops=_flops)
 def sign(x):
     return np.sign(x)
 
 
-@register("exp", infer=same_as_input(floats=True), flops=_flops)
+@register("exp", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def exp(x):
     return np.exp(x)
 
 
-@register("log", infer=same_as_input(floats=True), flops=_flops)
+@register("log", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def log(x):
     return np.log(x)
 
 
-@register("sqrt", infer=same_as_input(floats=True), flops=_flops)
+@register("sqrt", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def sqrt(x):
     return np.sqrt(x)
 
 
-@register("rsqrt", infer=same_as_input(floats=True), flops=elementwise_flops(2))
+@register("rsqrt", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=elementwise_flops(2))
 def rsqrt(x):
     return (1 / np.sqrt(x)).astype(x.dtype)
 
 
-@register("reciprocal", infer=same_as_input(floats=True), flops=_flops)
+@register("reciprocal", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def reciprocal(x):
     return np.reciprocal(x)
 
 
-@register("sin", infer=same_as_input(floats=True), flops=_flops)
+@register("sin", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def sin(x):
     return np.sin(x)
 
 
-@register("cos", infer=same_as_input(floats=True), flops=_flops)
+@register("cos", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def cos(x):
     return np.cos(x)
 
 
-@register("erf", infer=same_as_input(floats=True), flops=_flops)
+@register("erf", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def erf(x):
     from math import erf as _erf
 
     return np.vectorize(_erf, otypes=[np.float64])(x).astype(x.dtype)
 
 
-@register("floor", infer=same_as_input(floats=True), flops=_flops)
+@register("floor", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def floor(x):
     return np.floor(x)
 
 
-@register("ceil", infer=same_as_input(floats=True), flops=_flops)
+@register("ceil", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def ceil(x):
     return np.ceil(x)
 
 
-@register("round", infer=same_as_input(floats=True), flops=_flops)
+@register("round", kind=ELEMENTWISE, infer=same_as_input(floats=True), flops=_flops)
 def round_(x):
     """Round half to even, as numpy, PyTorch and ONNX do."""
     return np.round(x)
@@ -232,7 +233,7 @@ def _where(types, attrs):
     return TensorType(broadcast_shapes(cond.shape, a.shape, b.shape), same_dtype([a, b]))
 
 
-@register("where", infer=_where, arity=3, flops=_flops)
+@register("where", kind=ELEMENTWISE, infer=_where, arity=3, flops=_flops)
 def where(cond, a, b):
     return np.where(cond, a, b)
 
@@ -243,7 +244,8 @@ def _cast(types, attrs):
     return types[0].with_dtype(attrs["dtype"])
 
 
-@register("cast", infer=_cast, attrs={"dtype": "float32"}, flops=lambda i, o, a: 0)
+@register("cast", kind=ELEMENTWISE, infer=_cast, attrs={"dtype": "float32"}, flops=lambda i, o,
+          a: 0)
 def cast(x, dtype):
     """Float to int truncates toward zero; to bool is ``x != 0``."""
     return x.astype(to_numpy_dtype(dtype))
@@ -259,7 +261,7 @@ def _clip(types, attrs):
     return t
 
 
-@register("clip", infer=_clip, attrs={"min": None, "max": None}, flops=_flops)
+@register("clip", kind=ELEMENTWISE, infer=_clip, attrs={"min": None, "max": None}, flops=_flops)
 def clip(x, min, max):
     """Bounds are attributes; None means unbounded on that side."""
     out = x
@@ -270,7 +272,7 @@ def clip(x, min, max):
     return out
 
 
-@register("identity", infer=same_as_input(), flops=lambda i, o, a: 0)
+@register("identity", kind=ELEMENTWISE, infer=same_as_input(), flops=lambda i, o, a: 0)
 def identity(x):
     return x.copy()
 

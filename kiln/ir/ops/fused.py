@@ -7,7 +7,7 @@ constants come in as inputs); ``pattern`` names what was fused, for reports.
 from __future__ import annotations
 
 from kiln.ir.graph import Graph
-from kiln.ir.ops.registry import fail, register
+from kiln.ir.ops.registry import OPAQUE, fail, register
 from kiln.ir.types import format_types
 
 
@@ -30,7 +30,8 @@ def _flops(in_types, out_types, attrs):
     return sum(node_flops(n) for n in attrs["graph"].nodes)
 
 
-@register("fused", infer=_infer, attrs={"graph": None, "pattern": "fused"}, arity=(0, None),
+@register("fused", kind=OPAQUE, infer=_infer, attrs={"graph": None, "pattern": "fused"},
+          arity=(0, None),
           flops=_flops)
 def fused(*args, graph, pattern):
     """Runs the sub-graph with the interpreter."""

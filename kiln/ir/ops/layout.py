@@ -25,7 +25,17 @@ import re
 import numpy as np
 
 from kiln.ir.ops import nn
-from kiln.ir.ops.registry import OPS, REQUIRED, bad_attr, fail, numel, register, same_dtype
+from kiln.ir.ops.registry import (
+    ANCHOR,
+    INJECTIVE,
+    OPS,
+    REQUIRED,
+    bad_attr,
+    fail,
+    numel,
+    register,
+    same_dtype,
+)
 from kiln.ir.types import Dim, TensorType
 
 _AXIS = re.compile(r"(\d*)([A-Za-z])")
@@ -122,7 +132,7 @@ def _transform_infer(types, attrs):
                                                attrs["dst_layout"]))
 
 
-@register("layout_transform", infer=_transform_infer,
+@register("layout_transform", kind=INJECTIVE, infer=_transform_infer,
           attrs={"src_layout": REQUIRED, "dst_layout": REQUIRED}, flops=lambda i, o, a: 0)
 def layout_transform(x, src_layout, dst_layout):
     """x relaid out from ``src_layout`` to ``dst_layout`` (see the module docstring)."""
@@ -178,7 +188,7 @@ def _conv_flops(in_types, out_types, attrs):
     return 2 * numel(out_types[0].shape) * w[1] * w[2] * w[3] * w[4]
 
 
-@register("conv2d_nchwc", infer=_conv_infer, arity=2, flops=_conv_flops,
+@register("conv2d_nchwc", kind=ANCHOR, epilogue=True, infer=_conv_infer, arity=2, flops=_conv_flops,
           attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "tile": None})
 def conv2d_nchwc(x, w, strides, pads, dilations, tile):
     """conv2d on x[N, C/ic, H, W, ic] and w[O/oc, C/ic, kh, kw, ic, oc] -> [N, O/oc, OH,
@@ -208,7 +218,8 @@ def _pool(op: str):
         return relayout(np.asarray(y), "NCHW", layout)
 
     reference.__doc__ = f"{op} on [N, C/c, H, W, c]: the same windows, channels blocked."
-    register(f"{op}_nchwc", infer=infer, attrs=base.attrs, flops=flops)(reference)
+    register(f"{op}_nchwc", kind=base.kind, infer=infer, attrs=base.attrs, flops=flops,
+             epilogue=base.epilogue, prologue=base.prologue)(reference)
 
 
 for _op in ("max_pool2d", "avg_pool2d", "global_avg_pool2d"):

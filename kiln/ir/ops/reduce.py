@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.ops.registry import (
+    REDUCTION,
     fail,
     normalize_axes,
     normalize_axis,
@@ -44,17 +45,20 @@ def _axes(x, axes):
     return None if axes is None else tuple(axes) if not isinstance(axes, int) else (axes,)
 
 
-@register("sum", infer=_reduce, attrs=_REDUCE_ATTRS, flops=_reduce_flops)
+@register("sum", kind=REDUCTION, epilogue=True, infer=_reduce, attrs=_REDUCE_ATTRS,
+          flops=_reduce_flops)
 def sum_(x, axes, keepdims):
     return np.sum(x, axis=_axes(x, axes), keepdims=keepdims, dtype=x.dtype)
 
 
-@register("mean", infer=_reduce_float, attrs=_REDUCE_ATTRS, flops=_reduce_flops)
+@register("mean", kind=REDUCTION, epilogue=True, infer=_reduce_float, attrs=_REDUCE_ATTRS,
+          flops=_reduce_flops)
 def mean(x, axes, keepdims):
     return np.mean(x, axis=_axes(x, axes), keepdims=keepdims, dtype=x.dtype)
 
 
-@register("prod", infer=_reduce, attrs=_REDUCE_ATTRS, flops=_reduce_flops)
+@register("prod", kind=REDUCTION, epilogue=True, infer=_reduce, attrs=_REDUCE_ATTRS,
+          flops=_reduce_flops)
 def prod(x, axes, keepdims):
     return np.prod(x, axis=_axes(x, axes), keepdims=keepdims, dtype=x.dtype)
 
@@ -67,17 +71,20 @@ def _reduce_nonempty(types, attrs):
     return _reduce(types, attrs)
 
 
-@register("max", infer=_reduce_nonempty, attrs=_REDUCE_ATTRS, flops=_reduce_flops)
+@register("max", kind=REDUCTION, epilogue=True, infer=_reduce_nonempty, attrs=_REDUCE_ATTRS,
+          flops=_reduce_flops)
 def max_(x, axes, keepdims):
     return np.max(x, axis=_axes(x, axes), keepdims=keepdims)
 
 
-@register("min", infer=_reduce_nonempty, attrs=_REDUCE_ATTRS, flops=_reduce_flops)
+@register("min", kind=REDUCTION, epilogue=True, infer=_reduce_nonempty, attrs=_REDUCE_ATTRS,
+          flops=_reduce_flops)
 def min_(x, axes, keepdims):
     return np.min(x, axis=_axes(x, axes), keepdims=keepdims)
 
 
-@register("logsumexp", infer=_reduce_float, attrs=_REDUCE_ATTRS, flops=_reduce_flops)
+@register("logsumexp", kind=REDUCTION, epilogue=True, infer=_reduce_float, attrs=_REDUCE_ATTRS,
+          flops=_reduce_flops)
 def logsumexp(x, axes, keepdims):
     """log(sum(exp(x))) computed stably by shifting by the max."""
     ax = _axes(x, axes)
@@ -96,13 +103,15 @@ def _arg(types, attrs):
     return TensorType(shape, "int64")
 
 
-@register("argmax", infer=_arg, attrs={"axis": -1, "keepdims": False}, flops=_reduce_flops)
+@register("argmax", kind=REDUCTION, infer=_arg, attrs={"axis": -1, "keepdims": False},
+          flops=_reduce_flops)
 def argmax(x, axis, keepdims):
     """Index of the first maximum along ``axis``."""
     return np.argmax(x, axis=axis, keepdims=keepdims).astype(np.int64)
 
 
-@register("argmin", infer=_arg, attrs={"axis": -1, "keepdims": False}, flops=_reduce_flops)
+@register("argmin", kind=REDUCTION, infer=_arg, attrs={"axis": -1, "keepdims": False},
+          flops=_reduce_flops)
 def argmin(x, axis, keepdims):
     return np.argmin(x, axis=axis, keepdims=keepdims).astype(np.int64)
 
@@ -118,13 +127,15 @@ def _softmax(types, attrs):
     return t
 
 
-@register("softmax", infer=_softmax, attrs={"axis": -1}, flops=_softmax_flops)
+@register("softmax", kind=REDUCTION, epilogue=True, prologue=True, infer=_softmax,
+          attrs={"axis": -1}, flops=_softmax_flops)
 def softmax(x, axis):
     e = np.exp(x - np.max(x, axis=axis, keepdims=True, initial=-np.inf))
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
-@register("log_softmax", infer=_softmax, attrs={"axis": -1}, flops=_softmax_flops)
+@register("log_softmax", kind=REDUCTION, epilogue=True, prologue=True, infer=_softmax,
+          attrs={"axis": -1}, flops=_softmax_flops)
 def log_softmax(x, axis):
     s = x - np.max(x, axis=axis, keepdims=True, initial=-np.inf)
     return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))

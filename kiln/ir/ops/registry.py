@@ -1,11 +1,17 @@
-"""The op table: one ``OpDef`` per op, holding its attribute schema, type inference, numpy
-reference and FLOP estimate. Other layers keep their own tables keyed by the same names.
+"""The op table: one ``OpDef`` per op, holding its kind, attribute schema, type inference,
+numpy reference and FLOP estimate. Other layers keep their own tables keyed by the same names.
 
 An op is added with the ``register`` decorator on its numpy reference::
 
-    @register("leaky_relu", infer=same_as_input(floats=True), attrs={"alpha": 0.01})
+    @register("leaky_relu", kind=ELEMENTWISE, infer=same_as_input(floats=True),
+              attrs={"alpha": 0.01})
     def leaky_relu(x, alpha):
         return np.where(x >= 0, x, x * np.asarray(alpha, x.dtype))
+
+The kind (one of ``KINDS``) is what fusion and layout read: an elementwise op joins the fused
+group of its producer with no change to either pass. ``epilogue=True`` marks an op whose
+output an elementwise chain may be computed into (matmul + bias + gelu), ``prologue=True``
+one that absorbs the elementwise group producing its input (residual add + layer norm).
 
 ``infer(types, attrs)`` gets the input ``TensorType``s and the complete attributes and returns
 the output type (or a list of them). It reports bad inputs by raising ``ShapeError`` (or
@@ -25,16 +31,28 @@ from kiln.ir.types import Dim, TensorType, format_types, is_float
 
 REQUIRED = object()  # attribute schema marker: no default, the user must give it
 
+# What an op computes, as fusion and layout see it (TVM's op patterns, tinygrad's GroupOp).
+ELEMENTWISE = "elementwise"  # out[i] = f(a[i], b[i], ...), numpy broadcasting of the operands
+BROADCAST = "broadcast"  # operands broadcast along fixed axes (expand; batch_norm's statistics)
+INJECTIVE = "injective"  # each output element copies one input element (reshape, concat, ...)
+REDUCTION = "reduction"  # reduces axes (sum, argmax, softmax's and layer norm's rows)
+ANCHOR = "anchor"  # compute-bound, with a schedule of its own (matmul, convolutions, pools)
+OPAQUE = "opaque"  # none of these: fused groups, random sources, dropout
+KINDS = (ELEMENTWISE, BROADCAST, INJECTIVE, REDUCTION, ANCHOR, OPAQUE)
+
 
 @dataclass(frozen=True)
 class OpDef:
     name: str
+    kind: str  # one of KINDS
     attrs: Mapping[str, Any]
     infer: Callable[[list[TensorType], dict], Any]
     reference: Callable[..., Any]
     arity: tuple[int, int | None]  # (min, max) number of inputs; max None: variadic
     flops: Callable[[list[TensorType], list[TensorType], dict], int] | None = None
     doc: str = ""
+    epilogue: bool = False  # an elementwise chain may be fused into its output
+    prologue: bool = False  # absorbs the single-use elementwise group producing its input
 
 
 OPS: dict[str, OpDef] = {}
@@ -43,21 +61,49 @@ OPS: dict[str, OpDef] = {}
 def register(
     name: str,
     *,
+    kind: str,
     infer: Callable[[list[TensorType], dict], Any],
     attrs: Mapping[str, Any] | None = None,
     arity: int | tuple[int, int | None] = 1,
     flops: Callable | None = None,
+    epilogue: bool = False,
+    prologue: bool = False,
 ):
-    """Decorator: register ``fn`` as the numpy reference of op ``name``."""
+    """Decorator: register ``fn`` as the numpy reference of op ``name`` of ``kind``."""
+    if kind not in KINDS:
+        raise KilnError(f"op {name!r}: kind {kind!r} is not one of {KINDS}")
 
     def wrap(fn: Callable) -> Callable:
         if name in OPS:
             raise KilnError(f"op {name!r} is registered twice")
         ar = (arity, arity) if isinstance(arity, int) else arity
-        OPS[name] = OpDef(name, dict(attrs or {}), infer, fn, ar, flops, (fn.__doc__ or "").strip())
+        OPS[name] = OpDef(name, kind, dict(attrs or {}), infer, fn, ar, flops,
+                          (fn.__doc__ or "").strip(), epilogue, prologue)
         return fn
 
     return wrap
+
+
+def kind_of(op: str) -> str:
+    """The kind of op ``op`` (``OPAQUE`` for a name that is not an op)."""
+    opdef = OPS.get(op)
+    return opdef.kind if opdef is not None else OPAQUE
+
+
+def is_elementwise(op: str) -> bool:
+    return kind_of(op) == ELEMENTWISE
+
+
+def takes_epilogue(op: str) -> bool:
+    """May an elementwise chain be computed into the output of ``op``?"""
+    opdef = OPS.get(op)
+    return opdef is not None and opdef.epilogue
+
+
+def takes_prologue(op: str) -> bool:
+    """Does ``op`` absorb the elementwise group that produces its (first) input?"""
+    opdef = OPS.get(op)
+    return opdef is not None and opdef.prologue
 
 
 def get_op(name: str) -> OpDef:

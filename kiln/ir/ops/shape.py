@@ -12,6 +12,8 @@ import numpy as np
 
 from kiln.errors import AttributeError_
 from kiln.ir.ops.registry import (
+    BROADCAST,
+    INJECTIVE,
     REQUIRED,
     broadcast_shapes,
     fail,
@@ -97,7 +99,7 @@ def _name_runs(target: Sequence[Dim]) -> tuple[int, int]:
     return lead, trail
 
 
-@register("reshape", infer=_reshape, attrs={"shape": REQUIRED}, flops=_moves)
+@register("reshape", kind=INJECTIVE, infer=_reshape, attrs={"shape": REQUIRED}, flops=_moves)
 def reshape(x, shape):
     """numpy reshape (row-major); ``shape`` may hold -1 once and the input's symbolic names.
 
@@ -132,7 +134,7 @@ def _transpose(types, attrs):
     return t.with_shape(tuple(t.shape[p] for p in _perm(t, attrs["perm"])))
 
 
-@register("transpose", infer=_transpose, attrs={"perm": None}, flops=_moves)
+@register("transpose", kind=INJECTIVE, infer=_transpose, attrs={"perm": None}, flops=_moves)
 def transpose(x, perm):
     """Permute axes; ``perm=None`` reverses them."""
     return np.transpose(x, None if perm is None else tuple(perm)).copy()
@@ -155,7 +157,7 @@ def _concat(types, attrs):
     return TensorType(t0.shape[:axis] + (size,) + t0.shape[axis + 1 :], dtype)
 
 
-@register("concat", infer=_concat, attrs={"axis": 0}, arity=(1, None), flops=_moves)
+@register("concat", kind=INJECTIVE, infer=_concat, attrs={"axis": 0}, arity=(1, None), flops=_moves)
 def concat(*xs, axis):
     return np.concatenate(xs, axis=axis)
 
@@ -170,7 +172,7 @@ def _split(types, attrs):
     return [t.with_shape(t.shape[:axis] + (s,) + t.shape[axis + 1 :]) for s in sizes]
 
 
-@register("split", infer=_split, attrs={"axis": 0, "sizes": REQUIRED}, flops=_moves)
+@register("split", kind=INJECTIVE, infer=_split, attrs={"axis": 0, "sizes": REQUIRED}, flops=_moves)
 def split(x, axis, sizes):
     """Cut ``x`` along ``axis`` into pieces of the given sizes (one output each)."""
     edges = np.cumsum(sizes)[:-1]
@@ -219,7 +221,7 @@ def _slice(types, attrs):
 _SLICE_ATTRS = {"starts": REQUIRED, "ends": REQUIRED, "axes": None, "steps": None}
 
 
-@register("slice", infer=_slice, attrs=_SLICE_ATTRS, flops=_moves)
+@register("slice", kind=INJECTIVE, infer=_slice, attrs=_SLICE_ATTRS, flops=_moves)
 def slice_(x, starts, ends, axes, steps):
     """ONNX Slice: per axis, take ``start:end:step`` after clamping (huge sentinels allowed)."""
     index = [slice(None)] * x.ndim
@@ -256,7 +258,7 @@ def _gather(types, attrs):
     return data.with_shape(data.shape[:axis] + idx.shape + data.shape[axis + 1 :])
 
 
-@register("gather", infer=_gather, attrs={"axis": 0}, arity=2, flops=_moves)
+@register("gather", kind=INJECTIVE, infer=_gather, attrs={"axis": 0}, arity=2, flops=_moves)
 def gather(data, indices, axis):
     """``np.take(data, indices, axis)``."""
     return np.take(data, _check_range(indices, data.shape[axis], "gather index"), axis=axis)
@@ -276,9 +278,8 @@ def _take_along_axis(types, attrs):
     return data.with_shape(shape)
 
 
-@register(
-    "take_along_axis", infer=_take_along_axis, attrs={"axis": REQUIRED}, arity=2, flops=_moves
-)
+@register("take_along_axis", kind=INJECTIVE, infer=_take_along_axis, attrs={"axis": REQUIRED},
+          arity=2, flops=_moves)
 def take_along_axis(data, indices, axis):
     """``np.take_along_axis``: the other axes of data and indices broadcast."""
     idx = _check_range(indices, data.shape[axis], "take_along_axis index")
@@ -295,7 +296,8 @@ def _one_hot(types, attrs):
     return TensorType(types[0].shape + (depth,), attrs["dtype"])
 
 
-@register("one_hot", infer=_one_hot, attrs={"depth": REQUIRED, "dtype": "float32"}, flops=_moves)
+@register("one_hot", kind=INJECTIVE, infer=_one_hot, attrs={"depth": REQUIRED, "dtype": "float32"},
+          flops=_moves)
 def one_hot(indices, depth, dtype):
     """1 where the last axis equals the index (negatives count from the end), else 0."""
     idx = _check_range(indices, depth, "one_hot index")
@@ -319,7 +321,7 @@ def _expand(types, attrs):
     return t.with_shape(target)
 
 
-@register("expand", infer=_expand, attrs={"shape": REQUIRED}, flops=_moves)
+@register("expand", kind=BROADCAST, infer=_expand, attrs={"shape": REQUIRED}, flops=_moves)
 def expand(x, shape):
     """``np.broadcast_to``; a name in ``shape`` must sit where the input has the same name."""
     lead = len(shape) - x.ndim
@@ -340,7 +342,7 @@ def _squeeze(types, attrs):
     return t.with_shape(tuple(d for i, d in enumerate(t.shape) if i not in axes))
 
 
-@register("squeeze", infer=_squeeze, attrs={"axes": None}, flops=_moves)
+@register("squeeze", kind=INJECTIVE, infer=_squeeze, attrs={"axes": None}, flops=_moves)
 def squeeze(x, axes):
     """Drop size-1 axes (all of them when ``axes`` is None)."""
     return np.squeeze(x, axis=axes).copy()
@@ -355,7 +357,7 @@ def _unsqueeze(types, attrs):
     return t.with_shape(tuple(1 if i in axes else next(dims) for i in range(rank)))
 
 
-@register("unsqueeze", infer=_unsqueeze, attrs={"axes": REQUIRED}, flops=_moves)
+@register("unsqueeze", kind=INJECTIVE, infer=_unsqueeze, attrs={"axes": REQUIRED}, flops=_moves)
 def unsqueeze(x, axes):
     """Insert size-1 axes; ``axes`` index the output (as ``np.expand_dims``)."""
     return np.expand_dims(x, axes).copy()
@@ -380,7 +382,8 @@ def _flatten(types, attrs):
     return t.with_shape(shape[:start] + (names[0] if names else size,) + shape[end + 1 :])
 
 
-@register("flatten", infer=_flatten, attrs={"start_dim": 1, "end_dim": -1}, flops=_moves)
+@register("flatten", kind=INJECTIVE, infer=_flatten, attrs={"start_dim": 1, "end_dim": -1},
+          flops=_moves)
 def flatten(x, start_dim, end_dim):
     """PyTorch flatten: merge dims start_dim..end_dim (inclusive) into one."""
     shape = x.shape or (1,)
@@ -421,9 +424,8 @@ def _pad(types, attrs):
     return t.with_shape(tuple(shape))
 
 
-@register(
-    "pad", infer=_pad, attrs={"pads": REQUIRED, "mode": "constant", "value": 0.0}, flops=_moves
-)
+@register("pad", kind=INJECTIVE, infer=_pad,
+          attrs={"pads": REQUIRED, "mode": "constant", "value": 0.0}, flops=_moves)
 def pad(x, pads, mode, value):
     """``np.pad`` with ``pads`` = begins then ends per axis; ``value`` fills mode 'constant'."""
     widths = list(zip(pads[: x.ndim], pads[x.ndim :]))
@@ -442,13 +444,13 @@ def _triangle(types, attrs):
     return t
 
 
-@register("tril", infer=_triangle, attrs={"k": 0}, flops=_moves)
+@register("tril", kind=INJECTIVE, infer=_triangle, attrs={"k": 0}, flops=_moves)
 def tril(x, k):
     """Keep elements on and below diagonal ``k`` of the last two axes; zero the rest."""
     return np.tril(x, k)
 
 
-@register("triu", infer=_triangle, attrs={"k": 0}, flops=_moves)
+@register("triu", kind=INJECTIVE, infer=_triangle, attrs={"k": 0}, flops=_moves)
 def triu(x, k):
     """Keep elements on and above diagonal ``k`` of the last two axes; zero the rest."""
     return np.triu(x, k)
