@@ -1,18 +1,18 @@
 """ONNX conformance: every onnx backend node test case of every ONNX op kiln converts, through
-kiln.from_onnx and kiln.interpret (kiln.frontend.onnx.coverage holds the harness).
+kiln.from_onnx and kiln.interpret (tests/onnx/coverage.py holds the harness).
 
 Cases kiln cannot pass are listed in KNOWN_FAILURES with the reason; they run, and must fail
 for that reason (then they are reported as xfailed): a case that starts passing, or fails for
 another reason, fails the test. Cases of ops kiln does not
 convert at all are not run here; docs/onnx_coverage.md counts them. After changing the
-converters, ``python -m kiln.frontend.onnx.coverage --known-failures`` prints the list anew.
+converters, ``python -m tests.onnx.coverage --known-failures`` prints the list anew.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from kiln.frontend.onnx.coverage import (
+from tests.onnx.coverage import (
     case_ops,
     cases_by_name,
     failure,

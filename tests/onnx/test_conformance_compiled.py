@@ -7,12 +7,12 @@ Tolerances are the case's own rtol/atol (onnx's defaults, rtol=1e-3, atol=1e-7),
 exp/tanh/erf (relative error about 3e-7) and LLVM's contractions needed no more than that.
 
 Compiling each case alone would cost about 0.1 s a case (plus the failures' retries); the
-cases are compiled in batches instead (``kiln.frontend.onnx.coverage_compiled``): up to 150
+cases are compiled in batches instead (``tests/onnx/coverage_compiled.py``): up to 150
 cases side by side in one graph, 7 batches compiled and run once each, about 45 s in all on
 the 2-core CI machine. Cases that fail only when
 compiled are in COMPILED_FAILURES with the reason; each is compiled alone and must fail for
 that reason (then it is reported as xfailed): one that starts passing, or fails for another
-reason, fails the test. ``python -m kiln.frontend.onnx.coverage --compiled-failures`` prints
+reason, fails the test. ``python -m tests.onnx.coverage --compiled-failures`` prints
 the list anew.
 """
 
@@ -22,8 +22,8 @@ from functools import lru_cache
 
 import pytest
 
-from kiln.frontend.onnx.coverage import case_ops, reason, supported_ops
-from kiln.frontend.onnx.coverage_compiled import batches, run_batch
+from tests.onnx.coverage import case_ops, reason, supported_ops
+from tests.onnx.coverage_compiled import batches, run_batch
 from tests.onnx.test_conformance import KNOWN_FAILURES
 
 COMPILED_FAILURES = {

@@ -12,7 +12,7 @@ case (``%c7_x`` in lowering errors, ``'c7_x'`` in the runtime's) fails that case
 batch is compiled again without it; an error that names no case splits the batch in halves
 until it does. Messages lose the prefixes and kernel numbers, so a case's reason reads the
 same whichever batch ran it. ``tests/onnx/test_conformance_compiled.py`` runs this over
-every case that passes the interpreter; ``python -m kiln.frontend.onnx.coverage`` counts
+every case that passes the interpreter; ``python -m tests.onnx.coverage`` counts
 the results.
 """
 
@@ -25,13 +25,13 @@ from functools import cache
 
 import numpy as np
 
-from kiln.frontend.onnx.coverage import (
+from kiln.ir.graph import Graph, Node, Value
+from tests.onnx.coverage import (
     cases_by_name,
     check_outputs,
     failure,
     prepare,
 )
-from kiln.ir.graph import Graph, Node, Value
 
 BATCH_SIZE = 150
 _PREFIX = re.compile(r"\bc(\d+)_")
