@@ -182,7 +182,7 @@ def measured_ghz(n: int = 100_000_000, latency: int = 4) -> float:
     import tvm
     from tvm import te, tirx
 
-    from kiln.codegen.target import host_target
+    from kiln.targets import host_target
 
     chain = te.comm_reducer(lambda x, y: x * tirx.const(0.9999999, "float32") + y,
                             lambda t: tirx.const(0.0, t), name="chain")
@@ -222,7 +222,7 @@ def main() -> None:
         cmd += ["--quick"] * args.quick
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         results[threads] = json.loads(done.stdout.strip().splitlines()[-1])
-    from kiln.codegen.target import host_target
+    from kiln.targets import host_target
 
     tgt = host_target()
     nominal, clock = nominal_ghz(), measured_ghz()

@@ -24,7 +24,7 @@ _LAZY = {
     "grad": ("kiln.passes.autodiff", "grad"),
     "compile": ("kiln.codegen.api", "compile"),
     "load": ("kiln.runtime", "load"),
-    "optimize": ("kiln.passes.manager", "optimize"),
+    "optimize": ("kiln.codegen.api", "optimize"),
     "Trainer": ("kiln.train", "Trainer"),
     "make_train_step": ("kiln.train", "make_train_step"),
     "nn": ("kiln.frontend.nn", None),

@@ -19,11 +19,13 @@ _LAZY = {
     "BuildResult": "kiln.codegen.build",
     "KernelCall": "kiln.codegen.build",
     "compile": "kiln.codegen.api",
+    "optimize": "kiln.codegen.api",
+    "pass_context": "kiln.codegen.layout_tuning",
     "CompiledModel": "kiln.codegen.api",
     "write": "kiln.codegen.api",
-    "host_target": "kiln.codegen.target",
-    "portable_target": "kiln.codegen.target",
-    "CpuTarget": "kiln.codegen.target",
+    "host_target": "kiln.targets",
+    "portable_target": "kiln.targets",
+    "CpuTarget": "kiln.targets",
 }
 
 __all__ = sorted(_LAZY)

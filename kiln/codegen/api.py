@@ -12,7 +12,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from kiln.codegen.build import BuildResult, Progress, build, export
+from kiln.codegen.layout_tuning import pass_context
 from kiln.ir.graph import Graph
+from kiln.passes.context import PassContext
 
 
 def manifest(result: BuildResult) -> dict[str, Any]:
@@ -79,6 +81,29 @@ class CompiledModel:
         shutil.rmtree(getattr(self, "_workdir", ""), ignore_errors=True)
 
 
+def optimize(
+    graph: Graph,
+    opt_level: int | str = 2,
+    target: Any = "llvm",
+    progress: Progress | bool | None = None,
+    layout_budget: float = 30.0,
+    layout_cache: str | os.PathLike | bool | None = None,
+    **pass_options: Any,
+) -> Graph:
+    """The optimized graph that ``compile`` would build, with the same arguments: the
+    ``O<opt_level>`` pipeline for ``target``, with the PassContext that ``compile`` makes."""
+    return _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
+                     pass_options)[0]
+
+
+def _optimize(graph, opt_level, target, progress, layout_budget, layout_cache, pass_options
+              ) -> tuple[Graph, PassContext]:
+    from kiln.passes.manager import optimize as run_pipeline
+
+    ctx = pass_context(target, opt_level, layout_budget, layout_cache, progress)
+    return run_pipeline(graph, opt_level, ctx=ctx, **pass_options), ctx
+
+
 def compile(
     graph: Graph,
     target: Any = "llvm",
@@ -93,20 +118,18 @@ def compile(
 
     ``pass_options`` go to ``kiln.passes.manager.optimize`` (``verify``, ``disable``,
     ``dump_after``, ``dump``, ``records``). ``target``: "llvm" (this machine), "portable",
-    an x86-64 level, or a dict (see ``kiln.codegen.target.resolve_target``).
+    an x86-64 level, or a dict (see ``kiln.targets.resolve_target``).
     At O3 the layout pass measures conv block sizes on the target for at most
     ``layout_budget`` seconds (0: the heuristic and cached measurements only), cached in
     ``layout_cache`` (default ``~/.cache/kiln/layout.json``; False: no cache); the choices
     are in the manifest's ``tuning`` (``kiln/codegen/layout_tuning.py``).
     """
-    from kiln.codegen.layout_tuning import layout_options_for
-    from kiln.passes.manager import optimize
-
-    with layout_options_for(target, layout_budget, layout_cache, progress) as report:
-        graph = optimize(graph, opt_level, **pass_options)
-    result = build(graph, target=target, progress=progress)
-    if report.choices:
-        result.tuning["layout"] = report.to_json()
+    graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
+                           pass_options)
+    result = build(graph, target=ctx.target, progress=progress)
+    layout = ctx.reports.get("layout")
+    if layout is not None and layout.choices:
+        result.tuning["layout"] = layout.to_json()
     workdir = tempfile.mkdtemp(prefix="kiln-")
     try:
         artifact = write(result, Path(workdir) / f"{_safe(graph.name)}.kiln")

@@ -17,11 +17,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from kiln.codegen.lower import check_lowerable, fused_body, lower_group, node_context
-from kiln.codegen.target import CpuTarget, resolve_target
 from kiln.errors import InputError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph, Node
 from kiln.ir.ops import get_op
 from kiln.ir.types import TensorType, to_numpy_dtype
+from kiln.targets import Target, resolve_target
 
 Progress = Callable[[str], None]
 
@@ -46,7 +46,7 @@ class BuildResult:
     """What codegen hands to the artifact writer: the compiled library and its call plan."""
 
     name: str
-    target: CpuTarget
+    target: Target
     module: Any  # the scheduled tvm.IRModule
     executable: Any  # what tvm.compile returned (export_library, ["func"])
     kernels: list[KernelCall]

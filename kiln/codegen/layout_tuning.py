@@ -24,27 +24,26 @@ import os
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kiln.codegen.target import CpuTarget
 from kiln.ir.graph import GraphBuilder
 from kiln.ir.types import TensorType
+from kiln.passes.context import PassContext
 from kiln.passes.layout_choice import (
     BLOCKS,
     Candidate,
     Chooser,
     ConvProblem,
-    LayoutOptions,
     LayoutReport,
     heuristic,
     in_block,
-    layout_options,
     tile_of,
 )
+from kiln.passes.manager import level_number
+from kiln.targets import Target, resolve_target
 
 CANDIDATES_VERSION = 3  # bump when ``candidates`` changes: old cache entries stop matching
 BATCH_KERNELS = 12  # kernels per tvm.compile
@@ -114,7 +113,7 @@ def pool_threads() -> int:
     return threads()
 
 
-def cache_key(p: ConvProblem, target: CpuTarget, threads: int | None = None) -> str:
+def cache_key(p: ConvProblem, target: Target, threads: int | None = None) -> str:
     """The cache key of ``p``'s candidate times (``threads``: the pool size, asked if None)."""
     from kiln import __version__
 
@@ -125,7 +124,7 @@ def cache_key(p: ConvProblem, target: CpuTarget, threads: int | None = None) -> 
                        "kiln": __version__}, sort_keys=True)
 
 
-def _kernel(p: ConvProblem, cand: Candidate, target: CpuTarget):
+def _kernel(p: ConvProblem, cand: Candidate, target: Target):
     """The scheduled PrimFunc of one candidate, and its argument shapes."""
     from kiln.codegen.lower import lower_group
     from kiln.codegen.schedules import schedule
@@ -137,7 +136,7 @@ def _kernel(p: ConvProblem, cand: Candidate, target: CpuTarget):
                                 p.dtype))
     (y,) = b.op("conv2d_nchwc", [x, w], {"strides": p.strides, "pads": p.pads,
                                           "dilations": p.dilations, "tile": cand.tile})
-    group = lower_group(b._nodes, [x, w], [y], {}, target.lanes)
+    group = lower_group(b.nodes, [x, w], [y], {}, target.lanes)
     shapes = [x.shape, w.shape, y.shape]
     return schedule(group.prim_func(), target), shapes
 
@@ -163,7 +162,7 @@ def _times(calls: Sequence[tuple[Callable, list]], min_batch_s: float = 0.01,
     return best
 
 
-def measure(work: Sequence[tuple[ConvProblem, Candidate]], target: CpuTarget) -> list[float]:
+def measure(work: Sequence[tuple[ConvProblem, Candidate]], target: Target) -> list[float]:
     """Compile ``work`` in one module and time each kernel (seconds per call)."""
     import tvm
 
@@ -187,7 +186,7 @@ def _cached(entry) -> list[Candidate] | None:
         return None  # an entry this kiln did not write: measure again
 
 
-def measuring_chooser(target: CpuTarget, budget: float,
+def measuring_chooser(target: Target, budget: float,
                       cache: str | os.PathLike | bool | None = None,
                       progress: Callable[[str], None] | None = None,
                       notes: list[str] | None = None) -> Chooser:
@@ -256,16 +255,17 @@ def measuring_chooser(target: CpuTarget, budget: float,
     return choose
 
 
-@contextmanager
-def layout_options_for(target: Any, budget: float, cache: str | os.PathLike | bool | None = None,
-                       progress: Any = None) -> Iterator[LayoutReport]:
-    """Within the block, the ``layout`` pass measures on ``target`` (see ``measuring_chooser``);
-    yields the report it fills."""
+def pass_context(target: Any = None, opt_level: int | str = 2, layout_budget: float = 30.0,
+                 layout_cache: str | os.PathLike | bool | None = None,
+                 progress: Any = None) -> PassContext:
+    """The PassContext of ``kiln.optimize`` and ``kiln.compile``: the resolved ``target``,
+    and a layout chooser that measures on it within ``layout_budget`` seconds (cached in
+    ``layout_cache``; see ``measuring_chooser``). Its notes go to the ``layout`` report."""
     from kiln.codegen.build import _reporter
-    from kiln.codegen.target import resolve_target
 
     tgt = resolve_target(target)
     report = LayoutReport()
-    chooser = measuring_chooser(tgt, budget, cache, _reporter(progress), report.notes)
-    with layout_options(LayoutOptions(tgt.lanes("float32"), chooser, report)):
-        yield report
+    chooser = measuring_chooser(tgt, layout_budget, layout_cache, _reporter(progress),
+                                report.notes)
+    return PassContext(target=tgt, opt_level=level_number(opt_level), layout_chooser=chooser,
+                       reports={"layout": report})

@@ -13,6 +13,7 @@ import numpy as np
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.interpreter import run_node
 from kiln.ir.types import is_float, to_numpy_dtype
+from kiln.passes.context import PassContext
 from kiln.passes.manager import graph_pass
 from kiln.passes.rewrite import add_param, copy_node, finish, rebuild, start
 
@@ -66,7 +67,7 @@ def _worth_folding(node: Node) -> bool:
 
 
 @graph_pass("fold_constants")
-def fold_constants(graph: Graph) -> Graph:
+def fold_constants(graph: Graph, ctx: PassContext | None = None) -> Graph:
     """Evaluate nodes whose inputs are all constants; their results become parameters."""
     consts = Constants(graph)
 
@@ -79,7 +80,7 @@ def fold_constants(graph: Graph) -> Graph:
 
 
 @graph_pass("dce")
-def eliminate_dead_code(graph: Graph) -> Graph:
+def eliminate_dead_code(graph: Graph, ctx: PassContext | None = None) -> Graph:
     """Drop nodes and parameters that no output depends on (every op is side-effect free)."""
     live = set(graph.outputs)
     kept = []
@@ -93,7 +94,7 @@ def eliminate_dead_code(graph: Graph) -> Graph:
 
 
 @graph_pass("cse")
-def eliminate_common_subexpressions(graph: Graph) -> Graph:
+def eliminate_common_subexpressions(graph: Graph, ctx: PassContext | None = None) -> Graph:
     """Nodes with the same op, inputs and attributes are computed once."""
     seen: dict[tuple, list[Value]] = {}
 
@@ -122,7 +123,7 @@ def _compose_perm(inner, outer, rank: int) -> tuple[int, ...]:
 
 
 @graph_pass("simplify")
-def simplify(graph: Graph) -> Graph:
+def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
     """x+0, x*1, x/1, x**1 -> x; x / c -> x * (1/c); transpose and reshape chains collapse;
     no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x;
     (x * c) @ y and x @ (y * c) -> (x @ y) * c for a scalar c (see ``scale_after_matmul``)."""
@@ -134,7 +135,7 @@ def simplify(graph: Graph) -> Graph:
 
     def emit(b: GraphBuilder, node: Node, op: str, ins: list[Value], attrs: dict):
         outs = b.op(op, ins, attrs, origin=node.origin, names=[node.outputs[0].name])
-        made[outs[0]] = b._nodes[-1]
+        made[outs[0]] = b.last_node
         return outs
 
     def scale_after_matmul(b: GraphBuilder, node: Node, ins: list[Value]):
@@ -197,8 +198,8 @@ def simplify(graph: Graph) -> Graph:
                 return [inner.inputs[0]]
             return emit(b, node, "reshape", [inner.inputs[0]], dict(node.attrs))
         outs = copy_node(b, node, ins)
-        made.update((v, b._nodes[-1]) for v in outs)
-        copied.update((v, b._nodes[-1]) for v in node.outputs)
+        made.update((v, b.last_node) for v in outs)
+        copied.update((v, b.last_node) for v in node.outputs)
         return outs
 
     return rebuild(graph, rule)
@@ -215,7 +216,7 @@ def _is_noop(node: Node) -> bool:
 
 
 @graph_pass("fold_batch_norm")
-def fold_batch_norm(graph: Graph) -> Graph:
+def fold_batch_norm(graph: Graph, ctx: PassContext | None = None) -> Graph:
     """conv(x, W, b) -> batch_norm  ==>  conv(x, W*s, (b-mean)*s+beta), s = gamma/sqrt(var+eps),
     when the weights and statistics are constants and the conv feeds only the batch norm.
     The same for a dense layer: matmul(x, W[K, C]) (+ bias[C]) -> batch_norm over C."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.ops.registry import is_elementwise, takes_epilogue, takes_prologue
 from kiln.passes.canonicalize import eliminate_dead_code
+from kiln.passes.context import PassContext
 from kiln.passes.manager import graph_pass
 from kiln.passes.rewrite import copy_node, finish, start
 
@@ -187,6 +188,10 @@ def fuse_with_report(graph: Graph) -> tuple[Graph, FusionReport]:
 
 
 @graph_pass("fuse")
-def fuse(graph: Graph) -> Graph:
-    """Group nodes into ``fused`` nodes (see the module docstring for the rules)."""
-    return fuse_with_report(graph)[0]
+def fuse(graph: Graph, ctx: PassContext | None = None) -> Graph:
+    """Group nodes into ``fused`` nodes (see the module docstring for the rules); what fused
+    and what did not goes to ``ctx.reports["fuse"]``."""
+    out, report = fuse_with_report(graph)
+    if ctx is not None:
+        ctx.reports["fuse"] = report
+    return out

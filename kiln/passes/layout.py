@@ -37,8 +37,8 @@ from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.ops.layout import nchwc
 from kiln.ir.ops.registry import is_elementwise
 from kiln.passes.canonicalize import Constants, eliminate_dead_code, fold_constants
+from kiln.passes.context import PassContext
 from kiln.passes.layout_choice import (
-    _OPTIONS,
     BLOCKS,
     Candidate,
     ConvProblem,
@@ -50,14 +50,12 @@ from kiln.passes.layout_choice import (
     heuristic,
     heuristic_block,
     in_block,
-    layout_options,
 )
 from kiln.passes.manager import graph_pass
 from kiln.passes.rewrite import add_param, copy_node, finish, rebuild, start
 
 __all__ = ["BLOCKS", "Candidate", "ConvProblem", "LayoutChoice", "LayoutOptions", "LayoutReport",
-           "block_layout", "cancel_transforms", "heuristic", "heuristic_block", "layout",
-           "layout_options"]
+           "block_layout", "cancel_transforms", "heuristic", "heuristic_block", "layout"]
 
 POOLS = {"max_pool2d": "max_pool2d_nchwc", "avg_pool2d": "avg_pool2d_nchwc",
          "global_avg_pool2d": "global_avg_pool2d_nchwc"}
@@ -354,7 +352,7 @@ def cancel_transforms(graph: Graph) -> Graph:
         else:
             outs = copy_node(b, node, ins)
         if node.op == "layout_transform":
-            made[outs[0]] = b._nodes[-1]
+            made[outs[0]] = b.last_node
         return outs
 
     return rebuild(graph, rule)
@@ -375,7 +373,11 @@ def block_layout(graph: Graph, options: LayoutOptions | None = None
 
 
 @graph_pass("layout")
-def layout(graph: Graph) -> Graph:
-    """Keep conv2d chains in blocked NCHWc layout (module docstring); block sizes from the
-    options of ``layout_options`` (the heuristic unless ``kiln.compile`` gave a budget)."""
-    return block_layout(graph, _OPTIONS.get())[0]
+def layout(graph: Graph, ctx: PassContext | None = None) -> Graph:
+    """Keep conv2d chains in blocked NCHWc layout (module docstring), planned for the
+    context's target; block sizes from its ``layout_chooser`` (None: the heuristic). The
+    choices go to ``ctx.reports["layout"]``."""
+    ctx = ctx or PassContext()
+    report = ctx.reports.setdefault("layout", LayoutReport())
+    options = LayoutOptions(ctx.target.lanes("float32"), ctx.layout_chooser, report)
+    return block_layout(graph, options)[0]

@@ -1,13 +1,11 @@
 """What the layout pass chooses from: conv problems (the cache key), candidates (channel block
 and register tile, measured or not), the heuristic, the per-group choice, the report, and the
-options (with the chooser that ``kiln.compile`` provides) of the registered pass."""
+options of ``block_layout`` (the registered pass makes them from its PassContext)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 BLOCKS = (32, 16, 8)  # channel blocks the pass may choose (each must divide the channels)
 
@@ -98,26 +96,12 @@ class LayoutReport:
 
 @dataclass(frozen=True)
 class LayoutOptions:
-    """How the registered ``layout`` pass chooses: ``lanes`` (vector width in float32 lanes,
-    for the heuristic), an optional measuring ``chooser``, and a ``report`` to fill."""
+    """How ``block_layout`` chooses: ``lanes`` (vector width in float32 lanes, for the
+    heuristic), an optional measuring ``chooser``, and a ``report`` to fill."""
 
     lanes: int = 16
     chooser: Chooser | None = None
     report: LayoutReport | None = None
-
-
-_OPTIONS: ContextVar[LayoutOptions | None] = ContextVar("kiln_layout_options", default=None)
-
-
-@contextmanager
-def layout_options(options: LayoutOptions) -> Iterator[LayoutOptions]:
-    """Within the block, the registered ``layout`` pass uses ``options`` (``kiln.compile``
-    sets them from its explicit arguments; nothing else does)."""
-    token = _OPTIONS.set(options)
-    try:
-        yield options
-    finally:
-        _OPTIONS.reset(token)
 
 
 def heuristic_block(channels: int, lanes: int) -> int | None:

@@ -1,21 +1,26 @@
 """The pass manager: named passes, named pipelines, verification, timing and IR dumps.
 
-A pass is a pure ``Graph -> Graph`` function registered under a name with ``@graph_pass``.
-Pipelines are lists of pass names: ``O0`` runs nothing, ``O1`` canonicalizes, ``O2`` adds
-fusion and ``O3`` layout tuning (each present once its pass is registered).
+A pass is a pure function ``(Graph, PassContext | None) -> Graph`` registered under a name
+with ``@graph_pass``; the manager hands every pass the one ``PassContext`` of the run
+(target, opt level, pass options; ``kiln/passes/context.py``). Pipelines are lists of pass
+names: ``O0`` runs nothing, ``O1`` canonicalizes, ``O2`` adds fusion and ``O3`` layout
+tuning; the target drops the passes that do not apply to it (``Target.uses_pass``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from kiln.errors import KilnError
 from kiln.ir.graph import Graph
 from kiln.ir.verifier import verify as verify_graph
+from kiln.passes.context import PassContext
+from kiln.targets import resolve_target
 
-PASSES: dict[str, Callable[[Graph], Graph]] = {}
+Pass = Callable[[Graph, "PassContext | None"], Graph]
+PASSES: dict[str, Pass] = {}
 
 CANONICALIZE = ["fold_constants", "simplify", "fold_batch_norm", "fold_constants", "simplify",
                 "cse", "dce"]
@@ -28,9 +33,9 @@ PIPELINES: dict[str, list[str]] = {
 
 
 def graph_pass(name: str):
-    """Register a ``Graph -> Graph`` function as the pass ``name``."""
+    """Register ``fn(graph, ctx=None) -> Graph`` as the pass ``name``."""
 
-    def wrap(fn: Callable[[Graph], Graph]) -> Callable[[Graph], Graph]:
+    def wrap(fn: Pass) -> Pass:
         if name in PASSES:
             raise KilnError(f"pass {name!r} is registered twice")
         PASSES[name] = fn
@@ -48,8 +53,9 @@ class PassRecord:
     nodes_after: int
 
 
-def pipeline(opt_level: int | str) -> list[str]:
-    """The pass names of ``O<opt_level>``; a pass not built yet is a clear error."""
+def pipeline(opt_level: int | str, target: Any = None) -> list[str]:
+    """The pass names of ``O<opt_level>`` that apply to ``target`` (None: all); a pass not
+    built yet is a clear error."""
     key = opt_level if isinstance(opt_level, str) else f"O{opt_level}"
     if key not in PIPELINES:
         raise KilnError(f"unknown optimization level {opt_level!r}; use one of "
@@ -59,13 +65,24 @@ def pipeline(opt_level: int | str) -> list[str]:
     if missing:
         raise KilnError(f"{key} needs the pass(es) {missing}, which this kiln does not have; "
                         f"use a lower opt_level")
-    return list(PIPELINES[key])
+    return [p for p in PIPELINES[key] if target is None or target.uses_pass(p)]
+
+
+def level_number(opt_level: int | str | Iterable[str]) -> int:
+    """2 for ``2`` or ``"O2"``; an explicit pass list counts as level 2."""
+    if isinstance(opt_level, int):
+        return opt_level
+    if isinstance(opt_level, str) and opt_level[1:].isdigit():
+        return int(opt_level[1:])
+    return 2
 
 
 def optimize(
     graph: Graph,
     opt_level: int | str | Iterable[str] = 1,
     *,
+    target: Any = None,
+    ctx: PassContext | None = None,
     verify: bool = False,
     disable: Iterable[str] = (),
     dump_after: Iterable[str] = (),
@@ -74,11 +91,18 @@ def optimize(
 ) -> Graph:
     """Run a pipeline (``opt_level``) or an explicit list of pass names over ``graph``.
 
-    ``verify`` checks the IR after every pass; ``disable`` skips passes by name; the IR is
-    printed through ``dump`` after each pass named in ``dump_after`` ("all" for every pass);
-    ``records`` collects each pass's time and node counts.
+    Every pass gets ``ctx``; without one, a PassContext for ``target`` (see
+    ``kiln.targets.resolve_target``; None: this machine) with the layout heuristic. This is
+    the passes layer's entry point: ``kiln.optimize`` (what ``kiln.compile`` runs) makes
+    the context with a measuring layout chooser. ``verify`` checks the IR after every pass;
+    ``disable`` skips passes by name; the IR is printed through ``dump`` after each pass
+    named in ``dump_after`` ("all" for every pass); ``records`` collects each pass's time and
+    node counts.
     """
-    names = (pipeline(opt_level) if isinstance(opt_level, (int, str)) else list(opt_level))
+    if ctx is None:
+        ctx = PassContext(target=resolve_target(target), opt_level=level_number(opt_level))
+    names = (pipeline(opt_level, ctx.target) if isinstance(opt_level, (int, str))
+             else list(opt_level))
     _load_passes()
     disable, dump_after = set(disable), set(dump_after)
     unknown = (set(names) | disable | (dump_after - {"all"})) - set(PASSES)
@@ -91,7 +115,7 @@ def optimize(
             continue
         before, t0 = len(graph.nodes), time.perf_counter()
         try:
-            graph = PASSES[name](graph)
+            graph = PASSES[name](graph, ctx)
             if verify:
                 verify_graph(graph)
         except KilnError as e:

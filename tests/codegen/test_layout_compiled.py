@@ -11,7 +11,7 @@ import pytest
 import kiln
 from kiln.codegen import layout_tuning as tuning
 from kiln.codegen.build import build
-from kiln.codegen.target import host_target
+from kiln.targets import host_target
 from kiln.ir import GraphBuilder, TensorType, interpret
 from kiln.ir.ops.layout import relayout
 from kiln.passes.layout_choice import ConvProblem
@@ -87,6 +87,36 @@ def test_o3_compiled_matches_o0(name):
     assert choices and all(c["source"] == "heuristic" for c in choices)
     o2 = kiln.compile(g, opt_level=2)
     assert len(compiled.build.kernels) <= len(o2.build.kernels) + 2  # + the edge transforms
+
+
+def test_optimize_gives_the_graph_that_compile_builds(tmp_path, fake_measure):
+    """kiln.optimize and kiln.compile make one PassContext the same way: same graph."""
+    g, _ = _model("resnet_block")
+    cache = tmp_path / "layout.json"
+    dumped = []
+    kiln.compile(g, opt_level=3, layout_cache=cache, dump_after=["fuse"], dump=dumped.append)
+    assert len(fake_measure) == 1  # compile measured; optimize below reads the cache
+    optimized = kiln.optimize(g, 3, layout_cache=cache)
+    assert dumped == [f"// after fuse\n{optimized}"]
+    assert any(n.op == "layout_transform" for n in optimized.nodes)
+
+
+def test_the_target_decides_which_passes_apply():
+    """A target without the NCHWc layout pass (as a GPU target will be) gets O3 without it."""
+    from dataclasses import dataclass
+
+    from kiln.passes.manager import optimize, pipeline
+
+    @dataclass(frozen=True)
+    class NoLayout(type(host_target())):
+        def uses_pass(self, name):
+            return name != "layout"
+
+    g, _ = _model("resnet_block")
+    target = NoLayout(num_cores=1, vector_bits=512)
+    assert "layout" in pipeline(3) and "layout" not in pipeline(3, target)
+    assert not any(n.op == "layout_transform" for n in optimize(g, 3, target=target).nodes)
+    assert any(n.op == "layout_transform" for n in optimize(g, 3).nodes)
 
 
 # -- the tuner's cache -------------------------------------------------------------------------

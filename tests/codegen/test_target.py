@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kiln.codegen.build import build
-from kiln.codegen.target import MCPU_FEATURES, host_target, portable_target, resolve_target
+from kiln.targets import MCPU_FEATURES, host_target, portable_target, resolve_target
 from kiln.errors import KilnError
 from kiln.ir import GraphBuilder, TensorType, interpret
 

@@ -1,4 +1,4 @@
-"""CPU targets: host detection, a portable choice, and the TVM target they stand for.
+"""The CPU target: host detection, a portable choice, and the TVM target they stand for.
 
 LLVM's own host detection is unreliable on virtual machines (it takes this AMD EPYC KVM guest
 for a Rocket Lake, and ``mcpu=native`` falls back to a generic CPU), so kiln reads the CPU flags
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from kiln.errors import KilnError
 
@@ -47,7 +47,11 @@ _VECTOR_BITS = {"x86-64": 128, "x86-64-v2": 128, "x86-64-v3": 256, "haswell": 25
 
 @dataclass(frozen=True)
 class CpuTarget:
-    """A CPU code-generation target: what TVM gets, and what the code needs from the CPU."""
+    """A CPU code-generation target: what TVM gets, and what the code needs from the CPU.
+    Its schedules are ``kiln/codegen/schedules/cpu``; every pass applies (NCHWc layout
+    tuning included)."""
+
+    kind: ClassVar[str] = "cpu"
 
     mcpu: str = ""
     mattr: tuple[str, ...] = ()
@@ -75,6 +79,10 @@ class CpuTarget:
         import tvm
 
         return tvm.target.Target(self.to_dict())
+
+    def uses_pass(self, name: str) -> bool:
+        """Every pass applies on the CPU."""
+        return True
 
     def lanes(self, dtype: str = "float32") -> int:
         """Elements of ``dtype`` per vector register."""
@@ -142,32 +150,16 @@ def portable_target(level: str = "x86-64-v3", num_cores: int | None = None) -> C
     return _x86(level, num_cores or _num_cores())
 
 
-def resolve_target(target: Any = None) -> CpuTarget:
-    """Accepts None/"llvm"/"host", "portable", "x86-64-v3"-style levels, a dict like
-    ``{"kind": "llvm", "mcpu": "znver4"}``, a ``tvm.target.Target``, or a CpuTarget."""
-    if target is None or target in ("llvm", "host", "native"):
-        return host_target()
-    if isinstance(target, CpuTarget):
-        return target
-    if target == "portable":
-        return portable_target()
-    if hasattr(target, "export") and not isinstance(target, Mapping):  # a tvm.target.Target
-        return resolve_target(dict(target.export()))
-    if isinstance(target, str) and target.startswith("x86-64"):
-        return portable_target(target)
-    if isinstance(target, Mapping):
-        d = dict(target)
-        if d.pop("kind", "llvm") != "llvm":
-            raise KilnError(f"codegen supports llvm (CPU) targets only, got {target!r}")
-        mcpu = d.pop("mcpu", "")
-        mattr = tuple(d.pop("mattr", ()))
-        cores = int(d.pop("num-cores", _num_cores()))
-        mtriple = d.pop("mtriple", "")
-        d.pop("keys", None), d.pop("tag", None)
-        feats = MCPU_FEATURES.get(mcpu, ())
-        bits = _VECTOR_BITS.get(mcpu, 512 if "avx512f" in feats else 128)
-        return CpuTarget(mcpu, mattr, cores, feats, bits, mtriple, d)
-    raise KilnError(
-        f"cannot make a CPU target of {target!r}: use 'llvm' (this machine), 'portable', "
-        "'x86-64-v3'-style levels, or a dict like {'kind': 'llvm', 'mcpu': 'znver4'}"
-    )
+def cpu_target_of(spec: Mapping[str, Any]) -> CpuTarget:
+    """A CpuTarget from TVM's dict form ``{"kind": "llvm", "mcpu": ..., "mattr": [...],
+    "num-cores": n, "mtriple": ...}`` (other keys are passed on to TVM)."""
+    d = dict(spec)
+    d.pop("kind", None)
+    mcpu = d.pop("mcpu", "")
+    mattr = tuple(d.pop("mattr", ()))
+    cores = int(d.pop("num-cores", _num_cores()))
+    mtriple = d.pop("mtriple", "")
+    d.pop("keys", None), d.pop("tag", None)
+    feats = MCPU_FEATURES.get(mcpu, ())
+    bits = _VECTOR_BITS.get(mcpu, 512 if "avx512f" in feats else 128)
+    return CpuTarget(mcpu, mattr, cores, feats, bits, mtriple, d)

@@ -1,0 +1,75 @@
+"""Code-generation targets: what each decides, and how a user names one.
+
+A target is a plug-in. It tells the passes which of them apply (``uses_pass``: NCHWc layout
+tuning is a CPU choice), tells code generation its vector width (``lanes``) and, through its
+``kind``, which schedule strategies lower each op (``kiln/codegen/schedules/<kind>``), and
+gives TVM its target (``tvm_target``) and the manifest its description (``to_dict``).
+``CpuTarget`` (``kiln/targets/cpu.py``) is the one kiln has today. This package imports
+nothing of kiln but its errors, and TVM only when ``tvm_target`` is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+from kiln.errors import KilnError
+from kiln.targets.cpu import (
+    MCPU_FEATURES,
+    CpuTarget,
+    cpu_flags,
+    cpu_target_of,
+    host_target,
+    portable_target,
+)
+
+__all__ = ["MCPU_FEATURES", "CpuTarget", "Target", "cpu_flags", "host_target",
+           "portable_target", "resolve_target"]
+
+
+@runtime_checkable
+class Target(Protocol):
+    """What the passes and code generation ask of a target."""
+
+    kind: str  # names the schedule strategy set: "cpu"
+    num_cores: int
+    features: tuple[str, ...]  # what the generated code needs from the machine
+
+    def uses_pass(self, name: str) -> bool:
+        """Does pass ``name`` apply when compiling for this target?"""
+        ...
+
+    def lanes(self, dtype: str = "float32") -> int:
+        """Elements of ``dtype`` per vector register."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form TVM's Target accepts; also the manifest's ``target``."""
+        ...
+
+    def tvm_target(self) -> Any:
+        """The ``tvm.target.Target`` for ``tvm.compile``."""
+        ...
+
+
+def resolve_target(target: Any = None) -> Target:
+    """A Target from what a user writes: None/"llvm"/"host" (this machine), "portable",
+    "x86-64-v3"-style levels, a dict like ``{"kind": "llvm", "mcpu": "znver4"}``, a
+    ``tvm.target.Target``, or a Target."""
+    if target is None or target in ("llvm", "host", "native"):
+        return host_target()
+    if isinstance(target, Target) and not isinstance(target, (str, Mapping)):
+        return target
+    if target == "portable":
+        return portable_target()
+    if hasattr(target, "export") and not isinstance(target, Mapping):  # a tvm.target.Target
+        return resolve_target(dict(target.export()))
+    if isinstance(target, str) and target.startswith("x86-64"):
+        return portable_target(target)
+    if isinstance(target, Mapping):
+        if target.get("kind", "llvm") != "llvm":
+            raise KilnError(f"codegen supports llvm (CPU) targets only, got {target!r}")
+        return cpu_target_of(target)
+    raise KilnError(
+        f"cannot make a CPU target of {target!r}: use 'llvm' (this machine), 'portable', "
+        "'x86-64-v3'-style levels, or a dict like {'kind': 'llvm', 'mcpu': 'znver4'}"
+    )
