@@ -123,11 +123,12 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     import tvm
     import tvm_ffi
 
-    from kiln.codegen.schedules import schedule
+    from kiln.codegen.schedules import schedule, tiling_for
 
     t_start = time.perf_counter()
     report = _reporter(progress)
     tgt = resolve_target(target)
+    tiling = tiling_for(tgt)
     _check_static(graph)
     missing = [v.name for v in graph.params if v.name not in graph.weights]
     if missing:
@@ -151,7 +152,7 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         ins = list(dict.fromkeys(node.inputs))
         const_arrays = {v.name: weights[v.name] for v in ins if v.name in weights}
         try:
-            group = lower_group([node], ins, list(node.outputs), const_arrays, tgt.lanes)
+            group = lower_group([node], ins, list(node.outputs), const_arrays, tiling)
         except (RuntimeError, ValueError, TypeError) as e:  # a TVM failure inside a builder
             raise KilnError(f"{node_context(node)}: lowering failed: {e}") from e
         for pname, arr in group.new_constants.items():

@@ -127,7 +127,7 @@ def cache_key(p: ConvProblem, target: Target, threads: int | None = None) -> str
 def _kernel(p: ConvProblem, cand: Candidate, target: Target):
     """The scheduled PrimFunc of one candidate, and its argument shapes."""
     from kiln.codegen.lower import lower_group
-    from kiln.codegen.schedules import schedule
+    from kiln.codegen.schedules import schedule, tiling_for
 
     ic = in_block(p.c, target.lanes(p.dtype))
     b = GraphBuilder("candidate")
@@ -136,7 +136,7 @@ def _kernel(p: ConvProblem, cand: Candidate, target: Target):
                                 p.dtype))
     (y,) = b.op("conv2d_nchwc", [x, w], {"strides": p.strides, "pads": p.pads,
                                           "dilations": p.dilations, "tile": cand.tile})
-    group = lower_group(b.nodes, [x, w], [y], {}, target.lanes)
+    group = lower_group(b.nodes, [x, w], [y], {}, tiling_for(target))
     shapes = [x.shape, w.shape, y.shape]
     return schedule(group.prim_func(), target), shapes
 

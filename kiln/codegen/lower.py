@@ -4,9 +4,11 @@
 (``kiln/codegen/ops/*.py`` register them). ``lower_group`` composes the builders of a
 sub-graph, so a fused group becomes ONE PrimFunc; a single node is the one-node group.
 
-Besides the op's own attributes a builder may find private ones, prefixed with ``_``:
-``_lanes`` (vector lanes of the element type on the target) and the packed-layout markers
-that ``pack.py`` adds when it re-laid out a constant input at compile time.
+A builder's compute says what is computed; how it is tiled comes from the target's schedule
+strategy (``schedules/<kind>``) as a ``Tiling`` in the private attribute ``_tiling`` (read it
+with ``ops.common.tiling``): vector lanes and register tiles never appear in a builder as
+constants. Besides it, the packed-layout markers that ``pack.py`` adds when it re-laid out a
+constant input at compile time are private attributes too (``_packed_b``, ...).
 """
 
 from __future__ import annotations
@@ -22,6 +24,22 @@ from kiln.ir.graph import Node, Value
 from kiln.ir.types import TensorType, format_types
 
 Lowering = Callable[[list, dict, list[TensorType]], Any]
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a target's strategy wants one op's compute laid out: ``lanes`` elements of the
+    output dtype per vector, GEMM register tiles of ``gemm_rows`` rows x ``gemm_cols(n)``
+    columns, and about ``conv_pixels`` output pixels per convolution register tile."""
+
+    lanes: int
+    gemm_rows: int
+    gemm_vectors: int  # vectors per GEMM register-tile row when N is wider than one vector
+    conv_pixels: int
+
+    def gemm_cols(self, n: int) -> int:
+        """Columns of a GEMM register tile (and of a packed B panel) for N = ``n``."""
+        return self.lanes if n <= self.lanes else self.gemm_vectors * self.lanes
 
 LOWERINGS: dict[str, Lowering] = {}
 # Ops deliberately without a lowering, with the reason (the coverage test reads this).
@@ -129,13 +147,13 @@ def lower_group(
     inputs: Sequence[Value],
     outputs: Sequence[Value],
     constants: Mapping[str, np.ndarray],
-    lanes: Callable[[str], int],
+    tiling: Callable[[Node], Tiling],
 ) -> LoweredGroup:
     """Compose the TE of ``nodes`` reading ``inputs`` and producing ``outputs``.
 
     ``constants`` are the arrays of the inputs that are constants: ``pack.py``'s rules may
-    re-lay them out at compile time (the kernel then reads the new constant). ``lanes(dtype)``
-    is the target's vector width in elements.
+    re-lay them out at compile time (the kernel then reads the new constant). ``tiling(node)``
+    is the target strategy's tiling of each node's compute.
     """
     from tvm import te
 
@@ -173,7 +191,7 @@ def lower_group(
         if fn is None:
             raise unsupported(node)
         attrs = dict(node.attrs)
-        attrs["_lanes"] = lanes(node.outputs[0].dtype if node.outputs else "float32")
+        attrs["_tiling"] = tiling(node)
         args_te = []
         for pos, v in enumerate(node.inputs):
             outer = alias.get(v, v)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kiln.codegen.ops.common import tiling
 from kiln.ir.graph import Node
 
 
@@ -40,11 +41,6 @@ def plan_packing(node: Node, position: int, array: np.ndarray, attrs: dict) -> P
     return fn(node, array, attrs) if fn is not None else None
 
 
-def gemm_nb(n: int, lanes: int) -> int:
-    """Columns of B per register tile: two vectors, or one when N fits in one."""
-    return lanes if n <= lanes else 2 * lanes
-
-
 def pack_gemm_b(b: np.ndarray, nb: int) -> np.ndarray:
     """[..., K, N] -> [..., ceil(N/nb), K, nb], zero-padded: each tile's K rows contiguous."""
     *batch, k, n = b.shape
@@ -59,8 +55,8 @@ def pack_gemm_b(b: np.ndarray, nb: int) -> np.ndarray:
 def _matmul_b(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
     if array.ndim < 2 or array.shape[-1] == 1:
         return None  # matrix-vector: a reduction reads the vector as is
-    nb = gemm_nb(array.shape[-1], int(attrs.get("_lanes", 16)))
+    nb = tiling(attrs).gemm_cols(array.shape[-1])
     return PackPlan(f"packed{nb}", pack_gemm_b(array, nb), {"_packed_b": nb})
 
 
-__all__ = ["PackPlan", "PACKERS", "packer", "plan_packing", "gemm_nb", "pack_gemm_b"]
+__all__ = ["PackPlan", "PACKERS", "packer", "plan_packing", "pack_gemm_b"]

@@ -127,7 +127,7 @@ def test_transposes_tiled_and_fused_match_numpy():
 def test_transposed_axis_finds_the_walked_axis():
     from tvm import s_tir, te
 
-    from kiln.codegen.schedules.common import blocks, transposed_axis
+    from kiln.codegen.schedules.cpu.common import blocks, transposed_axis
 
     x = te.placeholder((8, 16, 32), name="x")
     t = te.compute((32, 16, 8), lambda i, j, k: x[k, j, i] + 1.0, name="t")

@@ -14,6 +14,8 @@ from typing import Sequence
 
 from tvm import te, tirx
 
+from kiln.codegen.lower import Tiling
+from kiln.errors import KilnError
 from kiln.ir.types import TensorType
 
 
@@ -170,7 +172,24 @@ def log(x):
     return tirx.log(x)
 
 
+def tiling(attrs) -> Tiling:
+    """The target strategy's ``Tiling`` of this op (``lower.py`` puts it in ``_tiling``)."""
+    t = attrs.get("_tiling")
+    if t is None:
+        raise KilnError("a TE builder ran without a tiling: lower ops through lower_group, "
+                        "which asks the target's schedule strategy for one")
+    return t
+
+
 def target_lanes(attrs) -> int:
-    return int(attrs.get("_lanes", 16))
+    """Vector lanes of the op's output dtype on the target."""
+    return tiling(attrs).lanes
+
+
+def largest_divisor(n: int, at_most: int) -> int:
+    for d in range(min(n, at_most), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
 
 

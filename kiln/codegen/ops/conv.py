@@ -22,11 +22,9 @@ import numpy as np
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
-from kiln.codegen.ops import common as c
-from kiln.codegen.ops.common import const, dtype_of, shape_of
+from kiln.codegen.ops.common import const, dtype_of, largest_divisor, shape_of, tiling
 from kiln.codegen.ops.linalg import b_reader, gemm_stage
-from kiln.codegen.pack import PackPlan, gemm_nb, packer
-from kiln.codegen.schedules.common import largest_divisor
+from kiln.codegen.pack import PackPlan, packer
 from kiln.ir.graph import Node
 
 
@@ -36,22 +34,23 @@ def conv_blocks(channels: int, lanes: int) -> tuple[int, int]:
     return largest_divisor(channels, lanes), lanes
 
 
-def reg_cols(out_w: int) -> tuple[int, int]:
-    """(reg_n, padded OW): output columns per register tile (at most 28: 28 accumulators
-    of ``ocb`` lanes + a weight vector fit AVX-512's 32 registers)."""
-    if out_w <= 28:
+def reg_cols(out_w: int, pixels: int) -> tuple[int, int]:
+    """(reg_n, padded OW): output columns per register tile, at most ``pixels`` (the
+    target's accumulators: 28 of ``ocb`` lanes + a weight vector fit AVX-512's 32
+    registers)."""
+    if out_w <= pixels:
         return out_w, out_w
-    best = max(d for d in range(1, 29) if out_w % d == 0)
+    best = max(d for d in range(1, pixels + 1) if out_w % d == 0)
     if best >= 8:
         return best, out_w
     reg = 16
     return reg, -(-out_w // reg) * reg
 
 
-def reg_rows(out_h: int, reg_n: int) -> tuple[int, int]:
+def reg_rows(out_h: int, reg_n: int, pixels: int) -> tuple[int, int]:
     """(reg_h, padded OH): output rows per register tile, so that narrow outputs (14 or 7
-    columns) still fill ~28 accumulators and reuse each weight vector that many times."""
-    reg_h = max(1, 28 // reg_n) if reg_n < 16 else 1
+    columns) still fill ~``pixels`` accumulators and reuse each weight vector that often."""
+    reg_h = max(1, pixels // reg_n) if reg_n < 16 else 1
     reg_h = min(reg_h, out_h)
     return reg_h, -(-out_h // reg_h) * reg_h
 
@@ -89,7 +88,7 @@ def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
 
 @packer("conv2d", 1)
 def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    lanes = int(attrs.get("_lanes", 16))
+    lanes = tiling(attrs).lanes
     if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
         cb = largest_divisor(array.shape[0], lanes)
         return PackPlan(f"dw{cb}c", pack_depthwise_weight(array, cb), {"_packed_dw": cb})
@@ -129,7 +128,7 @@ def blocked_conv(xp, w, out_hw, strides, dilations, tile):
     return te.compute((n, ob, *out_hw, ocb), conv_fn, name="conv_nchwc", attrs=ann)
 
 
-def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed):
+def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, packed):
     """The blocked convolution of x[N, C, H, W] (te tensors); returns the NCHW output."""
     n, ch, h, wd = shape_of(x)
     o = out_shape[1]
@@ -139,11 +138,11 @@ def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed)
         kh, kw = shape_of(w)[2:4]
     else:
         kh, kw = shape_of(w)[2:]
-        icb, ocb = conv_blocks(ch, lanes)
+        icb, ocb = conv_blocks(ch, tiles.lanes)
     (sh, sw), (dh, dw) = strides, dilations
     top, left = pads[0], pads[1]
-    reg_n, ow_pad = reg_cols(ow)
-    reg_h, oh_pad = reg_rows(oh, reg_n)
+    reg_n, ow_pad = reg_cols(ow, tiles.conv_pixels)
+    reg_h, oh_pad = reg_rows(oh, reg_n, tiles.conv_pixels)
     hp = (oh_pad - 1) * sh + (kh - 1) * dh + 1
     wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
     dt = dtype_of(x)
@@ -175,16 +174,17 @@ def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed)
     return te.compute(tuple(out_shape), unpack, name="conv2d")
 
 
-def pointwise_gemm(x, w, bias, out_shape, lanes):
+def pointwise_gemm(x, w, bias, out_shape, tiles):
     """1x1 conv as ``out[n] = W[O, C] @ x[n][C, H*W]``: the register-tiled GEMM reads the
     weight as A and the activation in place as B (no layout change, output already NCHW)."""
     n, ch, h, wd = shape_of(x)
     o = out_shape[1]
     hw = h * wd
-    nb = gemm_nb(hw, lanes)
+    nb = tiles.gemm_cols(hw)
     b_at = b_reader(lambda bb, k, j: x[bb[0], k, j // wd, j % wd], (n,), (n,), hw, ch, nb,
                     dtype_of(x), raw_ok=True)
-    cp = gemm_stage((n,), o, hw, ch, lambda bidx, i, k: w[i, k, 0, 0], b_at, nb)
+    cp = gemm_stage((n,), o, hw, ch, lambda bidx, i, k: w[i, k, 0, 0], b_at, nb,
+                    tiles.gemm_rows)
 
     def out_fn(b, oo, i, j):
         v = cp[b, oo, i * wd + j]
@@ -193,14 +193,14 @@ def pointwise_gemm(x, w, bias, out_shape, lanes):
     return te.compute(tuple(out_shape), out_fn, name="conv2d_1x1")
 
 
-def depthwise_nchwc(x, w, bias, out_shape, strides, pads, dilations, lanes, packed):
+def depthwise_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, packed):
     """Depthwise x[N, C, H, W] * w[C, 1, kh, kw] in blocks of cb channels (vectorized)."""
     n, ch, h, wd = shape_of(x)
     oh, ow = out_shape[2], out_shape[3]
-    cb = packed or largest_divisor(ch, lanes)
+    cb = packed or largest_divisor(ch, tiles.lanes)
     kh, kw = (shape_of(w)[1:3] if packed else shape_of(w)[2:])
     (sh, sw), (dh, dw), (top, left) = strides, dilations, pads[:2]
-    reg_n, ow_pad = reg_cols(ow)
+    reg_n, ow_pad = reg_cols(ow, tiles.conv_pixels)
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow_pad - 1) * sw + (kw - 1) * dw + 1
     zero = const(0, dtype_of(x))
 
@@ -266,14 +266,13 @@ def conv2d(inputs, attrs, out_types):
     out_shape = tuple(out_types[0].shape)
     args = (attrs["strides"], attrs["pads"], attrs["dilations"])
     if attrs.get("_packed_dw") or _depthwise(attrs, shape_of(x)[1], out_shape[1]):
-        return depthwise_nchwc(x, w, bias, out_shape, *args, c.target_lanes(attrs),
+        return depthwise_nchwc(x, w, bias, out_shape, *args, tiling(attrs),
                                attrs.get("_packed_dw"))
     if attrs["groups"] != 1:
         return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
     if not attrs.get("_packed_w") and _pointwise(attrs, shape_of(w)[2:]):
-        return pointwise_gemm(x, w, bias, out_shape, c.target_lanes(attrs))
-    return conv2d_nchwc(x, w, bias, out_shape, *args, c.target_lanes(attrs),
-                        attrs.get("_packed_w"))
+        return pointwise_gemm(x, w, bias, out_shape, tiling(attrs))
+    return conv2d_nchwc(x, w, bias, out_shape, *args, tiling(attrs), attrs.get("_packed_w"))
 
 
 @lowering("conv1d")
@@ -293,5 +292,5 @@ def conv1d(inputs, attrs, out_types):
     if attrs["groups"] != 1:
         y = conv2d_direct(x4, w, bias, out4, *args, attrs["groups"])
     else:
-        y = conv2d_nchwc(x4, w, bias, out4, *args, c.target_lanes(attrs), packed)
+        y = conv2d_nchwc(x4, w, bias, out4, *args, tiling(attrs), packed)
     return te.compute(o_shape, lambda b, oo, j: y[b, oo, 0, j], name="conv1d")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
+from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.conv import blocked_conv, reg_cols, reg_rows
 from kiln.codegen.ops.nn import spatial_mean
@@ -53,8 +54,9 @@ def _tile(attrs, oh: int, ow: int) -> tuple[int, int, int, int]:
         reg_h, reg_n = attrs["tile"]
         reg_h, reg_n = min(reg_h, oh), min(reg_n, ow)
     else:
-        reg_n, _ = reg_cols(ow)
-        reg_h, _ = reg_rows(oh, reg_n)
+        pixels = c.tiling(attrs).conv_pixels
+        reg_n, _ = reg_cols(ow, pixels)
+        reg_h, _ = reg_rows(oh, reg_n, pixels)
     return reg_h, -(-oh // reg_h) * reg_h, reg_n, -(-ow // reg_n) * reg_n
 
 

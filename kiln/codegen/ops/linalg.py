@@ -2,12 +2,13 @@
 reduction for matrix-vector products.
 
 The GEMM stage ``gemm[batch..., Mp, Np]`` is computed on a domain padded to the register tile
-(``mr`` rows x ``nb`` columns), so the schedule (``schedules/gemm.py``) needs no predicates in
-its inner loops: A's rows are clamped (``min(i, M - 1)``; the extra rows are discarded) and B
-is either a constant packed at compile time (``pack.py``: ``[..., Np/nb, K, nb]``, zero
-padded), read in place (when N is a multiple of ``nb``), or packed per call by a ``pack``
-stage. The output stage copies the valid ``M x N`` corner; the schedule fuses it, and any
-elementwise epilogue of a fused group, into the write-back of the register tile.
+(``mr`` rows x ``nb`` columns, from the target strategy's ``Tiling``), so the schedule
+(``schedules/cpu/gemm.py``) needs no predicates in its inner loops: A's rows are clamped
+(``min(i, M - 1)``; the extra rows are discarded) and B is either a constant packed at
+compile time (``pack.py``: ``[..., Np/nb, K, nb]``, zero padded), read in place (when N is a
+multiple of ``nb``), or packed per call by a ``pack`` stage. The output stage copies the
+valid ``M x N`` corner; the schedule fuses it, and any elementwise epilogue of a fused group,
+into the write-back of the register tile.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.reduce import reduce_rows
-from kiln.codegen.pack import gemm_nb
 
-MR = 8  # rows of the register tile (8 rows x 2 vectors = 16 accumulators)
 RAW_B_MAX_K = 64  # a runtime B with a longer K is packed per call (see ``matmul``)
 
 
@@ -55,10 +54,10 @@ def b_reader(read, b_batch, out_batch, n: int, k_dim: int, nb: int, dtype: str, 
     return lambda bidx, k, j: bp[(*b_b(bidx), j // nb, k, j % nb)]
 
 
-def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int):
+def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, rows: int):
     """The padded ``gemm[batch..., Mp, Np] = sum_k a_at(b, min(i, M-1), k) * b_at(b, k, j)``
-    stage, annotated for ``schedules/gemm.py``."""
-    mr = MR if m >= MR else m
+    stage of register tiles of ``rows`` (at most) x ``nb``, annotated for the schedule."""
+    mr = rows if m >= rows else m
     m_pad, n_pad = -(-m // mr) * mr, -(-n // nb) * nb
     k = te.reduce_axis((0, k_dim), name="k")
 
@@ -75,7 +74,7 @@ def matmul(inputs, attrs, out_types):
     a, b = inputs
     out_shape = tuple(out_types[0].shape)
     a_shape, b_shape = shape_of(a), shape_of(b)
-    lanes = c.target_lanes(attrs)
+    tiles = c.tiling(attrs)
     packed = attrs.get("_packed_b")
     a_vec, b_vec = len(a_shape) == 1, (not packed and len(b_shape) == 1)
     k_dim = a_shape[-1]
@@ -97,10 +96,10 @@ def matmul(inputs, attrs, out_types):
             return a_at(bidx, i, k) * bv
 
         full = out_batch + (m, k_dim)
-        r = reduce_rows(read, full, (len(full) - 1,), "sum", dtype_of(a), lanes, "gemv")
+        r = reduce_rows(read, full, (len(full) - 1,), "sum", dtype_of(a), tiles.lanes, "gemv")
         return c.reshape(r, out_shape, name="gemv_out")
 
-    nb = packed or gemm_nb(n, lanes)
+    nb = packed or tiles.gemm_cols(n)
     if packed:
         def b_at(bidx, k, j):
             return b[(*b_b(bidx), j // nb, k, j % nb)]
@@ -112,7 +111,7 @@ def matmul(inputs, attrs, out_types):
         raw_ok = isinstance(b.op, te.PlaceholderOp) and k_dim <= RAW_B_MAX_K
         b_at = b_reader(lambda bb, k, j: b[(*bb, k, j)], b_batch, out_batch, n, k_dim, nb,
                         dtype_of(b), raw_ok=raw_ok)
-    cp = gemm_stage(out_batch, m, n, k_dim, a_at, b_at, nb)
+    cp = gemm_stage(out_batch, m, n, k_dim, a_at, b_at, nb, tiles.gemm_rows)
 
     def out_fn(*idx):
         nbat = len(out_batch)

@@ -1,106 +1,43 @@
-"""CPU schedules for the PrimFuncs that ``lower.py`` makes.
+"""Schedule strategies, one per target kind (``Target.kind``): ``cpu`` today.
 
-``schedule(func, target)`` inlines the injective stages, hands each anchor stage (the ones a
-TE builder annotated with ``kiln.sched``: ``gemm``, ``conv2d``) to its scheduler together
-with its epilogue, schedules row-wise normalizations as one row loop, and gives every other
-stage the generic parallel + vectorized schedule. Each step runs on a copy of the schedule:
-if TVM refuses it, the step falls back to a simpler schedule instead of failing the build.
+A strategy is a module with two functions:
+- ``tiling(node, target) -> Tiling``: the vector width and register tiles that the node's
+  TE compute is built for (``lower.lower_group`` hands it to the builder; builders hold no
+  target constants);
+- ``schedule(func, target) -> PrimFunc``: the schedule of one unscheduled PrimFunc (a node
+  or a fused group).
+A new target kind adds a package beside ``cpu/`` and one line to ``STRATEGIES``.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
+from types import ModuleType
 from typing import Callable
 
-from tvm import s_tir
+from kiln.codegen.lower import Tiling
+from kiln.errors import KilnError
+from kiln.ir.graph import Node
+from kiln.targets import Target
 
-from kiln.codegen.schedules.common import (
-    ScheduleError,
-    blocks,
-    extents,
-    inline_injective,
-    is_output,
-    is_reduction,
-    kind,
-    name,
-)
-from kiln.codegen.schedules.conv import schedule_conv2d
-from kiln.codegen.schedules.gemm import schedule_gemm
-from kiln.codegen.schedules.generic import (
-    schedule_injective,
-    schedule_pack,
-    schedule_reduction,
-    schedule_rows,
-)
-
-log = logging.getLogger("kiln.codegen")
-
-# anchor kind -> fn(sch, block, lanes, cores, epilogue) -> names of the blocks it scheduled
-ANCHORS: dict[str, Callable] = {"gemm": schedule_gemm, "conv2d": schedule_conv2d}
+STRATEGIES = {"cpu": "kiln.codegen.schedules.cpu"}
 
 
-def _dtype(sch, block) -> str:
-    body = sch.get(block).body
-    buf = getattr(body, "buffer", None)
-    return str(buf.dtype) if buf is not None else "float32"
+def strategy(target: Target) -> ModuleType:
+    """The strategy module of ``target``'s kind."""
+    module = STRATEGIES.get(target.kind)
+    if module is None:
+        raise KilnError(f"no schedule strategy for targets of kind {target.kind!r}; kiln has "
+                        f"{sorted(STRATEGIES)}")
+    return importlib.import_module(module)
 
 
-def _attempt(sch, step: Callable) -> tuple[object, bool, object]:
-    """Run ``step`` on a copy: (schedule to keep, whether it went through, its result)."""
-    trial = sch.copy()
-    try:
-        return trial, True, step(trial)
-    except (ScheduleError, RuntimeError, ValueError) as e:  # TVM's InternalError too
-        log.debug("schedule step refused, falling back: %s", str(e).splitlines()[-1:])
-        return sch, False, None
+def tiling_for(target: Target) -> Callable[[Node], Tiling]:
+    """``node -> Tiling`` of ``target``'s strategy, for ``lower_group``."""
+    fn = strategy(target).tiling
+    return lambda node: fn(node, target)
 
 
-def _step(fn: Callable, block_name: str, *args) -> Callable:
-    """A schedule step applying ``fn`` to the block called ``block_name``."""
-    return lambda s: fn(s, s.get_sblock(block_name), *args)
-
-
-def schedule(func, target) -> object:
-    """Schedule ``func`` (an unscheduled TE PrimFunc) for ``target`` (a CpuTarget)."""
-    cores = target.num_cores
-    sch = s_tir.Schedule(func)
-    inline_injective(sch)
-    done: set[str] = set()
-
-    for b in blocks(sch):
-        k = kind(sch, b)
-        if k not in ANCHORS:
-            continue
-        bname, lanes = name(sch, b), target.lanes(_dtype(sch, b))
-        fn = ANCHORS[k]
-        for epilogue in (True, False):
-            sch, ok, names = _attempt(sch, _step(fn, bname, lanes, cores, epilogue))
-            if ok:
-                break
-        if ok:
-            done.update(names)
-            done.update(n + "_init" for n in names)  # made by decompose_reduction
-
-    rest = [name(sch, b) for b in blocks(sch) if name(sch, b) not in done]
-    outputs = [n for n in rest if is_output(sch, sch.get_sblock(n))]
-    if not done and len(outputs) == 1 and any(
-        is_reduction(sch, sch.get_sblock(n)) for n in rest if n != outputs[0]
-    ):
-        out = outputs[0]
-        lanes = target.lanes(_dtype(sch, sch.get_sblock(out)))
-        trial, ok, fits = _attempt(
-            sch, lambda s: schedule_rows(s, s.get_sblock(out), lanes, cores))
-        if ok and fits:
-            return trial.mod["main"]
-
-    for n in rest:
-        b = sch.get_sblock(n)
-        if 0 in extents(sch, sch.get_loops(b)):
-            continue  # an empty tensor: nothing to schedule (and TVM cannot vectorize it)
-        lanes = target.lanes(_dtype(sch, b))
-        if is_reduction(sch, b):
-            fn = schedule_reduction
-        else:
-            fn = schedule_pack if kind(sch, b) == "pack" else schedule_injective
-        sch, _, _ = _attempt(sch, _step(fn, n, lanes, cores))
-    return sch.mod["main"]
+def schedule(func, target: Target):
+    """Schedule ``func`` with ``target``'s strategy."""
+    return strategy(target).schedule(func, target)

@@ -10,7 +10,7 @@ parallel; the reduction's init is decomposed last.
 
 from __future__ import annotations
 
-from kiln.codegen.schedules.common import (
+from kiln.codegen.schedules.cpu.common import (
     annotations,
     extent,
     reads_tile_exactly,

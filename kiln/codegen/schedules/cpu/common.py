@@ -75,13 +75,6 @@ def vectorize_inner(sch, loop, lanes: int, unroll_rest: bool = False) -> None:
         sch.unroll(outer)
 
 
-def largest_divisor(n: int, at_most: int) -> int:
-    for d in range(min(n, at_most), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
-
-
 _CHILDREN = ("a", "b", "value", "condition", "true_value", "false_value", "args", "indices")
 
 

@@ -14,10 +14,10 @@ Measured on the 2-core AVX-512 machine (fp32, GFLOP/s, 1 thread): 1024^3 232-237
 
 from __future__ import annotations
 
-from kiln.codegen.schedules.common import (
+from kiln.codegen.ops.common import largest_divisor
+from kiln.codegen.schedules.cpu.common import (
     annotations,
     extent,
-    largest_divisor,
     reads_tile_exactly,
     vectorize_inner,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from math import prod
 
-from kiln.codegen.schedules.common import (
+from kiln.codegen.schedules.cpu.common import (
     REDUCE,
     annotations,
     blocks,
