@@ -62,7 +62,7 @@ class _Draw:
             return self.draw(st.sampled_from(fits))
         shape = tuple(self.draw(st.integers(1, 5)) for _ in range(rank or self.draw(
             st.integers(1, 3))))
-        v = self.b.input(f"in{len(self.b._inputs)}", TensorType(shape))
+        v = self.b.input(f"in{len(self.b.inputs)}", TensorType(shape))
         return v
 
     # -- blocks ---------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ class _Draw:
         q = self.value(3)
         b, l, d = q.shape
         s = self.draw(st.integers(1, 4))
-        k = self.b.input(f"in{len(self.b._inputs)}", TensorType((b, s, d)))
+        k = self.b.input(f"in{len(self.b.inputs)}", TensorType((b, s, d)))
         kt = self.op("transpose", [k], perm=(0, 2, 1))
         spelling = self.draw(st.sampled_from(("none", "mul", "div", "scale_q")))
         if spelling == "scale_q":  # (q * s) @ k.T: simplify moves the scale after the matmul
@@ -94,7 +94,7 @@ class _Draw:
         if mask == "additive":
             scores = self.op("add", [scores, self.weight((1, l, s))])
         elif mask == "padding":
-            keep = self.b.input(f"in{len(self.b._inputs)}", TensorType((b, 1, s), "bool"))
+            keep = self.b.input(f"in{len(self.b.inputs)}", TensorType((b, 1, s), "bool"))
             scores = self.op("where", [keep, scores, self.scalar(-1e9)])
         elif mask == "causal":
             ones = self.op("full", [], shape=(l, s), value=1.0)
@@ -136,7 +136,7 @@ class _Draw:
         fits = [u for u in self.pool if u.type == v.type]
         if fits and self.draw(self.st().booleans()):
             return self.draw(self.st().sampled_from(fits))
-        return self.b.input(f"in{len(self.b._inputs)}", v.type)
+        return self.b.input(f"in{len(self.b.inputs)}", v.type)
 
     def reduce(self) -> Value:
         x = self.value()

@@ -283,19 +283,18 @@ def trace(model: Callable, name: str | None = None, **inputs: TensorSpec | Tenso
 def _name_outputs(tr: _Tracer, outputs: list[tuple[str, Tensor]]) -> None:
     """Give output values their names, copying those that are inputs, params or repeated."""
     b = tr.builder
-    produced = {v for n in b._nodes for v in n.outputs}
+    renamed: dict[Value, Value] = {}  # traced value -> its renamed replacement
     seen: set[Value] = set()
     final = []
     for name, t in outputs:
-        v = t.value
-        if v in seen or v not in produced:
+        v = renamed.get(t.value, t.value)
+        if v in seen or b.producer(v) is None:
             v = b.op("identity", [v])[0]
-        seen.add(v)
         if v.name != name:
-            if name in b._names:
+            if b.has_name(name):
                 raise TraceError(f"output name {name!r} clashes with an input or parameter")
-            b._names.discard(v.name)
-            b._names.add(name)
-            v.name = name
+            old, v = v, b.rename(v, name)
+            renamed[old] = v
+        seen.add(v)
         final.append(v)
     b.output(*final)

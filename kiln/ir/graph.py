@@ -1,13 +1,15 @@
 """The graph IR: typed SSA values, nodes and graphs, and the builder that makes them.
 
-A ``Graph`` is immutable by convention: passes build a new one with ``GraphBuilder`` rather
-than patching nodes in place. Values are compared by identity; their names are unique within a
-graph and are what the text form, the interpreter's inputs and the runtime's signature use.
+Values and nodes are immutable, and a ``Graph`` is immutable by convention: passes build a new
+one with ``GraphBuilder`` rather than patching nodes in place. Values are compared by identity;
+their names are unique within a graph and are what the text form, the interpreter's inputs and
+the runtime's signature use. A value is renamed through its builder (``GraphBuilder.rename``),
+which makes a new Value and puts it wherever the old one was.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -18,13 +20,27 @@ from kiln.ir.types import TensorType
 
 
 class Value:
-    """One SSA value: a graph input, a parameter, or one output of a node."""
+    """One SSA value: a graph input, a parameter, or one output of a node.
+
+    Immutable: assigning ``name`` or ``type`` raises AttributeError. To rename a value while
+    building a graph, use ``GraphBuilder.rename``, which returns a new Value.
+    """
 
     __slots__ = ("name", "type")
 
     def __init__(self, name: str, type: TensorType):
-        self.name = name
-        self.type = type
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "type", type)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError(f"Value %{self.name} is immutable (cannot set {attr!r}); rename "
+                             "a value with GraphBuilder.rename")
+
+    def __delattr__(self, attr: str) -> None:
+        raise AttributeError(f"Value %{self.name} is immutable (cannot delete {attr!r})")
+
+    def __reduce__(self):
+        return Value, (self.name, self.type)
 
     @property
     def shape(self):
@@ -163,7 +179,9 @@ class GraphBuilder:
     """Builds a Graph node by node, inferring (and so checking) every node's types.
 
     ``unique`` names are made by adding a numeric suffix; values defined by ``op`` without a
-    name hint are numbered ``%0, %1, ...``.
+    name hint are numbered ``%0, %1, ...``. What has been built so far is readable through
+    ``inputs``, ``params``, ``nodes``, ``outputs``, ``last_node``, ``producer`` and
+    ``has_name``; ``rename`` is the one way to change a value already added.
     """
 
     def __init__(self, name: str = "main"):
@@ -175,6 +193,46 @@ class GraphBuilder:
         self._weights: dict[str, np.ndarray] = {}
         self._names: set[str] = set()
         self._counter = 0
+        self._producer: dict[Value, int] = {}  # node output -> index of its node in _nodes
+        self._users: dict[Value, list[int]] = {}  # value -> indices of the nodes reading it
+
+    # -- what has been built so far ------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        """The inputs added so far, in order."""
+        return tuple(self._inputs)
+
+    @property
+    def params(self) -> tuple[Value, ...]:
+        """The parameters added so far, in order."""
+        return tuple(self._params)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The nodes added so far, in order."""
+        return tuple(self._nodes)
+
+    @property
+    def outputs(self) -> tuple[Value, ...]:
+        """The outputs set so far, in order."""
+        return tuple(self._outputs)
+
+    @property
+    def last_node(self) -> Node:
+        """The node added last (by ``op`` or ``add_node``)."""
+        if not self._nodes:
+            raise KilnError(f"graph {self.name!r} has no nodes yet")
+        return self._nodes[-1]
+
+    def producer(self, value: Value) -> Node | None:
+        """The node of this builder that defines ``value``; None for an input, a parameter
+        or a value this builder does not hold."""
+        index = self._producer.get(value)
+        return None if index is None else self._nodes[index]
+
+    def has_name(self, name: str) -> bool:
+        """Whether a value of this builder is called ``name`` (or the name is reserved)."""
+        return name in self._names
 
     def free_name(self, hint: str) -> str:
         """``hint``, or ``hint_1``, ``hint_2``, ... whichever is not taken yet (not reserved)."""
@@ -234,7 +292,7 @@ class GraphBuilder:
         if len(hints) != len(out_types):
             raise KilnError(f"{op}: {len(hints)} output names given, {len(out_types)} outputs")
         outs = tuple(Value(self.unique(h), t) for h, t in zip(hints, out_types))
-        self._nodes.append(Node(op, tuple(inputs), attrs_n, outs, origin))
+        self._append(Node(op, tuple(inputs), attrs_n, outs, origin))
         return list(outs)
 
     def add_node(self, node: Node) -> None:
@@ -243,10 +301,57 @@ class GraphBuilder:
             if v.name in self._names:
                 raise KilnError(f"graph {self.name!r} already has a value named %{v.name}")
             self._names.add(v.name)
+        self._append(node)
+
+    def _append(self, node: Node) -> None:
+        index = len(self._nodes)
         self._nodes.append(node)
+        for v in node.outputs:
+            self._producer[v] = index
+        for v in dict.fromkeys(node.inputs):
+            self._users.setdefault(v, []).append(index)
 
     def output(self, *values: Value) -> None:
         self._outputs.extend(values)
+
+    def rename(self, value: Value, name: str) -> Value:
+        """Rename ``value`` (an input, parameter or node output of this builder) to ``name``.
+
+        Values are immutable, so this makes a new Value of the same type and puts it wherever
+        the builder holds the old one: the input or parameter list (and the weights), the
+        node defining it and the nodes reading it (each replaced by an updated copy), the
+        outputs. Returns the new Value; the old one (and any Node object taken from the
+        builder before) no longer belongs to the graph: use the returned one from here on.
+        Renaming to the current name returns ``value`` itself; a name that is taken raises
+        KilnError.
+        """
+        if name == value.name:
+            return value
+        holders = [lst for lst in (self._inputs, self._params) if any(v is value for v in lst)]
+        if value not in self._producer and not holders:
+            raise KilnError(f"graph {self.name!r}: cannot rename %{value.name}, which is not "
+                            "one of its values")
+        if name in self._names:
+            raise KilnError(f"graph {self.name!r} already has a value named %{name}")
+        new = Value(name, value.type)
+        self._names.discard(value.name)
+        self._names.add(name)
+        for lst in holders + [self._outputs]:
+            lst[:] = [new if v is value else v for v in lst]
+        if value.name in self._weights and any(v is new for v in self._params):
+            self._weights[name] = self._weights.pop(value.name)
+        touched = self._users.pop(value, [])
+        if value in self._producer:
+            index = self._producer.pop(value)
+            self._producer[new] = index
+            touched = [index, *touched]
+        if touched:
+            self._users[new] = [i for i in touched if value in self._nodes[i].inputs]
+        for i in dict.fromkeys(touched):
+            n = self._nodes[i]
+            self._nodes[i] = replace(n, inputs=tuple(new if v is value else v for v in n.inputs),
+                                     outputs=tuple(new if v is value else v for v in n.outputs))
+        return new
 
     def build(self) -> Graph:
         return Graph(

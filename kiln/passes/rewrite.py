@@ -43,16 +43,15 @@ def add_param(b: GraphBuilder, name: str, array: np.ndarray | None, type=None) -
 
 def finish(b: GraphBuilder, graph: Graph, env: dict[Value, Value]) -> Graph:
     """Set the outputs (keeping their names) and drop parameters nothing reads."""
-    produced = {v for n in b._nodes for v in n.outputs}
     outs: list[Value] = []
+    renamed: dict[Value, Value] = {}  # env's value -> its renamed replacement
     for old in graph.outputs:
-        new = env[old]
-        if new.name != old.name and new in produced and new not in outs \
-                and old.name not in b._names:
-            b._names.discard(new.name)  # a rewritten value takes the output's name
-            b._names.add(old.name)
-            new.name = old.name
-        elif new.name != old.name or new not in produced or new in outs:
+        new = renamed.get(env[old], env[old])
+        produced = b.producer(new) is not None
+        if new.name != old.name and produced and new not in outs and not b.has_name(old.name):
+            # a rewritten value takes the output's name
+            new = renamed[env[old]] = b.rename(new, old.name)
+        elif new.name != old.name or not produced or new in outs:
             # the output is now an input, a parameter or another output: copy it, so the
             # graph's output names stay what the user sees
             new = b.op("identity", [new], names=[old.name])[0]

@@ -324,3 +324,84 @@ def test_builder_refuses_duplicate_names_and_bad_ops():
         b.op("add", [x])
     (y,) = b.op("relu", [x], names=["x"])  # a taken hint gets a suffix
     assert y.name == "x_1"
+
+
+# -- immutable values, renaming through the builder --------------------------------------------
+
+
+def test_values_are_immutable():
+    v = Value("x", F23)
+    with pytest.raises(AttributeError, match=r"Value %x is immutable.*GraphBuilder.rename"):
+        v.name = "y"
+    with pytest.raises(AttributeError, match="immutable"):
+        v.type = TensorType((3,))
+    with pytest.raises(AttributeError, match="immutable"):
+        del v.name
+    with pytest.raises(AttributeError):
+        v.extra = 1  # no other attributes either
+    assert (v.name, v.type) == ("x", F23)
+    import copy
+    import pickle
+
+    for clone in (copy.deepcopy(v), pickle.loads(pickle.dumps(v))):
+        assert clone is not v and (clone.name, clone.type) == ("x", F23)
+
+
+def test_rename_substitutes_the_value_everywhere():
+    b = GraphBuilder("g")
+    x = b.input("x", F23)
+    w = b.param("w", np.ones((2, 3), np.float32))
+    (y,) = b.op("relu", [x])
+    (s,) = b.op("mul", [y, y])
+    (t,) = b.op("add", [y, w])
+    b.output(y, s)
+    y2 = b.rename(y, "hidden")
+    assert y2 is not y and (y.name, y2.name, y2.type) == ("0", "hidden", y.type)
+    assert b.producer(y) is None and b.producer(y2) is b.nodes[0]
+    assert b.nodes[0].outputs == (y2,)
+    assert b.nodes[1].inputs == (y2, y2) and b.nodes[2].inputs == (y2, w)
+    assert b.outputs == (y2, s)
+    assert b.has_name("hidden") and not b.has_name("0")
+    # inputs and parameters (with their weights) too
+    x2, w2 = b.rename(x, "image"), b.rename(w, "weight")
+    assert b.inputs == (x2,) and b.params == (w2,) and b.nodes[0].inputs == (x2,)
+    assert b.nodes[2].inputs == (y2, w2)
+    b.output(t)
+    g = verify(b.build())
+    assert set(g.weights) == {"weight"}
+    assert g.users[y2] == [g.nodes[1], g.nodes[2]] and g.producers[y2] is g.nodes[0]
+    assert str(g).splitlines()[0] == "graph g(%image: float32[2, 3]) {"
+    (out,) = interpret(g, {"image": -np.ones((2, 3), np.float32)})[2:]
+    np.testing.assert_array_equal(out, np.ones((2, 3), np.float32))
+    # a renamed value is followed by later renames of the same value
+    y3 = b.rename(y2, "h")
+    assert b.producer(y3).outputs == (y3,) and b.nodes[1].inputs == (y3, y3)
+
+
+def test_rename_refuses_taken_names_and_foreign_values():
+    b = GraphBuilder("g")
+    x = b.input("x", F23)
+    (y,) = b.op("relu", [x])
+    assert b.rename(y, y.name) is y  # the same name: nothing to do
+    with pytest.raises(KilnError, match=r"graph 'g' already has a value named %x"):
+        b.rename(y, "x")
+    with pytest.raises(KilnError, match=r"cannot rename %z, which is not one of its values"):
+        b.rename(Value("z", F23), "q")
+    b.rename(y, "y")
+    with pytest.raises(KilnError, match=r"cannot rename %0"):
+        b.rename(y, "again")  # the old value left the builder when it was renamed
+
+
+def test_builder_views():
+    b = GraphBuilder("g")
+    with pytest.raises(KilnError, match="has no nodes yet"):
+        _ = b.last_node
+    x = b.input("x", F23)
+    w = b.param("w", type=F23)
+    (y,) = b.op("add", [x, w])
+    assert b.last_node.op == "add" and b.last_node.outputs == (y,)
+    assert b.producer(y) is b.last_node and b.producer(x) is None and b.producer(w) is None
+    assert b.inputs == (x,) and b.params == (w,) and b.nodes == (b.last_node,)
+    assert b.outputs == () and b.has_name("w") and not b.has_name("v")
+    b.output(y)
+    assert b.outputs == (y,)

@@ -277,9 +277,7 @@ class Context:
             op, inputs, attrs, origin, siblings = ref.recipe
             outs = self.builder.op(op, [self.value(r) for r in inputs], attrs, origin=origin)
             for r, v in zip(siblings, outs):
-                r.value = v
-                if r.name:
-                    self.rename(v, r.name)
+                r.value = self.rename(v, r.name) if r.name else v
             return ref.value
         if ref.fill is not None and ref.type.is_static:
             v = self.builder.op("full", [], {"shape": ref.shape, "value": ref.fill.item(),
@@ -308,14 +306,15 @@ class Context:
         ref.value = v
         return v
 
-    def rename(self, value: Value, name: str) -> None:
-        """Give a value made for the current node the ONNX name of the tensor it stands for."""
-        b = self.builder
-        if value.name == name or name in b._names:
-            return
-        b._names.discard(value.name)
-        b._names.add(name)
-        value.name = name
+    def rename(self, value: Value, name: str) -> Value:
+        """Give a value made for the current node the ONNX name of the tensor it stands for
+        (unless that name is taken). Returns the value to use from now on: the renamed one,
+        or ``value`` itself if it keeps its name."""
+        if value.name == name or self.builder.has_name(name):
+            return value
+        new = self.builder.rename(value, name)
+        self.created = [new if v is value else v for v in self.created]
+        return new
 
 
 class NodeContext:

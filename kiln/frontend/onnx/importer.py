@@ -307,11 +307,10 @@ def _convert(graph: onnx.GraphProto, opset: int, given: dict[str, Any]) -> Graph
         if ref.value is None and ref.named:
             ref.name = f"{out.name}.value"  # the output itself takes the ONNX name
         v = ctx.value(ref)
-        if v in used or v in b._inputs or v in b._params:
-            v = b.op("identity", [v], origin="onnx:output")[0]
-            ctx.rename(v, out.name)
+        if v in used or b.producer(v) is None:  # an input, a parameter or another output
+            v = ctx.rename(b.op("identity", [v], origin="onnx:output")[0], out.name)
         elif v.name != out.name:
-            ctx.rename(v, out.name)
+            v = ref.value = ctx.rename(v, out.name)
         used.add(v)
         b.output(v)
     return b.build()
@@ -354,7 +353,7 @@ def _convert_node(ctx: Context, env: dict[str, Ref], declared: dict, node: onnx.
             raise KilnError(f"{where}: output {name!r} is already defined (by an input, an "
                             "initializer or an earlier node); ONNX names are defined once")
         if ref.value is not None and ref.value in ctx.created:
-            ctx.rename(ref.value, name)
+            ref.value = ctx.rename(ref.value, name)
         if not ref.name:
             ref.name = name
         if name in declared:
