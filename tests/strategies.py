@@ -56,7 +56,7 @@ def dims(symbolic: bool = True) -> st.SearchStrategy:
 
 
 UNARY = ("relu", "neg", "exp", "tanh", "sigmoid", "abs", "sin", "identity", "leaky_relu",
-         "elu", "gelu", "softplus", "hardtanh", "heaviside", "clip")
+         "elu", "gelu", "softplus", "hardtanh", "heaviside", "clip", "hardswish")
 BINARY = ("add", "sub", "mul", "div", "maximum", "minimum", "pow")
 REDUCE = ("sum", "mean", "max", "min", "logsumexp", "prod")
 KINDS = ("unary", "binary", "reduce", "arg", "softmax", "matmul", "split", "compare", "where",

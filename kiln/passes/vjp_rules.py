@@ -88,6 +88,11 @@ def _silu(c: VJPContext, g: Var) -> Var:
     return g * s * (1 + c.x * (1 - s))
 
 
+def _hardswish(c: VJPContext, g: Var) -> Var:
+    # PyTorch's: 0 below -3, x / 3 + 1/2 on [-3, 3], 1 above
+    return c.where(c.x < -3, 0, c.where(c.x <= 3, g * (c.x * (1 / 3) + 0.5), g))
+
+
 def _softplus(c: VJPContext, g: Var) -> Var:
     bx = c.x * c.attrs["beta"]
     return c.where(bx > c.attrs["threshold"], g, g * c.sigmoid(bx))
@@ -125,6 +130,7 @@ ELEMENTWISE = {
     "tanh": lambda c, g: g * (1 - c.y * c.y),
     "gelu": _gelu,
     "silu": _silu,
+    "hardswish": _hardswish,
     "softplus": _softplus,
     "heaviside": lambda c, g: None,  # zero almost everywhere
     "hardtanh": lambda c, g: c.where((c.x > c.attrs["min_val"]) & (c.x < c.attrs["max_val"]),

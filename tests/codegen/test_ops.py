@@ -43,7 +43,7 @@ UNARY = {
     "neg": FAST_MATH, "abs": EXACT, "sign": EXACT, "exp": FAST_MATH, "sin": ELEMWISE,
     "cos": ELEMWISE, "erf": FAST_MATH, "floor": EXACT, "ceil": EXACT, "round": EXACT,
     "relu": EXACT, "sigmoid": FAST_MATH, "tanh": FAST_MATH, "silu": FAST_MATH,
-    "identity": EXACT, "heaviside": EXACT,
+    "identity": EXACT, "heaviside": EXACT, "hardswish": ELEMWISE,
 }
 POSITIVE = {"log": ELEMWISE, "sqrt": ELEMWISE, "rsqrt": ELEMWISE, "reciprocal": ELEMWISE}
 WITH_ATTRS = [

@@ -152,6 +152,7 @@ UNARY = [
     Unary("gelu", lambda x, approximate: F.gelu(x, approximate=approximate),
           attrs=maybe(approximate=st.sampled_from(["none", "tanh"]))),
     Unary("silu", F.silu, -50, 50),
+    Unary("hardswish", F.hardswish, -10, 10),
     Unary("softplus", lambda x, beta, threshold: F.softplus(x, beta, threshold), -30, 30,
           attrs=maybe(beta=st.floats(0.25, 4), threshold=st.floats(0.5, 30))),
     Unary("heaviside", lambda x, value_at_zero: torch.heaviside(x, torch.tensor(value_at_zero,

@@ -45,7 +45,7 @@ OP_CASES = [
     ("logical_not", "logical_not", [T(5, dtype="bool")], {}, None),
     *[(op, op, [T(2, 3)], {}, None) for op in (
         "neg", "abs", "sign", "exp", "sin", "cos", "erf", "floor", "ceil", "round", "relu",
-        "sigmoid", "tanh", "silu", "identity")],
+        "sigmoid", "tanh", "silu", "hardswish", "identity")],
     *[(op, op, [T(2, 3)], {}, "positive") for op in ("log", "sqrt", "rsqrt", "reciprocal")],
     ("where", "where", [T(2, 3, dtype="bool"), T(2, 3), T(3)], {}, None),
     ("cast_int", "cast", [T(2, 3)], {"dtype": "int32"}, None),
@@ -181,7 +181,7 @@ def test_op_exports(case, opset):
     assert_close(ort_run(model, feeds), kiln.interpret(graph, feeds), rtol=1e-5, atol=1e-6)
 
 
-VERSIONED = {"gelu", "gelu_tanh", "layer_norm", "layer_norm_plain", "mean_1", "max_2",
+VERSIONED = {"gelu", "gelu_tanh", "hardswish", "layer_norm", "layer_norm_plain", "mean_1", "max_2",
              "logsumexp_0", "tril", "triu", "lrn_even"}
 
 

@@ -99,6 +99,8 @@ UNARY = {
     "identity": normal, "sigmoid": normal, "tanh": normal, "silu": normal,
     "log": positive, "sqrt": positive, "rsqrt": positive,
     "reciprocal": lambda rng, s: away(normal(rng, s), 0, margin=0.3),
+    # all three pieces, off the kinks at -3 and 3
+    "hardswish": lambda rng, s: away(away(3 * normal(rng, s), 3, margin=0.2), -3, margin=0.2),
     "abs": lambda rng, s: away(normal(rng, s), 0),
     "relu": lambda rng, s: away(normal(rng, s), 0),
     "heaviside": lambda rng, s: away(normal(rng, s), 0),

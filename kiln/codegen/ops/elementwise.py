@@ -111,6 +111,7 @@ _UNARY = {
     "sigmoid": c.sigmoid,
     "tanh": c.tanh,
     "silu": lambda x: x * c.sigmoid(x),
+    "hardswish": lambda x: x * _clip(x + const(3, dtype_of(x)), 0, 6) / const(6, dtype_of(x)),
 }
 
 for _op, _fn in _BINARY.items():

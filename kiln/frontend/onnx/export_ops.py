@@ -123,6 +123,14 @@ def _silu(e, node, ins, outs):
     e.add("Mul", [ins[0], e.add1("Sigmoid", ins)], outs)
 
 
+@exports("hardswish")
+def _hardswish(e, node, ins, outs):
+    if e.opset >= 14:
+        e.add("HardSwish", ins, outs)
+    else:  # x * HardSigmoid(x) with alpha 1/6, beta 1/2
+        e.add("Mul", [ins[0], e.add1("HardSigmoid", ins, alpha=1 / 6, beta=0.5)], outs)
+
+
 @exports("softplus")
 def _softplus(e, node, ins, outs):
     """Softplus(beta x) / beta, and x itself where beta x > threshold."""

@@ -83,6 +83,12 @@ def heaviside(x, value_at_zero):
     return np.heaviside(x, _c(value_at_zero, x)).astype(x.dtype)
 
 
+@register("hardswish", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(4))
+def hardswish(x):
+    """x * relu6(x + 3) / 6 (MobileNetV3; PyTorch's formula, ONNX HardSwish)."""
+    return x * np.clip(x + _c(3, x), _c(0, x), _c(6, x)) / _c(6, x)
+
+
 def _hardtanh_infer(types, attrs):
     if attrs["min_val"] > attrs["max_val"]:
         fail(f"hardtanh min_val {attrs['min_val']} > max_val {attrs['max_val']}")

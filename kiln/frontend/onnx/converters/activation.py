@@ -86,7 +86,7 @@ def hardsigmoid(n: NodeContext) -> Ref:
 
 @converter("HardSwish", 14, 22)
 def hardswish(n: NodeContext) -> Ref:
-    return n.op("mul", n.x, hard_sigmoid(n, n.x, 1 / 6, 0.5))
+    return n.op("hardswish", n.x)
 
 
 @converter("ThresholdedRelu", 10, 22)
