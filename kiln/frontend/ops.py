@@ -44,7 +44,8 @@ logical_and, logical_or, logical_xor = map(_binary, ["logical_and", "logical_or"
 logical_not, neg, abs, sign, exp, log, sqrt, rsqrt, reciprocal = map(
     _unary, ["logical_not", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "reciprocal"])
 sin, cos, erf, floor, ceil, round = map(_unary, ["sin", "cos", "erf", "floor", "ceil", "round"])
-relu, sigmoid, tanh, silu = map(_unary, ["relu", "sigmoid", "tanh", "silu"])
+relu, sigmoid, tanh, silu, hardswish = map(
+    _unary, ["relu", "sigmoid", "tanh", "silu", "hardswish"])
 identity = _unary("identity")
 
 

@@ -74,6 +74,7 @@ CASES = [
     ("sigmoid", lambda m: m.Sigmoid(), (3, 4)),
     ("tanh", lambda m: m.Tanh(), (3, 4)),
     ("silu", lambda m: m.SiLU(), (3, 4)),
+    ("hardswish", lambda m: m.Hardswish(), (2, 8)),
     ("softplus", lambda m: m.Softplus(beta=2.0, threshold=5.0), (3, 4)),
     ("softmax", lambda m: m.Softmax(dim=1), (3, 4)),
     ("softmax_legacy_dim", lambda m: m.Softmax(), (2, 3, 4)),

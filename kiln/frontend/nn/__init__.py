@@ -4,6 +4,7 @@ from kiln.frontend.nn import init
 from kiln.frontend.nn.activation import (
     ELU,
     GELU,
+    Hardswish,
     Hardtanh,
     LeakyReLU,
     LogSoftmax,
@@ -57,5 +58,5 @@ __all__ = ["Buffer", "Module", "ModuleList", "Parameter", "Sequential", "generat
            "init", "Linear", "Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "LocalResponseNorm",
            "Embedding", "Dropout", "Flatten", "Unflatten", "Identity", "ReLU", "LeakyReLU",
-           "ELU", "GELU", "Hardtanh", "ReLU6", "Sigmoid", "Tanh", "SiLU", "Softplus", "Softmax",
-           "LogSoftmax"]
+           "ELU", "GELU", "Hardswish", "Hardtanh", "ReLU6", "Sigmoid", "Tanh", "SiLU", "Softplus",
+           "Softmax", "LogSoftmax"]

@@ -122,6 +122,19 @@ class Tanh(_Simple):
     _fn = "tanh"
 
 
+class Hardswish(_Simple):
+    """x * relu6(x + 3) / 6 (MobileNetV3)."""
+
+    _fn = "hardswish"
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return _inplace(self.inplace)
+
+
 class SiLU(_Simple):
     """x * sigmoid(x) (swish)."""
 
@@ -180,4 +193,4 @@ class LogSoftmax(Softmax):
 
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Hardtanh", "ReLU6", "Sigmoid", "Tanh", "SiLU",
-           "Softplus", "Softmax", "LogSoftmax"]
+           "Hardswish", "Softplus", "Softmax", "LogSoftmax"]
