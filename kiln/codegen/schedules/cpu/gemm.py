@@ -1,4 +1,5 @@
-"""The register-tiled GEMM schedule (shared/TVM_NOTES.md's recipe, which reached numpy speed).
+"""The register-tiled GEMM schedule (TVM's recipe for a CPU GEMM: a register tile in ``local``
+scope, reduction split and unrolled, vectorized columns; it reached numpy's speed).
 
 For the padded ``gemm[batch..., Mp, Np] += A[i, k] * B[k, j]`` stage of ``ops/linalg.py``:
 i splits into [i0, i1, i2 = mr], j into [j0, j1 = nb] (two vectors), k into [k0, k1 <= 4];
