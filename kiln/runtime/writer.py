@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-import kiln
+from kiln import __version__ as kiln_version
 from kiln.errors import ArtifactError
 from kiln.runtime import format as fmt
 from kiln.runtime.planner import check_plan, plan_memory
@@ -118,7 +118,7 @@ def _complete_manifest(manifest: dict[str, Any], weights: dict[str, np.ndarray])
         raise ArtifactError(f"the manifest is not JSON-serializable: {e}") from e
     m.setdefault("format", fmt.FORMAT_NAME)
     m.setdefault("format_version", fmt.FORMAT_VERSION)
-    m.setdefault("kiln_version", kiln.__version__)
+    m.setdefault("kiln_version", kiln_version)
     m.setdefault("cpu_features", [])
     m.setdefault("constants", sorted(weights))
     if "build" not in m:
