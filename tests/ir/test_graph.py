@@ -392,6 +392,27 @@ def test_rename_refuses_taken_names_and_foreign_values():
         b.rename(y, "again")  # the old value left the builder when it was renamed
 
 
+def test_only_graph_py_touches_a_builders_private_fields():
+    """Everything else goes through GraphBuilder's public API (read on the source)."""
+    import ast
+    from pathlib import Path
+
+    kiln = Path(__file__).resolve().parents[2] / "kiln"
+    graph_py = kiln / "ir" / "graph.py"
+    builder = next(n for n in ast.parse(graph_py.read_text()).body
+                   if isinstance(n, ast.ClassDef) and n.name == "GraphBuilder")
+    private = {n.attr for n in ast.walk(builder) if isinstance(n, ast.Attribute)
+               and isinstance(n.value, ast.Name) and n.value.id == "self"
+               and n.attr.startswith("_") and not n.attr.startswith("__")}
+    assert {"_names", "_nodes", "_inputs", "_params"} <= private
+    found = [f"{path.relative_to(kiln.parent)}:{n.lineno} .{n.attr}"
+             for path in sorted(kiln.rglob("*.py")) if path != graph_py
+             for n in ast.walk(ast.parse(path.read_text()))
+             if isinstance(n, ast.Attribute) and n.attr in private
+             and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
+    assert not found, found
+
+
 def test_builder_views():
     b = GraphBuilder("g")
     with pytest.raises(KilnError, match="has no nodes yet"):
