@@ -43,6 +43,34 @@ def test_gemm_odd_shapes_match_numpy(b_const):
     assert len(gemm_kernels) >= 5  # the register-tiled schedule, not a fallback
 
 
+@pytest.mark.parametrize("b_const", [True, False])
+def test_one_row_batches_fold_into_one_gemm_with_its_epilogue(b_const):
+    """[S, 1, K] @ [K, N] (+ bias, relu) is one register-tiled GEMM over S rows with the
+    epilogue in its write-back; S = 37 is no multiple of the tile's rows."""
+    s, k, n = 37, 50, 70
+    a, w, bias = _randn(s, 1, k), _randn(k, n), _randn(n)
+    builder = GraphBuilder("fold")
+    av = builder.input("a", TensorType.of(a))
+    wv = builder.param("w", w) if b_const else builder.input("w", TensorType.of(w))
+    (y,) = builder.op("matmul", [av, wv])
+    (y,) = builder.op("add", [y, builder.param("bias", bias)])
+    (y,) = builder.op("relu", [y])
+    builder.output(y)
+    from kiln.passes.manager import optimize
+
+    res = build(optimize(builder.build(), 2))
+    feeds = {"a": a} if b_const else {"a": a, "w": w}
+    want = np.maximum(np.matmul(a.astype(np.float64), w) + bias, 0)
+    np.testing.assert_allclose(res.run(feeds)[0], want, rtol=1e-4, atol=1e-4)
+    (script,) = [f.script() for f in res.module.functions.values()]
+    # the tile stays in registers and the epilogue is written from them, under one
+    # parallel loop: no global gemm buffer, no second loop nest for the epilogue
+    # one [40, 96] GEMM (37 rows padded to 8-row tiles), not 37 [1, 96] ones
+    assert 'gemm_local = T.sblock_alloc_buffer((40, 96), scope="local")' in script
+    assert "gemm = T.sblock_alloc_buffer" not in script and script.count("T.parallel(") == 1
+    assert script.index("T.parallel(") < script.index('T.sblock("relu")')
+
+
 def test_batched_and_broadcast_matmul_match_numpy():
     cases = [((2, 3, 17, 19), (2, 3, 19, 23)), ((4, 33, 8), (8, 40)), ((5, 7), (3, 7, 9)),
              ((2, 1, 6, 5), (1, 3, 5, 34))]

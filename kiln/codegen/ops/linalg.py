@@ -100,6 +100,11 @@ def matmul(inputs, attrs, out_types):
         return c.reshape(r, out_shape, name="gemv_out")
 
     nb = packed or tiles.gemm_cols(n)
+    # [S, 1, K] @ [K, N] (a seq-first attention projection, a batch of decode steps): one
+    # GEMM over the S rows, not S one-row GEMMs that each stream all of B. Only for one
+    # batch axis: the tile's consumers must read it by plain indices (schedules/cpu/gemm.py)
+    fold = m == 1 and not a_vec and not b_batch and len(out_batch) == 1 and out_batch[0] > 1
+    g_batch, g_m = ((), out_batch[0]) if fold else (out_batch, m)
     if packed:
         def b_at(bidx, k, j):
             return b[(*b_b(bidx), j // nb, k, j % nb)]
@@ -109,9 +114,13 @@ def matmul(inputs, attrs, out_types):
         # packed: 1024x768x3072 85 vs 182 GFLOP/s, 64x768x3072 54 vs 103, 12x[128x128x64]
         # 82 vs 113; only for K <= 64 (12x[128x64x128]: 160 vs 147) is in place better.
         raw_ok = isinstance(b.op, te.PlaceholderOp) and k_dim <= RAW_B_MAX_K
-        b_at = b_reader(lambda bb, k, j: b[(*bb, k, j)], b_batch, out_batch, n, k_dim, nb,
+        b_at = b_reader(lambda bb, k, j: b[(*bb, k, j)], b_batch, g_batch, n, k_dim, nb,
                         dtype_of(b), raw_ok=raw_ok)
-    cp = gemm_stage(out_batch, m, n, k_dim, a_at, b_at, nb, tiles.gemm_rows)
+    if fold:
+        cp = gemm_stage((), g_m, n, k_dim, lambda bidx, r, k: a[r, 0, k],
+                        lambda bidx, k, j: b_at((), k, j), nb, tiles.gemm_rows)
+        return te.compute(out_shape, lambda r, i, j: cp[r, j], name="matmul")
+    cp = gemm_stage(g_batch, g_m, n, k_dim, a_at, b_at, nb, tiles.gemm_rows)
 
     def out_fn(*idx):
         nbat = len(out_batch)
