@@ -11,10 +11,10 @@ import pytest
 import kiln
 from kiln.codegen import layout_tuning as tuning
 from kiln.codegen.build import build
-from kiln.targets import host_target
 from kiln.ir import GraphBuilder, TensorType, interpret
 from kiln.ir.ops.layout import relayout
 from kiln.passes.layout_choice import ConvProblem
+from kiln.targets import host_target
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 

@@ -182,3 +182,50 @@ def test_concat_chain_and_tree_forms_match_numpy(parts, shape, axis):
     builder.output(y)
     (got,) = build(builder.build()).run({f"x{i}": a for i, a in enumerate(arrays)})
     np.testing.assert_array_equal(got, np.concatenate(arrays, axis))
+
+
+GROUPED = [  # (C, O, groups, kernel, stride, pad, dilation): RegNet-, ResNeXt- and odd widths
+    (48, 48, 6, 3, 1, 1, 1),     # group width 8: blocks of 2 groups (16 channels)
+    (40, 40, 5, 3, 2, 1, 1),     # O % 16 != 0: blocks of one group (8 channels)
+    (32, 64, 2, 3, 1, (0, 1, 2, 1), 2),  # wide groups (og 32): blocks inside one group
+    (24, 48, 3, 1, 1, 0, 1),     # grouped 1x1
+    (32, 32, 8, 3, 1, 1, 1),     # group width 4 (ResNeXt-like): 4 groups per block
+]
+
+
+@pytest.mark.parametrize("b_const", [True, False])
+@pytest.mark.parametrize("case", GROUPED, ids=str)
+def test_grouped_convs_are_blocked_by_groups(case, b_const):
+    from kiln.ir import interpret
+    from kiln.passes.manager import optimize
+
+    c, o, g, k, s, p, d = case
+    pads = p if isinstance(p, tuple) else (p,) * 4
+    x, w, bias = _randn(2, c, 9, 11), _randn(o, c // g, k, k), _randn(o)
+    builder = GraphBuilder("grouped")
+    xv = builder.input("x", TensorType.of(x))
+    wv = builder.param("w", w) if b_const else builder.input("w", TensorType.of(w))
+    (y,) = builder.op("conv2d", [xv, wv, builder.param("bias", bias)],
+                      {"groups": g, "strides": (s, s), "pads": pads, "dilations": (d, d)})
+    (y,) = builder.op("relu", [y])
+    builder.output(y)
+    graph = optimize(builder.build(), 2)
+    res = build(graph)
+    feeds = {"x": x} if b_const else {"x": x, "w": w}
+    np.testing.assert_allclose(res.run(feeds)[0], interpret(graph, feeds)[0], rtol=1e-4,
+                               atol=1e-4)
+    (script,) = [f.script() for f in res.module.functions.values()]
+    assert 'T.sblock("conv_nchwc' in script and "conv_direct" not in script
+    assert 'scope="local"' in script  # the register tile, relu written from it
+
+
+def test_group_widths_without_a_block_use_the_direct_formula():
+    from kiln.codegen.ops.conv import group_blocks
+
+    assert group_blocks(16, 32, 16, 16) is None  # og = 1: 8 groups per block, too wasteful
+    assert group_blocks(16, 32, 32, 16) == (8, 8)  # og = 2: 4 groups in half a vector
+    assert group_blocks(8, 32, 32, 16) == (16, 16)  # og = 4: 4 groups per block
+    assert group_blocks(6, 48, 48, 16) == (16, 16)
+    assert group_blocks(5, 40, 40, 16) == (8, 8)
+    assert group_blocks(2, 32, 64, 16) == (16, 16)
+    assert group_blocks(1, 32, 64, 16) is None

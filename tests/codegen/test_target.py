@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from kiln.codegen.build import build
-from kiln.targets import MCPU_FEATURES, host_target, portable_target, resolve_target
 from kiln.errors import KilnError
 from kiln.ir import GraphBuilder, TensorType, interpret
+from kiln.targets import MCPU_FEATURES, host_target, portable_target, resolve_target
 
 
 def _cpuinfo(vendor: str, flags) -> str:

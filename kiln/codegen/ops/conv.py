@@ -12,8 +12,10 @@ Stages of one conv2d kernel (groups == 1):
 
 1x1 convolutions without stride or padding are GEMMs on the NCHW data as it lies
 (``pointwise_gemm``). Depthwise convolutions (groups == C == O) use the NCHWc blocking with
-one filter per channel (``depthwise_nchwc``); other grouped convolutions a direct NCHW
-formula with the generic schedule.
+one filter per channel (``depthwise_nchwc``). Other grouped convolutions (RegNet, ResNeXt)
+are blocked by whole groups (``grouped_nchwc``): an output block of ocb channels reads one
+input block of icb channels, through a block-diagonal weight that is zero between groups;
+only group widths that fit no such block fall back to a direct NCHW formula.
 """
 
 from __future__ import annotations
@@ -75,6 +77,50 @@ def _pointwise(attrs, kernel) -> bool:
             and all(s == 1 for s in attrs["strides"]) and not any(attrs["pads"]))
 
 
+MAX_GROUPS_PER_BLOCK = 4
+
+
+def group_blocks(groups: int, channels: int, out_channels: int, lanes: int
+                 ) -> tuple[int, int] | None:
+    """(icb, ocb) for a grouped conv blocked by groups, or None when none fits: ocb output
+    channels per block (a multiple of the group's width og up to one vector, or a divisor
+    of og) dividing O, and icb the input channels those output channels read. A block holds
+    at most MAX_GROUPS_PER_BLOCK groups: its weight is zero between groups, so k groups
+    per block do k times the multiply-adds of the convolution."""
+    if groups == 1 or channels % groups or out_channels % groups:
+        return None
+    og, cg = out_channels // groups, channels // groups
+    most = min(lanes // og, MAX_GROUPS_PER_BLOCK)
+    whole = [k * og for k in range(most, 0, -1) if out_channels % (k * og) == 0]
+    if whole and whole[0] >= min(8, lanes):
+        return (whole[0] // og) * cg, whole[0]
+    part = largest_divisor(og, lanes)
+    if part >= min(8, lanes):  # wide groups: a block inside one group reads all of it
+        return cg, part
+    return None
+
+
+def pack_grouped_weight(w: np.ndarray, groups: int, icb: int, ocb: int) -> np.ndarray:
+    """[O, C/groups, kh, kw] -> [O/ocb, kh, kw, icb, ocb], block-diagonal: output channel o
+    of block ob reads input channel ri of the block's input channels when both are in one
+    group, else 0."""
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    out = np.zeros((o // ocb, kh, kw, icb, ocb), w.dtype)
+    for ob in range(o // ocb):
+        for co in range(ocb):
+            oo = ob * ocb + co
+            first_in = _grouped_input_block(ob, ocb, og, cg) * icb
+            lo = (oo // og) * cg - first_in  # this group's channels within the block
+            out[ob, :, :, lo:lo + cg, co] = w[oo].transpose(1, 2, 0)
+    return out
+
+
+def _grouped_input_block(ob: int, ocb: int, og: int, cg: int) -> int:
+    """Which input block (of icb channels) output block ``ob`` reads."""
+    return ob // (og // ocb) if og > ocb else ob
+
+
 def _depthwise(attrs, channels: int, out_channels: int) -> bool:
     """One filter per channel (groups == C == O): the blocked depthwise kernel."""
     return attrs["groups"] == channels == out_channels and channels > 1
@@ -92,6 +138,11 @@ def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | Non
     if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
         cb = largest_divisor(array.shape[0], lanes)
         return PackPlan(f"dw{cb}c", pack_depthwise_weight(array, cb), {"_packed_dw": cb})
+    blocks = group_blocks(attrs["groups"], node.inputs[0].shape[1], array.shape[0], lanes)
+    if blocks is not None:
+        icb, ocb = blocks
+        return PackPlan(f"g{icb}i{ocb}o", pack_grouped_weight(array, attrs["groups"], icb, ocb),
+                        {"_packed_g": blocks})
     if not _blocked(attrs) or _pointwise(attrs, array.shape[2:]):
         return None
     icb, ocb = conv_blocks(array.shape[1], lanes)
@@ -232,6 +283,60 @@ def depthwise_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, pack
     return te.compute(tuple(out_shape), unpack, name="depthwise_conv2d")
 
 
+def grouped_nchwc(x, w, bias, out_shape, strides, pads, dilations, groups, tiles, blocks,
+                  packed):
+    """A grouped conv blocked by groups (see ``group_blocks``): the register-tiled stage of
+    the blocked convolutions, each output block summing over its one input block."""
+    n, ch, h, wd = shape_of(x)
+    o = out_shape[1]
+    oh, ow = out_shape[2], out_shape[3]
+    icb, ocb = blocks
+    og, cg = o // groups, ch // groups
+    kh, kw = (shape_of(w)[1:3] if packed else shape_of(w)[2:])
+    (sh, sw), (dh, dw), (top, left) = strides, dilations, pads[:2]
+    reg_n, ow_pad = reg_cols(ow, tiles.conv_pixels)
+    reg_h, oh_pad = reg_rows(oh, reg_n, tiles.conv_pixels)
+    hp = (oh_pad - 1) * sh + (kh - 1) * dh + 1
+    wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
+    zero = const(0, dtype_of(x))
+
+    def pad_pack(b, cc, i, j, ci):
+        hi, wi = i - top, j - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, x[b, cc * icb + ci, hi, wi], zero)
+
+    xp = te.compute((n, ch // icb, hp, wp, icb), pad_pack, name="pad_pack",
+                    attrs={"kiln.sched": "pack"})
+    if packed:
+        wpk = w
+    else:
+        def w_pack(ob, i, j, ri, co):
+            oo = ob * ocb + co
+            cin = _grouped_input_block(ob, ocb, og, cg) * icb + ri
+            same = cin // cg == oo // og
+            return tirx.if_then_else(same, w[oo, tirx.max(cin - (oo // og) * cg, 0), i, j],
+                                     zero)
+
+        wpk = te.compute((o // ocb, kh, kw, icb, ocb), w_pack, name="pack_w",
+                         attrs={"kiln.sched": "pack"})
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    ri = te.reduce_axis((0, icb), name="ri")
+    per_group = og // ocb if og > ocb else 1
+
+    def conv_fn(b, ob, i, j, co):
+        return te.sum(xp[b, ob // per_group, i * sh + ry * dh, j * sw + rx * dw, ri]
+                      * wpk[ob, ry, rx, ri, co], axis=[ry, rx, ri])
+
+    acc = te.compute((n, o // ocb, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc",
+                     attrs={"kiln.sched": "conv2d", "kiln.reg_h": reg_h, "kiln.reg_n": reg_n})
+
+    def unpack(b, oo, i, j):
+        v = acc[b, oo // ocb, i, j, oo % ocb]
+        return v + bias[oo] if bias is not None else v
+
+    return te.compute(tuple(out_shape), unpack, name="grouped_conv2d")
+
+
 def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
     """Grouped convolution straight from the NCHW formula (generic schedule)."""
     n, ch, h, wd = shape_of(x)
@@ -269,7 +374,12 @@ def conv2d(inputs, attrs, out_types):
         return depthwise_nchwc(x, w, bias, out_shape, *args, tiling(attrs),
                                attrs.get("_packed_dw"))
     if attrs["groups"] != 1:
-        return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
+        blocks = attrs.get("_packed_g") or group_blocks(
+            attrs["groups"], shape_of(x)[1], out_shape[1], tiling(attrs).lanes)
+        if blocks is None:
+            return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
+        return grouped_nchwc(x, w, bias, out_shape, *args, attrs["groups"], tiling(attrs),
+                             blocks, attrs.get("_packed_g"))
     if not attrs.get("_packed_w") and _pointwise(attrs, shape_of(w)[2:]):
         return pointwise_gemm(x, w, bias, out_shape, tiling(attrs))
     return conv2d_nchwc(x, w, bias, out_shape, *args, tiling(attrs), attrs.get("_packed_w"))
