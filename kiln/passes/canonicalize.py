@@ -125,7 +125,8 @@ def _compose_perm(inner, outer, rank: int) -> tuple[int, ...]:
 @graph_pass("simplify")
 def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
     """x+0, x*1, x/1, x**1 -> x; x / c -> x * (1/c); transpose and reshape chains collapse;
-    no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x;
+    no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x; a zero
+    pad of a convolution's spatial axes becomes the convolution's own padding;
     (x * c) @ y and x @ (y * c) -> (x @ y) * c for a scalar c (see ``scale_after_matmul``)."""
     consts = Constants(graph)
     made: dict[Value, Node] = {}  # new value -> the node that made it in the new graph
@@ -193,6 +194,11 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
             if perm == tuple(range(out_t.rank)):
                 return [inner.inputs[0]]
             return emit(b, node, "transpose", [inner.inputs[0]], {"perm": perm})
+        if inner is not None and inner.op == "pad" and node.op in ("conv1d", "conv2d"):
+            pads = _pads_into_conv(inner, node)
+            if pads is not None:
+                return emit(b, node, node.op, [inner.inputs[0], *ins[1:]],
+                            {**node.attrs, "pads": pads})
         if inner is not None and inner.op == node.op == "reshape":
             if inner.inputs[0].type == out_t:
                 return [inner.inputs[0]]
@@ -203,6 +209,21 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
         return outs
 
     return rebuild(graph, rule)
+
+
+def _pads_into_conv(pad: Node, conv: Node) -> tuple[int, ...] | None:
+    """The conv's pads with a zero ``pad`` of its input's spatial axes added (exporters
+    write TensorFlow's "same" padding as a Pad before the Conv), or None when the pad is not
+    zero padding of spatial axes only."""
+    rank = pad.outputs[0].type.rank
+    begins, ends = pad.attrs["pads"][:rank], pad.attrs["pads"][rank:]
+    if pad.attrs["mode"] != "constant" or pad.attrs["value"] != 0 \
+            or any(begins[:2]) or any(ends[:2]) or min(pad.attrs["pads"]) < 0:
+        return None
+    spatial = rank - 2
+    cp = conv.attrs["pads"]
+    return tuple(cp[i] + begins[2 + i] for i in range(spatial)) + \
+        tuple(cp[spatial + i] + ends[2 + i] for i in range(spatial))
 
 
 def _is_noop(node: Node) -> bool:

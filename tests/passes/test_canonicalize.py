@@ -168,6 +168,33 @@ def test_simplify_transpose_reshape_chains():
         }""")
 
 
+def test_zero_pad_folds_into_the_conv():
+    """TensorFlow-style "same" padding exported as Pad + Conv: one conv with the sum of the
+    pads; an edge pad, or one of the channels, stays."""
+    check(simplify_dce, """
+        graph g(%x: float32[1, 3, 8, 8], %w: float32[4, 3, 3, 3], %v: float32[4, 3, 3]) {
+          %p: float32[1, 3, 11, 9] = pad(%x) {pads=(0, 0, 1, 0, 0, 0, 2, 1)}
+          %y: float32[1, 4, 5, 4] = conv2d(%p, %w) {strides=(2, 2), pads=(1, 1, 0, 0)}
+          %q: float32[1, 3, 10, 10] = pad(%x) {pads=(0, 0, 1, 1, 0, 0, 1, 1), mode="edge"}
+          %z: float32[1, 4, 8, 8] = conv2d(%q, %w)
+          %r: float32[1, 5, 8, 8] = pad(%x) {pads=(0, 1, 0, 0, 0, 1, 0, 0)}
+          %x1: float32[1, 3, 64] = reshape(%x) {shape=(1, 3, 64)}
+          %s: float32[1, 3, 67] = pad(%x1) {pads=(0, 0, 2, 0, 0, 1)}
+          %t: float32[1, 4, 65] = conv1d(%s, %v)
+          return %y, %z, %p, %r, %t
+        }""", """
+        graph g(%x: float32[1, 3, 8, 8], %w: float32[4, 3, 3, 3], %v: float32[4, 3, 3]) {
+          %p: float32[1, 3, 11, 9] = pad(%x) {pads=(0, 0, 1, 0, 0, 0, 2, 1)}
+          %y: float32[1, 4, 5, 4] = conv2d(%x, %w) {strides=(2, 2), pads=(2, 1, 2, 1)}
+          %q: float32[1, 3, 10, 10] = pad(%x) {pads=(0, 0, 1, 1, 0, 0, 1, 1), mode="edge"}
+          %z: float32[1, 4, 8, 8] = conv2d(%q, %w)
+          %r: float32[1, 5, 8, 8] = pad(%x) {pads=(0, 1, 0, 0, 0, 1, 0, 0)}
+          %x1: float32[1, 3, 64] = reshape(%x) {shape=(1, 3, 64)}
+          %t: float32[1, 4, 65] = conv1d(%x1, %v) {pads=(2, 1)}
+          return %y, %z, %p, %r, %t
+        }""")
+
+
 def test_scale_moves_after_the_matmul():
     """(q * c) @ k.T -> (q @ k.T) * c: the canonical attention-score spelling."""
     check(simplify_dce, """
