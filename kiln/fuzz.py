@@ -2,10 +2,11 @@
 properties every pass must keep. Used by tests/fuzz and by ``kiln fuzz``.
 
 The graphs are drawn with hypothesis (a test-time dependency, imported lazily): blocks of
-dense + bias + activation, attention scores with scale and padding/causal masks, conv + batch
-norm + relu (+ residual), layer norm, reductions, foldable constant math, neutral elements,
-transpose/reshape chains and duplicated nodes, chained on each other's outputs. A failing case
-shrinks to a small graph, reported in the text IR.
+dense + bias + activation, attention scores with scale and padding/causal masks, conv (plain,
+grouped, depthwise; after a zero or edge Pad) + batch norm + relu (+ residual), layer norm,
+reductions, foldable constant math, neutral elements, transpose/reshape chains and duplicated
+nodes, chained on each other's outputs. A failing case shrinks to a small graph, reported in
+the text IR.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.ir import Graph, GraphBuilder, TensorType, Value, interpret, verify
 
-ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "silu", None)
-UNARY = ("relu", "exp", "tanh", "sigmoid", "neg", "abs", "sqrt", "silu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "silu", "hardswish", None)
+UNARY = ("relu", "exp", "tanh", "sigmoid", "neg", "abs", "sqrt", "silu", "gelu", "hardswish")
 BINARY = ("add", "sub", "mul", "maximum", "minimum")
 
 
@@ -110,9 +111,15 @@ class _Draw:
         o = self.draw(st.sampled_from((1, 2, 3, 4, 8, 16)))  # 8, 16: the layout pass blocks
         k = self.draw(st.sampled_from((1, 3)))
         pad = k // 2
-        y = self.op("conv2d", [x, self.weight((o, c, k, k))] +
+        # grouped (blocked by groups in codegen) and depthwise convolutions too
+        groups = self.draw(st.sampled_from([g for g in (1, 2, 4, c) if c % g == 0 and o % g == 0]))
+        if self.draw(st.booleans()):  # "same" padding spelled as a Pad before the conv
+            mode = self.draw(st.sampled_from(("constant", "constant", "edge")))
+            x = self.op("pad", [x], pads=(0, 0, pad, pad, 0, 0, pad, pad), mode=mode)
+            pad = 0
+        y = self.op("conv2d", [x, self.weight((o, c // groups, k, k))] +
                     ([self.weight((o,))] if self.draw(st.booleans()) else []),
-                    pads=(pad,) * 4)
+                    pads=(pad,) * 4, groups=groups)
         if self.draw(st.booleans()):
             y = self.op("batch_norm", [y, self.weight((o,), positive=True), self.weight((o,)),
                                        self.weight((o,)), self.weight((o,), positive=True)])
