@@ -30,12 +30,16 @@ Lowering = Callable[[list, dict, list[TensorType]], Any]
 class Tiling:
     """How a target's strategy wants one op's compute laid out: ``lanes`` elements of the
     output dtype per vector, GEMM register tiles of ``gemm_rows`` rows x ``gemm_cols(n)``
-    columns, and about ``conv_pixels`` output pixels per convolution register tile."""
+    columns swept over row blocks of A of at most ``gemm_block_bytes`` (and at least
+    ``tasks`` blocks x column panels, for the threads), and about ``conv_pixels`` output
+    pixels per convolution register tile."""
 
     lanes: int
     gemm_rows: int
     gemm_vectors: int  # vectors per GEMM register-tile row when N is wider than one vector
     conv_pixels: int
+    gemm_block_bytes: int = 1 << 19
+    tasks: int = 1
 
     def gemm_cols(self, n: int) -> int:
         """Columns of a GEMM register tile (and of a packed B panel) for N = ``n``."""

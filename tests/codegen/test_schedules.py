@@ -3,6 +3,8 @@ the register tiles, and checks that the blocked schedules (not a fallback) were 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -65,8 +67,10 @@ def test_one_row_batches_fold_into_one_gemm_with_its_epilogue(b_const):
     (script,) = [f.script() for f in res.module.functions.values()]
     # the tile stays in registers and the epilogue is written from them, under one
     # parallel loop: no global gemm buffer, no second loop nest for the epilogue
-    # one [40, 96] GEMM (37 rows padded to 8-row tiles), not 37 [1, 96] ones
-    assert 'gemm_local = T.sblock_alloc_buffer((40, 96), scope="local")' in script
+    # one [Mp, 96] GEMM (37 rows padded to whole 8-row tiles), not 37 [1, 96] ones
+    rows = re.search(r'gemm_local = T.sblock_alloc_buffer\(\((\d+), 96\), scope="local"\)',
+                     script)
+    assert rows and int(rows[1]) >= 37 and int(rows[1]) % 8 == 0
     assert "gemm = T.sblock_alloc_buffer" not in script and script.count("T.parallel(") == 1
     assert script.index("T.parallel(") < script.index('T.sblock("relu")')
 

@@ -234,8 +234,8 @@ def pointwise_gemm(x, w, bias, out_shape, tiles):
     nb = tiles.gemm_cols(hw)
     b_at = b_reader(lambda bb, k, j: x[bb[0], k, j // wd, j % wd], (n,), (n,), hw, ch, nb,
                     dtype_of(x), raw_ok=True)
-    cp = gemm_stage((n,), o, hw, ch, lambda bidx, i, k: w[i, k, 0, 0], b_at, nb,
-                    tiles.gemm_rows)
+    cp = gemm_stage((n,), o, hw, ch, lambda bidx, i, k: w[i, k, 0, 0], b_at, nb, tiles,
+                    dtype_of(x))
 
     def out_fn(b, oo, i, j):
         v = cp[b, oo, i * wd + j]

@@ -13,9 +13,12 @@ into the write-back of the register tile.
 
 from __future__ import annotations
 
+from math import prod
+
+import numpy as np
 from tvm import te, tirx
 
-from kiln.codegen.lower import lowering
+from kiln.codegen.lower import Tiling, lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.reduce import reduce_rows
@@ -54,18 +57,28 @@ def b_reader(read, b_batch, out_batch, n: int, k_dim: int, nb: int, dtype: str, 
     return lambda bidx, k, j: bp[(*b_b(bidx), j // nb, k, j % nb)]
 
 
-def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, rows: int):
+def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, tiles: Tiling,
+               dtype: str):
     """The padded ``gemm[batch..., Mp, Np] = sum_k a_at(b, min(i, M-1), k) * b_at(b, k, j)``
-    stage of register tiles of ``rows`` (at most) x ``nb``, annotated for the schedule."""
-    mr = rows if m >= rows else m
-    m_pad, n_pad = -(-m // mr) * mr, -(-n // nb) * nb
+    stage of register tiles of ``tiles.gemm_rows`` (at most) x ``nb``, in row blocks of A of
+    about ``tiles.gemm_block_bytes`` (Mp pads M to whole blocks of whole tiles), annotated
+    for the schedule."""
+    mr = tiles.gemm_rows if m >= tiles.gemm_rows else m
+    n_tiles, panels = -(-m // mr), -(-n // nb)
+    by_bytes = -(-m * k_dim * np.dtype(dtype).itemsize // tiles.gemm_block_bytes)
+    by_tasks = -(-tiles.tasks // (panels * prod(out_batch)))
+    blocks = max(1, min(n_tiles, max(by_bytes, by_tasks)))
+    block_tiles = -(-n_tiles // blocks)
+    blocks = -(-n_tiles // block_tiles)
+    m_pad, n_pad = blocks * block_tiles * mr, panels * nb
     k = te.reduce_axis((0, k_dim), name="k")
 
     def gemm_fn(*idx):
         *bidx, i, j = idx
         return te.sum(a_at(bidx, tirx.min(i, m - 1), k) * b_at(bidx, k, j), axis=k)
 
-    ann = {"kiln.sched": "gemm", "kiln.mr": mr, "kiln.nb": nb, "kiln.batch": len(out_batch)}
+    ann = {"kiln.sched": "gemm", "kiln.mr": mr, "kiln.nb": nb, "kiln.batch": len(out_batch),
+           "kiln.block_tiles": block_tiles}
     return te.compute((*out_batch, m_pad, n_pad), gemm_fn, name="gemm", attrs=ann)
 
 
@@ -118,9 +131,9 @@ def matmul(inputs, attrs, out_types):
                         dtype_of(b), raw_ok=raw_ok)
     if fold:
         cp = gemm_stage((), g_m, n, k_dim, lambda bidx, r, k: a[r, 0, k],
-                        lambda bidx, k, j: b_at((), k, j), nb, tiles.gemm_rows)
+                        lambda bidx, k, j: b_at((), k, j), nb, tiles, dtype_of(a))
         return te.compute(out_shape, lambda r, i, j: cp[r, j], name="matmul")
-    cp = gemm_stage(g_batch, g_m, n, k_dim, a_at, b_at, nb, tiles.gemm_rows)
+    cp = gemm_stage(g_batch, g_m, n, k_dim, a_at, b_at, nb, tiles, dtype_of(a))
 
     def out_fn(*idx):
         nbat = len(out_batch)

@@ -46,12 +46,17 @@ log = logging.getLogger("kiln.codegen")
 GEMM_ROWS = 8  # rows of a GEMM register tile (x 2 vectors = 16 accumulators)
 GEMM_VECTORS = 2
 CONV_PIXELS = 28
+# A row block of A stays in L2 while every column panel of B streams past it once, so a
+# weight that comes from memory is read once per block (half of SPR's 2 MB L2, Zen 4's 1 MB)
+GEMM_BLOCK_BYTES = 1 << 20
+TASKS_PER_CORE = 4  # parallel GEMM tasks per core, so that a straggler costs little
 
 
 def tiling(node: Node, target: Target) -> Tiling:
     """The CPU tiling of ``node``'s compute on ``target``."""
     dtype = node.outputs[0].dtype if node.outputs else "float32"
-    return Tiling(target.lanes(dtype), GEMM_ROWS, GEMM_VECTORS, CONV_PIXELS)
+    return Tiling(target.lanes(dtype), GEMM_ROWS, GEMM_VECTORS, CONV_PIXELS,
+                  GEMM_BLOCK_BYTES, TASKS_PER_CORE * target.num_cores)
 
 
 # anchor kind -> fn(sch, block, lanes, cores, epilogue) -> names of the blocks it scheduled

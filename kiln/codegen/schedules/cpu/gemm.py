@@ -23,8 +23,6 @@ from kiln.codegen.schedules.cpu.common import (
     vectorize_inner,
 )
 
-MB_ROWS = 64  # rows of A per i1 sweep (MB): the B panel is reused across MB / mr tiles
-
 
 def schedule_gemm(sch, block, lanes: int, cores: int, epilogue: bool = True) -> list[str]:
     """Schedule the gemm block (and, with ``epilogue``, its consumers). Returns the names of
@@ -33,8 +31,8 @@ def schedule_gemm(sch, block, lanes: int, cores: int, epilogue: bool = True) -> 
     mr, nb, nbatch = int(ann["kiln.mr"]), int(ann["kiln.nb"]), int(ann["kiln.batch"])
     loops = sch.get_loops(block)
     batch, (i, j, k) = loops[:nbatch], loops[nbatch:]
-    m_pad, k_dim = extent(sch, i), extent(sch, k)
-    i1_f = largest_divisor(m_pad // mr, max(1, MB_ROWS // mr))
+    k_dim = extent(sch, k)
+    i1_f = int(ann["kiln.block_tiles"])
     i0, i1, i2 = sch.split(i, [None, i1_f, mr])
     j0, j1 = sch.split(j, [None, nb])
     k0, k1 = sch.split(k, [None, largest_divisor(k_dim, 4)])
