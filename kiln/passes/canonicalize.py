@@ -6,6 +6,7 @@ Each pass is ``Graph -> Graph`` and keeps what the graph computes (the fuzz test
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import numpy as np
@@ -95,17 +96,29 @@ def eliminate_dead_code(graph: Graph, ctx: PassContext | None = None) -> Graph:
 
 @graph_pass("cse")
 def eliminate_common_subexpressions(graph: Graph, ctx: PassContext | None = None) -> Graph:
-    """Nodes with the same op, inputs and attributes are computed once."""
+    """Nodes with the same op, inputs and attributes are computed once; parameters with equal
+    arrays are one parameter (an exporter that unrolls a recurrent layer, or folding, can
+    leave a copy of a weight per time step: 62 copies of a 4 MB LSTM weight, read from
+    memory at every step instead of from cache)."""
     seen: dict[tuple, list[Value]] = {}
-
-    def rule(b: GraphBuilder, node: Node, ins: list[Value]):
+    b, env = start(graph)
+    first: dict[tuple, Value] = {}
+    for v in graph.params:
+        array = graph.weights.get(v.name)
+        if array is not None:
+            env[v] = first.setdefault(_content_key(array), env[v])
+    for node in graph.nodes:
+        ins = [env[v] for v in node.inputs]
         key = (node.op, tuple(id(v) for v in ins), node.attr_key())
-        if key in seen:
-            return seen[key]
-        seen[key] = copy_node(b, node, ins)
-        return seen[key]
+        if key not in seen:
+            seen[key] = copy_node(b, node, ins)
+        env.update(zip(node.outputs, seen[key]))
+    return finish(b, graph, env)
 
-    return rebuild(graph, rule)
+
+def _content_key(array: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(array)
+    return a.dtype.str, a.shape, hashlib.blake2b(a.view(np.uint8).data, digest_size=16).digest()
 
 
 # -- algebraic simplification -------------------------------------------------------------------

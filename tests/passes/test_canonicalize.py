@@ -73,6 +73,43 @@ def test_cse_merges_equal_nodes():
         }""")
 
 
+def test_cse_merges_parameters_with_equal_arrays():
+    """Per-step copies of a recurrent weight become one parameter (and their products one
+    node); equal bytes of another dtype or shape, or a different array, stay apart."""
+    r = np.arange(6, dtype=F32).reshape(2, 3)
+    weights = {"r1": r, "r2": r.copy(), "r3": r + 1, "r4": r.reshape(3, 2),
+               "r5": r.astype(np.int32).view(F32)}
+    check(eliminate_common_subexpressions, """
+        graph g(%h: float32[1, 2]) {
+          param %r1: float32[2, 3]
+          param %r2: float32[2, 3]
+          param %r3: float32[2, 3]
+          param %r4: float32[3, 2]
+          param %r5: float32[2, 3]
+          %a: float32[1, 3] = matmul(%h, %r1)
+          %b: float32[1, 3] = matmul(%h, %r2)
+          %c: float32[1, 3] = matmul(%h, %r3)
+          %d: float32[1, 3] = matmul(%h, %r5)
+          %s: float32[1, 3] = add(%a, %b)
+          %t: float32[1, 3] = add(%c, %d)
+          %u: float32[1, 2] = matmul(%t, %r4)
+          return %s, %u
+        }""", """
+        graph g(%h: float32[1, 2]) {
+          param %r1: float32[2, 3]
+          param %r3: float32[2, 3]
+          param %r4: float32[3, 2]
+          param %r5: float32[2, 3]
+          %a: float32[1, 3] = matmul(%h, %r1)
+          %c: float32[1, 3] = matmul(%h, %r3)
+          %d: float32[1, 3] = matmul(%h, %r5)
+          %s: float32[1, 3] = add(%a, %a)
+          %t: float32[1, 3] = add(%c, %d)
+          %u: float32[1, 2] = matmul(%t, %r4)
+          return %s, %u
+        }""", weights)
+
+
 def test_constant_folding_turns_weight_math_into_parameters():
     w = np.arange(6, dtype=F32).reshape(2, 3)
     out = check(fold_constants, """
