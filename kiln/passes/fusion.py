@@ -10,7 +10,10 @@ The rules, in the order a node meets them:
   softmax absorbs it (scale + mask + softmax, the attention-score kernel);
 - softmax, log-softmax and layer norm absorb a single-use elementwise group of their input's
   shape (a prologue: residual add + layer norm).
-Scalar constants made by ``full`` are copied into every group that reads them. Fusion keeps
+Scalar constants made by ``full`` are copied into every group that reads them. A split whose
+parts are read only by elementwise ops becomes one slice per part first, so that each part is
+read in place by the group that uses it (an LSTM step's gates: one kernel for the cell state,
+one for the hidden state, instead of a split kernel and two more). Fusion keeps
 values needed elsewhere (an input with another user is never swallowed) and, because every
 value inside a group has exactly one user, never creates a cycle.
 """
@@ -24,7 +27,7 @@ from kiln.ir.ops.registry import is_elementwise, takes_epilogue, takes_prologue
 from kiln.passes.canonicalize import eliminate_dead_code
 from kiln.passes.context import PassContext
 from kiln.passes.manager import graph_pass
-from kiln.passes.rewrite import copy_node, finish, start
+from kiln.passes.rewrite import copy_node, finish, rebuild, start
 
 SCALAR_MAX = 1  # a ``full`` of at most this many elements is copied into groups
 
@@ -101,7 +104,10 @@ class _Grouper:
     def place(self, node: Node) -> None:
         group = None
         if is_elementwise(node.op):
-            for v in node.inputs:
+            # an anchor's group first: the node becomes its epilogue, and sibling chains
+            # (x_t + h @ R: the x_t side) join that kernel instead of keeping it apart
+            for v in sorted(node.inputs, key=lambda v: getattr(self.group_of.get(v),
+                                                                "anchor", None) is None):
                 cand = self.group_of.get(v)
                 if cand is None or cand is group or _is_scalar_const(self.producers.get(v)):
                     continue
@@ -162,8 +168,30 @@ def _subgraph(group: Group, producers: dict[Value, Node]) -> tuple[Graph, list[V
     return sb.build(), outer
 
 
+def _slice_elementwise_splits(graph: Graph) -> Graph:
+    """Each ``split`` whose parts only elementwise ops read becomes one ``slice`` per part."""
+    users = graph.users
+
+    def read_elementwise(v: Value) -> bool:
+        return v not in graph.outputs and all(is_elementwise(u.op)
+                                              for u in users.get(v, []))
+
+    def rule(b: GraphBuilder, node: Node, ins: list[Value]):
+        if node.op != "split" or not all(read_elementwise(v) for v in node.outputs):
+            return None
+        axis, start, parts = node.attrs["axis"], 0, []
+        for v, size in zip(node.outputs, node.attrs["sizes"]):
+            parts += b.op("slice", ins, {"starts": (start,), "ends": (start + size,),
+                                         "axes": (axis,)}, origin=node.origin, names=[v.name])
+            start += size
+        return parts
+
+    return rebuild(graph, rule)
+
+
 def fuse_with_report(graph: Graph) -> tuple[Graph, FusionReport]:
     """Fuse ``graph``; also say what fused and why the other candidates did not."""
+    graph = _slice_elementwise_splits(graph)
     report = FusionReport()
     grouper = _Grouper(graph, report)
     for node in graph.nodes:
