@@ -113,11 +113,12 @@ class _Draw:
         pad = k // 2
         # grouped (blocked by groups in codegen) and depthwise convolutions too
         groups = self.draw(st.sampled_from([g for g in (1, 2, 4, c) if c % g == 0 and o % g == 0]))
+        source = x
         if self.draw(st.booleans()):  # "same" padding spelled as a Pad before the conv
             mode = self.draw(st.sampled_from(("constant", "constant", "edge")))
-            x = self.op("pad", [x], pads=(0, 0, pad, pad, 0, 0, pad, pad), mode=mode)
+            source = self.op("pad", [x], pads=(0, 0, pad, pad, 0, 0, pad, pad), mode=mode)
             pad = 0
-        y = self.op("conv2d", [x, self.weight((o, c // groups, k, k))] +
+        y = self.op("conv2d", [source, self.weight((o, c // groups, k, k))] +
                     ([self.weight((o,))] if self.draw(st.booleans()) else []),
                     pads=(pad,) * 4, groups=groups)
         if self.draw(st.booleans()):
@@ -307,8 +308,10 @@ def campaign(examples: int, seed: int, on_failure: Callable[[Graph, str], None],
 
     try:
         run()
-    except Exception:
-        if last:
-            on_failure(*last)
+    except Exception as e:
+        if not last:  # no graph failed a property: drawing one did
+            raise KilnError(f"drawing a random graph failed (a bug in kiln.fuzz): "
+                            f"{type(e).__name__}: {e}") from e
+        on_failure(*last)
         return 1
     return 0
