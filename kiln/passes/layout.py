@@ -6,7 +6,9 @@ What runs blocked:
   ``conv2d_nchwc`` on its input in ``NCHW{ic}c`` and its weight relaid out ``OIHW{ic}i{oc}o``
   (a constant transform, folded at compile time); a bias becomes a broadcast ``add`` of a
   folded ``[1, O/oc, 1, 1, oc]`` constant;
-- where that saves transforms: max/avg/global-average pools (their ``_nchwc`` forms),
+- where that saves transforms: depthwise convs (``depthwise_conv2d_nchwc``, their weight
+  relaid out ``OIHW{c}o``, in the block their input and output share), max/avg/global-average
+  pools (their ``_nchwc`` forms),
   concats along C (along the C/c blocks), batch norms with constant statistics (a folded
   per-channel scale and shift), and elementwise ops (relu, residual adds, ...) whose other
   operands are scalars or per-channel vectors (``[C, 1, 1]`` / ``[1, C, 1, 1]``). Which of
@@ -62,6 +64,17 @@ POOLS = {"max_pool2d": "max_pool2d_nchwc", "avg_pool2d": "avg_pool2d_nchwc",
 
 
 # -- analysis -----------------------------------------------------------------------------------
+
+
+def _blockable_depthwise(node: Node, consts: Constants) -> bool:
+    """A depthwise conv2d (groups == C == O) of a static float32 input and constant
+    weights: it may run blocked, in the block its input and output share (like a pool)."""
+    if node.op != "conv2d":
+        return False
+    x = node.inputs[0]
+    return (x.dtype == "float32" and x.type.is_static and x.type.rank == 4
+            and node.attrs["groups"] == x.shape[1] == node.inputs[1].shape[0] > 1
+            and all(consts.is_constant(v) for v in node.inputs[1:]))
 
 
 def _blockable_conv(node: Node, consts: Constants) -> ConvProblem | None:
@@ -126,7 +139,8 @@ class _Plan:
         elif out.shape[1] % min(BLOCKS):
             return  # no block divides its channels
         elif node.op in POOLS or node.op == "batch_norm" and all(
-                self.consts.is_constant(v) for v in node.inputs[1:]):
+                self.consts.is_constant(v) for v in node.inputs[1:]) \
+                or _blockable_depthwise(node, self.consts):
             self.operands[node] = [node.inputs[0]]
         elif node.op == "concat" and node.attrs["axis"] in (1, -3) and all(
                 v.type.is_static and v.shape[1] % min(BLOCKS) == 0 for v in node.inputs):
@@ -295,10 +309,25 @@ class _Rewriter:
             self.emit(node, "add", [y, self.channel(node.inputs[2], oc)], {})
         self.report.choices.append(LayoutChoice(node.outputs[0].name, problem, ic, pick))
 
+    def depthwise(self, node: Node) -> None:
+        x, w = node.inputs[:2]
+        block = self.blocks[node.outputs[0]]
+        wb = self.transform(self.env[w], "OIHW", f"OIHW{block}o", f"{w.name}.{block}o")
+        attrs = {k: node.attrs[k] for k in ("strides", "pads", "dilations")}
+        ins = [self.blocked(x, block), wb]
+        if len(node.inputs) == 2:
+            self.emit(node, "depthwise_conv2d_nchwc", ins, attrs)
+        else:
+            (y,) = self.b.op("depthwise_conv2d_nchwc", ins, attrs, origin=node.origin,
+                             names=[f"{node.outputs[0].name}.conv"])
+            self.emit(node, "add", [y, self.channel(node.inputs[2], block)], {})
+
     def visit(self, node: Node) -> None:
         out = node.outputs[0] if node.outputs else None
         if node in self.plan.problems:
             self.conv(node)
+        elif out in self.blocks and node.op == "conv2d":  # depthwise (``_Plan.mark``)
+            self.depthwise(node)
         elif out in self.blocks and node.op in POOLS:
             self.emit(node, POOLS[node.op], [self.blocked(node.inputs[0], self.blocks[out])])
         elif out in self.blocks and node.op == "batch_norm":  # x * s + t, s and t folded

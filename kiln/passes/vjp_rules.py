@@ -395,5 +395,6 @@ NON_DIFFERENTIABLE: dict[str, str] = {
 _LAYOUT = ("made by the O3 layout pass, which runs after autodiff: differentiate the NCHW "
            "graph, then lay it out")
 NOT_YET: dict[str, str] = dict.fromkeys((
-    "layout_transform", "conv2d_nchwc", "max_pool2d_nchwc", "avg_pool2d_nchwc",
+    "layout_transform", "conv2d_nchwc", "depthwise_conv2d_nchwc", "max_pool2d_nchwc",
+    "avg_pool2d_nchwc",
     "global_avg_pool2d_nchwc"), _LAYOUT)

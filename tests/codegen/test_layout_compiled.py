@@ -49,6 +49,13 @@ def test_layout_ops_compile_to_the_interpreters_results():
         y = b.op("conv2d_nchwc", [x8, w], {"strides": s, "pads": p, "dilations": d,
                                             "tile": tile})[0]
         outs.append(b.op("relu", [y])[0])
+    for k, s, p, d in ((3, (1, 1), (1, 1, 1, 1), (1, 1)), (3, (2, 2), (0, 1, 2, 1), (1, 1)),
+                       (5, (1, 2), (2, 2, 2, 2), (2, 1)), (7, (1, 1), (3, 3, 3, 3), (1, 1))):
+        w = b.param(f"w{len(outs)}", relayout(
+            rng.standard_normal((16, 1, k, k)).astype(np.float32), "OIHW", "OIHW8o"))
+        y = b.op("depthwise_conv2d_nchwc", [x8, w],
+                 {"strides": s, "pads": p, "dilations": d})[0]
+        outs.append(b.op("relu", [y])[0])  # fused: written from the register tile
     pooled = outs[-1]
     outs += [
         b.op("max_pool2d_nchwc", [pooled], {"kernel_shape": (3, 3), "strides": (2, 2),
@@ -117,6 +124,31 @@ def test_the_target_decides_which_passes_apply():
     assert "layout" in pipeline(3) and "layout" not in pipeline(3, target)
     assert not any(n.op == "layout_transform" for n in optimize(g, 3, target=target).nodes)
     assert any(n.op == "layout_transform" for n in optimize(g, 3).nodes)
+
+
+def test_o3_mobilenet_block_compiles_to_the_interpreters_results():
+    """Expand, depthwise (stride 1 and 2), project, residual, at O3: all blocked."""
+    import textwrap
+
+    from kiln.ir import parse
+    from tests.passes.test_layout import INVERTED_RESIDUAL, _weights
+
+    for stride in (1, 2):
+        text = textwrap.dedent(INVERTED_RESIDUAL)
+        if stride == 2:  # no residual: the block halves the image
+            text = (text.replace("groups=32}", "groups=32, strides=(2, 2)}")
+                    .replace("%d: float32[1, 32, 8, 8]", "%d: float32[1, 32, 4, 4]")
+                    .replace("%r2: float32[1, 32, 8, 8]", "%r2: float32[1, 32, 4, 4]")
+                    .replace("%p: float32[1, 16, 8, 8]", "%p: float32[1, 16, 4, 4]")
+                    .replace("%y: float32[1, 16, 8, 8] = add(%p, %x)",
+                             "%y: float32[1, 16, 4, 4] = relu(%p)"))
+        g = parse(text, _weights(text))
+        x = np.random.default_rng(stride).standard_normal((1, 16, 8, 8)).astype(np.float32)
+        compiled = kiln.compile(g, opt_level=3, layout_budget=0, layout_cache=False)
+        assert any("depthwise_conv2d_nchwc" in s for k in compiled.build.kernels
+                   for s in [k.func])
+        np.testing.assert_allclose(compiled.run({"x": x})[0], interpret(g, {"x": x})[0],
+                                   rtol=1e-4, atol=1e-4)
 
 
 # -- the tuner's cache -------------------------------------------------------------------------

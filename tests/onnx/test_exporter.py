@@ -134,6 +134,8 @@ OP_CASES = [
      {"src_layout": "OIHW", "dst_layout": "OIHW4i8o"}, None),
     ("conv2d_nchwc", "conv2d_nchwc", [T(1, 2, 7, 7, 4), T(2, 2, 3, 3, 4, 8)],
      {"strides": (2, 1), "pads": (1, 0, 1, 2), "tile": (1, 4)}, None),
+    ("depthwise_conv2d_nchwc", "depthwise_conv2d_nchwc", [T(1, 2, 7, 7, 8), T(2, 1, 3, 3, 8)],
+     {"strides": (2, 1), "pads": (1, 0, 1, 2), "dilations": (1, 2)}, None),
     ("max_pool2d_nchwc", "max_pool2d_nchwc", [T(1, 2, 7, 7, 8)],
      {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}, None),
     ("avg_pool2d_nchwc", "avg_pool2d_nchwc", [T(1, 2, 6, 6, 4)],

@@ -107,6 +107,34 @@ def test_conv_chain_stays_blocked_with_transforms_only_at_the_edges():
     assert report.transforms == 2
 
 
+INVERTED_RESIDUAL = """
+    graph g(%x: float32[1, 16, 8, 8]) {
+      param %we: float32[32, 16, 1, 1]
+      param %wd: float32[32, 1, 3, 3]
+      param %bd: float32[32]
+      param %wp: float32[16, 32, 1, 1]
+      %e: float32[1, 32, 8, 8] = conv2d(%x, %we)
+      %r1: float32[1, 32, 8, 8] = clip(%e) {min=0.0, max=6.0}
+      %d: float32[1, 32, 8, 8] = conv2d(%r1, %wd, %bd) {pads=(1, 1, 1, 1), groups=32}
+      %r2: float32[1, 32, 8, 8] = clip(%d) {min=0.0, max=6.0}
+      %p: float32[1, 16, 8, 8] = conv2d(%r2, %wp)
+      %y: float32[1, 16, 8, 8] = add(%p, %x)
+      return %y
+    }"""
+
+
+def test_depthwise_convs_stay_blocked_between_the_pointwise_ones():
+    """A MobileNet block (expand, depthwise, project, residual) converts only at its edges;
+    the depthwise conv runs blocked in the block its input and output share."""
+    out, report = laid_out(graph(INVERTED_RESIDUAL))
+    ops = Counter(n.op for n in out.nodes)
+    assert ops["depthwise_conv2d_nchwc"] == 1 and ops["conv2d_nchwc"] == 2
+    assert ops["conv2d"] == 0 and report.transforms == 2  # x in, y out
+    (dw,) = [n for n in out.nodes if n.op == "depthwise_conv2d_nchwc"]
+    block = dw.inputs[0].shape[-1]
+    assert dw.inputs[1].shape == (32 // block, 1, 3, 3, block)
+
+
 def test_transform_pairs_cancel_and_chains_collapse():
     g = graph("""
         graph g(%x: float32[1, 16, 2, 2]) {

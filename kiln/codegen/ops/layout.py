@@ -60,32 +60,64 @@ def _tile(attrs, oh: int, ow: int) -> tuple[int, int, int, int]:
     return reg_h, -(-oh // reg_h) * reg_h, reg_n, -(-ow // reg_n) * reg_n
 
 
-@lowering("conv2d_nchwc")
-def conv2d_nchwc(inputs, attrs, out_types):
-    x, w = inputs
+def _padded(x, attrs, kernel: tuple[int, int], out_pad: tuple[int, int],
+            stage: bool = True):
+    """x[N, C/c, H, W, c] zero padded so that every tap of an (OHp, OWp) = ``out_pad``
+    output reads inside it (x itself when it already does); a stage of its own, or
+    (``stage=False``) a guard inlined into each tap."""
     n, cb, h, wd, icb = shape_of(x)
-    kh, kw = shape_of(w)[2:4]
-    out_shape = tuple(out_types[0].shape)
-    oh, ow = out_shape[2], out_shape[3]
+    (kh, kw), (oh_pad, ow_pad) = kernel, out_pad
     (sh, sw), (dh, dw), (top, left) = attrs["strides"], attrs["dilations"], attrs["pads"][:2]
-    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, oh, ow)
     hp = (oh_pad - 1) * sh + (kh - 1) * dh + 1
     wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
     if top == left == 0 and hp <= h and wp <= wd:
-        xp = x  # every tap reads inside x: no padding stage
-    else:
-        zero = const(0, dtype_of(x))
+        return x  # every tap reads inside x: no padding stage
+    zero = const(0, dtype_of(x))
 
-        def pad(b, cc, i, j, ci):
-            hi, wi = i - top, j - left
-            inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
-            return tirx.if_then_else(inside, x[b, cc, hi, wi, ci], zero)
+    def pad(b, cc, i, j, ci):
+        hi, wi = i - top, j - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, x[b, cc, hi, wi, ci], zero)
 
-        xp = te.compute((n, cb, hp, wp, icb), pad, name="pad", attrs={"kiln.sched": "pack"})
+    ann = {"kiln.sched": "pack"} if stage else {}
+    return te.compute((n, cb, hp, wp, icb), pad, name="pad", attrs=ann)
+
+
+@lowering("conv2d_nchwc")
+def conv2d_nchwc(inputs, attrs, out_types):
+    x, w = inputs
+    kh, kw = shape_of(w)[2:4]
+    out_shape = tuple(out_types[0].shape)
+    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4])
+    xp = _padded(x, attrs, (kh, kw), (oh_pad, ow_pad))
     acc = blocked_conv(xp, w, (oh_pad, ow_pad), attrs["strides"], attrs["dilations"],
                        (reg_h, reg_n))
     return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co],
                       name="conv2d_nchwc")
+
+
+@lowering("depthwise_conv2d_nchwc")
+def depthwise_conv2d_nchwc(inputs, attrs, out_types):
+    """One filter per channel on blocked data: each output vector of c channels sums kh x kw
+    taps (broadcast-free FMAs), register-tiled like the convs (``schedules/cpu/conv.py``)."""
+    x, w = inputs
+    kh, kw = shape_of(w)[2:4]
+    out_shape = tuple(out_types[0].shape)
+    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4])
+    # one FMA per tap leaves no time to win back a padded copy of x: guard each tap instead
+    xp = _padded(x, attrs, (kh, kw), (oh_pad, ow_pad), stage=False)
+    (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+
+    def conv_fn(b, cc, i, j, ci):
+        return te.sum(xp[b, cc, i * sh + ry * dh, j * sw + rx * dw, ci] * w[cc, 0, ry, rx, ci],
+                      axis=[ry, rx])
+
+    n, cb = out_shape[:2]
+    acc = te.compute((n, cb, oh_pad, ow_pad, out_shape[4]), conv_fn, name="conv_nchwc",
+                     attrs={"kiln.sched": "conv2d", "kiln.reg_h": reg_h, "kiln.reg_n": reg_n})
+    return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co],
+                      name="depthwise_conv2d_nchwc")
 
 
 def _clamped(v, n: int):

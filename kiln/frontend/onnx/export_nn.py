@@ -265,8 +265,8 @@ def _layout_transform(e, node, ins, outs):
     _relayout(e, ins[0], _static_in(node), a["src_layout"], a["dst_layout"], outs)
 
 
-@exports("conv2d_nchwc", *(f"{op}_nchwc" for op in ("max_pool2d", "avg_pool2d",
-                                                     "global_avg_pool2d")))
+@exports("conv2d_nchwc", "depthwise_conv2d_nchwc",
+         *(f"{op}_nchwc" for op in ("max_pool2d", "avg_pool2d", "global_avg_pool2d")))
 def _blocked(e, node, ins, outs):
     """The NCHW op between relayouts (onnxruntime folds the weight's at load time)."""
     x, y = node.inputs[0].type, node.outputs[0].type
@@ -274,12 +274,14 @@ def _blocked(e, node, ins, outs):
     flat = _relayout(e, ins[0], _static_in(node), nchwc(ic), "NCHW")
     y4 = e.fresh(f"{outs[0]}_nchw")
     base = node.op[: -len("_nchwc")]
-    if base == "conv2d":
+    if base in ("conv2d", "depthwise_conv2d"):
         w = node.inputs[1].shape
-        ws = _relayout(e, ins[1], w, f"OIHW{ic}i{oc}o", "OIHW")
+        depthwise = base == "depthwise_conv2d"
+        ws = _relayout(e, ins[1], w, f"OIHW{oc}o" if depthwise else f"OIHW{ic}i{oc}o", "OIHW")
         a = node.attrs
         e.add("Conv", [flat, ws], [y4], kernel_shape=list(w[2:4]), strides=list(a["strides"]),
-              pads=list(a["pads"]), dilations=list(a["dilations"]), group=1)
+              pads=list(a["pads"]), dilations=list(a["dilations"]),
+              group=x.shape[1] * ic if depthwise else 1)
     elif base == "global_avg_pool2d":
         e.add("GlobalAveragePool", [flat], [y4])
     else:

@@ -199,6 +199,38 @@ def conv2d_nchwc(x, w, strides, pads, dilations, tile):
     return relayout(y, "NCHW", nchwc(w.shape[5]))
 
 
+def _depthwise_infer(types, attrs):
+    x, w = types
+    same_dtype(types)
+    c = block_of(x)
+    if w.rank != 5 or w.shape[1] != 1 or w.shape[0] != x.shape[1] or w.shape[4] != c:
+        fail(f"weight must be blocked as [C/c, 1, kh, kw, c] = [{x.shape[1]}, 1, kh, kw, {c}] "
+             f"to match x, got {w}")
+    x4 = _unblocked(x)
+    w4 = w.with_shape(transform_shape(w.shape, f"OIHW{c}o", "OIHW"))
+    y = OPS["conv2d"].infer([x4, w4], {**_conv2d_attrs(attrs), "groups": x4.shape[1]})
+    return y.with_shape(transform_shape(y.shape, "NCHW", nchwc(c)))
+
+
+def _depthwise_flops(in_types, out_types, attrs):
+    kh, kw = in_types[1].shape[2:4]
+    return 2 * numel(out_types[0].shape) * kh * kw
+
+
+@register("depthwise_conv2d_nchwc", kind=ANCHOR, epilogue=True, infer=_depthwise_infer,
+          arity=2, flops=_depthwise_flops,
+          attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1)})
+def depthwise_conv2d_nchwc(x, w, strides, pads, dilations):
+    """Depthwise conv2d (one filter per channel) on x[N, C/c, H, W, c] and w[C/c, 1, kh,
+    kw, c] -> [N, C/c, OH, OW, c]."""
+    c = x.shape[-1]
+    x4 = relayout(x, nchwc(c), "NCHW")
+    w4 = relayout(w, f"OIHW{c}o", "OIHW")
+    y = nn.conv2d(x4, w4, None, strides=strides, pads=pads, dilations=dilations,
+                  groups=x4.shape[1])
+    return relayout(y, "NCHW", nchwc(c))
+
+
 def _pool(op: str):
     """Register ``{op}_nchwc``: the NCHW op ``op`` on an ``NCHW{c}c`` input."""
     base = OPS[op]
@@ -225,5 +257,5 @@ def _pool(op: str):
 for _op in ("max_pool2d", "avg_pool2d", "global_avg_pool2d"):
     _pool(_op)
 
-BLOCKED_OPS = ("conv2d_nchwc", "max_pool2d_nchwc", "avg_pool2d_nchwc",
-               "global_avg_pool2d_nchwc")
+BLOCKED_OPS = ("conv2d_nchwc", "depthwise_conv2d_nchwc", "max_pool2d_nchwc",
+               "avg_pool2d_nchwc", "global_avg_pool2d_nchwc")
