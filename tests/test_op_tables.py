@@ -51,9 +51,9 @@ def _epilogue_graph(op: str):
         x = b.input("x", TensorType((4, 6)))
         w = b.input("w", TensorType((6, 8)))
         (mm,) = b.op("matmul", [x, w])
-        extra = {"y": lambda: b.input("y", TensorType(shape)),
-                 "cond": lambda: b.input("cond", TensorType(shape, "bool"))}
-        args = [mm if f == "mm" else extra[f]() for f in arg_forms]
+        dtypes = {"y": "float32", "cond": "bool"}
+        args = [mm if f == "mm" else b.input(f, TensorType(shape, dtypes[f]))
+                for f in arg_forms]
         try:
             outs = b.op(op, args)
         except ShapeError:

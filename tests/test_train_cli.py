@@ -14,8 +14,8 @@ import pytest
 
 import kiln
 from kiln import nn
-from kiln.errors import CLIError, KilnError
 from kiln.cli.train import ProgressBar, add_parser, load_digits
+from kiln.errors import CLIError, KilnError
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_MLP = f"{ROOT / 'examples' / 'training' / 'digits_mlp.py'}:make_model"
