@@ -232,6 +232,27 @@ def test_zero_pad_folds_into_the_conv():
         }""")
 
 
+def test_small_integer_powers_become_products():
+    check(simplify_dce, """
+        graph g(%x: float32[2, 3]) {
+          %two: float32[] = full() {shape=(), value=2.0}
+          %three: float32[] = full() {shape=(), value=3.0}
+          %half: float32[] = full() {shape=(), value=0.5}
+          %a: float32[2, 3] = pow(%x, %two)
+          %b: float32[2, 3] = pow(%x, %three)
+          %c: float32[2, 3] = pow(%x, %half)
+          return %a, %b, %c
+        }""", """
+        graph g(%x: float32[2, 3]) {
+          %half: float32[] = full() {shape=(), value=0.5}
+          %a: float32[2, 3] = mul(%x, %x)
+          %b.square: float32[2, 3] = mul(%x, %x)
+          %b: float32[2, 3] = mul(%b.square, %x)
+          %c: float32[2, 3] = pow(%x, %half)
+          return %a, %b, %c
+        }""", inputs={"x": np.array([[-2, -0.0, 1.5], [np.inf, -np.inf, np.nan]], F32)})
+
+
 def test_scale_moves_after_the_matmul():
     """(q * c) @ k.T -> (q @ k.T) * c: the canonical attention-score spelling."""
     check(simplify_dce, """
