@@ -75,6 +75,29 @@ def test_one_row_batches_fold_into_one_gemm_with_its_epilogue(b_const):
     assert script.index("T.parallel(") < script.index('T.sblock("relu")')
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5, 24), (1, 7, 7, 40), (3, 9, 1, 16)], ids=str)
+def test_batches_of_a_2d_weight_fold_into_one_gemm(shape):
+    """[..., M, K] @ [K, N] + bias, relu with few rows per batch: one GEMM over all rows
+    (the epilogue computed over the product), compiled == numpy."""
+    *batch, m, k = shape
+    n = 37
+    a, w, bias = _randn(*shape), _randn(k, n), _randn(n)
+    builder = GraphBuilder("fold_batches")
+    (y,) = builder.op("matmul", [builder.input("a", TensorType.of(a)), builder.param("w", w)])
+    (y,) = builder.op("add", [y, builder.param("bias", bias)])
+    (y,) = builder.op("relu", [y])
+    builder.output(y)
+    from kiln.passes.manager import optimize
+
+    res = build(optimize(builder.build(), 2))
+    want = np.maximum(np.matmul(a.astype(np.float64), w) + bias, 0)
+    np.testing.assert_allclose(res.run({"a": a})[0], want, rtol=1e-4, atol=1e-4)
+    (script,) = [f.script() for f in res.module.functions.values()]
+    rows = int(np.prod(batch)) * m
+    gemm = re.search(r"gemm(?:_local)? = T.sblock_alloc_buffer\(\((\d+), 64\)", script)
+    assert gemm and int(gemm[1]) >= rows  # one [rows, N] GEMM, not a batch of [M, N] ones
+
+
 def test_batched_and_broadcast_matmul_match_numpy():
     cases = [((2, 3, 17, 19), (2, 3, 19, 23)), ((4, 33, 8), (8, 40)), ((5, 7), (3, 7, 9)),
              ((2, 1, 6, 5), (1, 3, 5, 34))]
