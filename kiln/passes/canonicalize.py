@@ -141,7 +141,7 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
     no-op casts, reshapes, transposes, expands and identities disappear; -(-x) -> x; a zero
     pad of a convolution's spatial axes becomes the convolution's own padding;
     (x * c) @ y and x @ (y * c) -> (x @ y) * c for a scalar c (see ``scale_after_matmul``);
-    x ** 2 and x ** 3 -> products."""
+    x ** 2 and x ** 3 -> products; x * sigmoid(x) -> silu(x)."""
     consts = Constants(graph)
     made: dict[Value, Node] = {}  # new value -> the node that made it in the new graph
     copied: dict[Value, Node] = {}  # old value -> its node copied unchanged into the new graph
@@ -201,6 +201,14 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
             (square,) = b.op("mul", [x, x], origin=node.origin,
                              names=[b.free_name(f"{node.outputs[0].name}.square")])
             return emit(b, node, "mul", [square, x], {})
+        if node.op == "mul":
+            for side in (0, 1):
+                gate, x = made.get(ins[side]), ins[1 - side]
+                if gate is not None and gate.op == "sigmoid" and gate.inputs[0] is x \
+                        and x.type == out_t:
+                    # x * sigmoid(x) as exporters write SiLU: one op, so that it fuses into
+                    # the conv or matmul that makes x (x read twice keeps them apart)
+                    return emit(b, node, "silu", [x], {})
         if node.op == "matmul" and is_float(out_t.dtype):
             moved = scale_after_matmul(b, node, ins)
             if moved is not None:

@@ -253,6 +253,24 @@ def test_small_integer_powers_become_products():
         }""", inputs={"x": np.array([[-2, -0.0, 1.5], [np.inf, -np.inf, np.nan]], F32)})
 
 
+def test_x_times_its_sigmoid_is_silu():
+    check(simplify_dce, """
+        graph g(%x: float32[2, 3], %y: float32[2, 3]) {
+          %s: float32[2, 3] = sigmoid(%x)
+          %a: float32[2, 3] = mul(%x, %s)
+          %b: float32[2, 3] = mul(%s, %x)
+          %c: float32[2, 3] = mul(%y, %s)
+          return %a, %b, %c
+        }""", """
+        graph g(%x: float32[2, 3], %y: float32[2, 3]) {
+          %s: float32[2, 3] = sigmoid(%x)
+          %a: float32[2, 3] = silu(%x)
+          %b: float32[2, 3] = silu(%x)
+          %c: float32[2, 3] = mul(%y, %s)
+          return %a, %b, %c
+        }""")
+
+
 def test_scale_moves_after_the_matmul():
     """(q * c) @ k.T -> (q @ k.T) * c: the canonical attention-score spelling."""
     check(simplify_dce, """
