@@ -135,6 +135,23 @@ def test_depthwise_convs_stay_blocked_between_the_pointwise_ones():
     assert dw.inputs[1].shape == (32 // block, 1, 3, 3, block)
 
 
+def test_a_wide_conv_without_a_full_vector_block_stays_nchw():
+    """1000 output channels (a classifier conv) only divide into 8-channel blocks, half an
+    AVX-512 vector: that conv stays NCHW; 24 channels in 8-blocks stay blocked."""
+    out, report = laid_out(graph("""
+        graph g(%x: float32[1, 32, 6, 6]) {
+          param %w1: float32[24, 32, 1, 1]
+          param %w2: float32[1000, 24, 1, 1]
+          %a: float32[1, 24, 6, 6] = conv2d(%x, %w1)
+          %r: float32[1, 24, 6, 6] = relu(%a)
+          %b: float32[1, 1000, 6, 6] = conv2d(%r, %w2)
+          return %b
+        }"""))
+    ops = Counter(n.op for n in out.nodes)
+    assert ops["conv2d_nchwc"] == 1 and ops["conv2d"] == 1
+    assert [c.value for c in report.choices] == ["a"]
+
+
 def test_transform_pairs_cancel_and_chains_collapse():
     g = graph("""
         graph g(%x: float32[1, 16, 2, 2]) {
