@@ -38,8 +38,8 @@ class Tiling:
     gemm_rows: int
     gemm_vectors: int  # vectors per GEMM register-tile row when N is wider than one vector
     conv_pixels: int
-    gemm_block_bytes: int = 1 << 19
-    tasks: int = 1
+    gemm_block_bytes: int
+    tasks: int
 
     def gemm_cols(self, n: int) -> int:
         """Columns of a GEMM register tile (and of a packed B panel) for N = ``n``."""
