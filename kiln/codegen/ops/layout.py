@@ -47,14 +47,16 @@ def layout_transform(inputs, attrs, out_types):
     return te.compute(tuple(out_types[0].shape), fn, name="layout_transform", attrs=ann)
 
 
-def _tile(attrs, oh: int, ow: int) -> tuple[int, int, int, int]:
+def _tile(attrs, oh: int, ow: int, block: int) -> tuple[int, int, int, int]:
     """(reg_h, oh_pad, reg_n, ow_pad): the register tile (``tile`` attribute or the
-    heuristic of ``conv.py``) and the output extents padded to a multiple of it."""
+    heuristic of ``conv.py``, its accumulators shared by the vectors of a ``block``-channel
+    output block) and the output extents padded to a multiple of it."""
     if attrs.get("tile"):
         reg_h, reg_n = attrs["tile"]
         reg_h, reg_n = min(reg_h, oh), min(reg_n, ow)
     else:
-        pixels = c.tiling(attrs).conv_pixels
+        tiles = c.tiling(attrs)
+        pixels = max(1, tiles.conv_pixels // max(1, block // tiles.lanes))
         reg_n, _ = reg_cols(ow, pixels)
         reg_h, _ = reg_rows(oh, reg_n, pixels)
     return reg_h, -(-oh // reg_h) * reg_h, reg_n, -(-ow // reg_n) * reg_n
@@ -88,7 +90,7 @@ def conv2d_nchwc(inputs, attrs, out_types):
     x, w = inputs
     kh, kw = shape_of(w)[2:4]
     out_shape = tuple(out_types[0].shape)
-    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4])
+    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4], out_shape[4])
     xp = _padded(x, attrs, (kh, kw), (oh_pad, ow_pad))
     acc = blocked_conv(xp, w, (oh_pad, ow_pad), attrs["strides"], attrs["dilations"],
                        (reg_h, reg_n))
@@ -103,7 +105,7 @@ def depthwise_conv2d_nchwc(inputs, attrs, out_types):
     x, w = inputs
     kh, kw = shape_of(w)[2:4]
     out_shape = tuple(out_types[0].shape)
-    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4])
+    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4], out_shape[4])
     # one FMA per tap leaves no time to win back a padded copy of x: guard each tap instead
     xp = _padded(x, attrs, (kh, kw), (oh_pad, ow_pad), stage=False)
     (sh, sw), (dh, dw) = attrs["strides"], attrs["dilations"]

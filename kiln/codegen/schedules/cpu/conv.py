@@ -1,14 +1,17 @@
-"""The NCHWc conv2d schedule (TVM's x86 conv2d_NCHWc template, as in TVM_NOTES.md).
+"""The NCHWc conv2d schedule (TVM's x86 conv2d_NCHWc template).
 
 For ``conv_nchwc[n, oc, oh, ow, ocb] += xp[n, rc, oh*s + ry, ow*s + rx, ri] * wp[oc, rc, ry,
 rx, ri, ocb]``: ow splits into [ow0, ow1 = reg_n]; order (n, oc, oh, ow0, rc, ry, rx, ri,
 ow1, ocb) keeps reg_n x ocb accumulators in registers (``local`` scope; ow1 unrolled, ocb one
 vector), each weight vector loaded once per reg_n FMAs with broadcast activations; the NCHW
 output (and any fused epilogue) is written from the tile under ow0; (n, oc, oh) run in
-parallel; the reduction's init is decomposed last.
+parallel, or (n, oh, oc) for a small weight (``ROWS_FIRST_WEIGHT_BYTES``); the reduction's
+init is decomposed last.
 """
 
 from __future__ import annotations
+
+from math import prod
 
 from kiln.codegen.schedules.cpu.common import (
     annotations,
@@ -16,6 +19,11 @@ from kiln.codegen.schedules.cpu.common import (
     reads_tile_exactly,
     vectorize_inner,
 )
+
+# Measured interleaved at 2 threads on the Sapphire Rapids VM, rows vs channel blocks for
+# weights up to 1 MB: ResNet-50 -12%, MobileNetV2 -11%, ResNet-18 -3%, Inception v3 -2%
+# (all weights: ResNet-50 -7%; 4 MB: -4%)
+ROWS_FIRST_WEIGHT_BYTES = 1 << 20
 
 
 def schedule_conv2d(sch, block, lanes: int, cores: int, epilogue: bool = True) -> list[str]:
@@ -25,7 +33,15 @@ def schedule_conv2d(sch, block, lanes: int, cores: int, epilogue: bool = True) -
     b, oc, oh, ow, ocb, *reduce = sch.get_loops(block)  # conv: rc, ry, rx, ri; depthwise: ry, rx
     oh0, oh1 = sch.split(oh, [None, reg_h])
     ow0, ow1 = sch.split(ow, [None, reg_n])
-    sch.reorder(b, oc, oh0, ow0, *reduce, oh1, ow1, ocb)
+    # Threads split the output by rows when the weight is small enough for each to read all
+    # of it: the next layer then finds its input rows in the cache of the core that wrote
+    # them (split by channel blocks, half of every input comes from the other core)
+    weight = extent(sch, oc) * prod(extent(sch, r) for r in reduce) * extent(sch, ocb) * 4
+    rows_first = weight <= ROWS_FIRST_WEIGHT_BYTES and extent(sch, oh0) >= 4 * cores
+    if rows_first:
+        sch.reorder(b, oh0, oc, ow0, *reduce, oh1, ow1, ocb)
+    else:
+        sch.reorder(b, oc, oh0, ow0, *reduce, oh1, ow1, ocb)
     done = [sch.get(block).name_hint]
     if epilogue:
         consumers = sch.get_consumers(block)
@@ -39,7 +55,7 @@ def schedule_conv2d(sch, block, lanes: int, cores: int, epilogue: bool = True) -
     sch.unroll(oh1)
     sch.unroll(ow1)
     vectorize_inner(sch, ocb, lanes)
-    par = sch.fuse(b, oc, oh0)
+    par = sch.fuse(b, oh0, oc) if rows_first else sch.fuse(b, oc, oh0)
     if cores > 1 and extent(sch, par) > 1:
         sch.parallel(par)
     sch.decompose_reduction(block, reduce[0])
