@@ -137,7 +137,8 @@ def test_depthwise_convs_stay_blocked_between_the_pointwise_ones():
 
 def test_a_wide_conv_without_a_full_vector_block_stays_nchw():
     """1000 output channels (a classifier conv) only divide into 8-channel blocks, half an
-    AVX-512 vector: that conv stays NCHW; 24 channels in 8-blocks stay blocked."""
+    AVX-512 vector: that conv stays NCHW; 24 (or 72, 88, 120) channels in 8-blocks stay
+    blocked."""
     out, report = laid_out(graph("""
         graph g(%x: float32[1, 32, 6, 6]) {
           param %w1: float32[24, 32, 1, 1]
