@@ -179,6 +179,21 @@ def blocked_conv(xp, w, out_hw, strides, dilations, tile):
     return te.compute((n, ob, *out_hw, ocb), conv_fn, name="conv_nchwc", attrs=ann)
 
 
+def pad_pack(x, block: int, top: int, left: int, hp: int, wp: int):
+    """x[N, C, H, W] -> [N, C/block, Hp, Wp, block]: blocked channels, zero padded (``top``,
+    ``left`` rows/columns before, the rest after), a ``pack`` stage of its own."""
+    n, ch, h, wd = shape_of(x)
+    zero = const(0, dtype_of(x))
+
+    def fn(b, cc, i, j, ci):
+        hi, wi = i - top, j - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, x[b, cc * block + ci, hi, wi], zero)
+
+    return te.compute((n, ch // block, hp, wp, block), fn, name="pad_pack",
+                      attrs={"kiln.sched": "pack"})
+
+
 def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, packed):
     """The blocked convolution of x[N, C, H, W] (te tensors); returns the NCHW output."""
     n, ch, h, wd = shape_of(x)
@@ -198,14 +213,7 @@ def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, packed)
     wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
     dt = dtype_of(x)
     zero = const(0, dt)
-
-    def pad_pack(b, cc, i, j, ci):
-        hi, wi = i - top, j - left
-        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
-        return tirx.if_then_else(inside, x[b, cc * icb + ci, hi, wi], zero)
-
-    xp = te.compute((n, ch // icb, hp, wp, icb), pad_pack, name="pad_pack",
-                    attrs={"kiln.sched": "pack"})
+    xp = pad_pack(x, icb, top, left, hp, wp)
     o_pad = -(-o // ocb) * ocb
     if packed:
         wpk = w
@@ -253,15 +261,7 @@ def depthwise_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, pack
     (sh, sw), (dh, dw), (top, left) = strides, dilations, pads[:2]
     reg_n, ow_pad = reg_cols(ow, tiles.conv_pixels)
     hp, wp = (oh - 1) * sh + (kh - 1) * dh + 1, (ow_pad - 1) * sw + (kw - 1) * dw + 1
-    zero = const(0, dtype_of(x))
-
-    def pad_pack(b, cc, i, j, ci):
-        hi, wi = i - top, j - left
-        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
-        return tirx.if_then_else(inside, x[b, cc * cb + ci, hi, wi], zero)
-
-    xp = te.compute((n, ch // cb, hp, wp, cb), pad_pack, name="pad_pack",
-                    attrs={"kiln.sched": "pack"})
+    xp = pad_pack(x, cb, top, left, hp, wp)
     if packed:
         wpk = w
     else:
@@ -299,14 +299,7 @@ def grouped_nchwc(x, w, bias, out_shape, strides, pads, dilations, groups, tiles
     hp = (oh_pad - 1) * sh + (kh - 1) * dh + 1
     wp = (ow_pad - 1) * sw + (kw - 1) * dw + 1
     zero = const(0, dtype_of(x))
-
-    def pad_pack(b, cc, i, j, ci):
-        hi, wi = i - top, j - left
-        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
-        return tirx.if_then_else(inside, x[b, cc * icb + ci, hi, wi], zero)
-
-    xp = te.compute((n, ch // icb, hp, wp, icb), pad_pack, name="pad_pack",
-                    attrs={"kiln.sched": "pack"})
+    xp = pad_pack(x, icb, top, left, hp, wp)
     if packed:
         wpk = w
     else:
