@@ -165,9 +165,13 @@ def avg_pool2d_nchwc(inputs, attrs, out_types):
     top, left, bottom, right = attrs["pads"]
     read = _window(x, attrs, const(0, dt), dilated=False)
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
-    s = te.compute(tuple(out_types[0].shape),
+    # the window sums register-tiled like a depthwise conv of ones (``schedules/cpu/conv.py``)
+    n, cb, oh, ow, c = out_types[0].shape
+    reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, oh, ow, c)
+    s = te.compute((n, cb, oh_pad, ow_pad, c),
                    lambda b, cc, i, j, ci: te.sum(read(b, cc, i, j, ci, ry, rx), axis=[ry, rx]),
-                   name="avg_pool_sum", attrs=_POOL_ANN)
+                   name="avg_pool_sum",
+                   attrs={"kiln.sched": "conv2d", "kiln.reg_h": reg_h, "kiln.reg_n": reg_n})
 
     def count(start, k, size, lo_pad, hi_pad):
         lo, hi = (-lo_pad, size + hi_pad) if attrs["count_include_pad"] else (0, size)
