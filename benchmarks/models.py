@@ -551,11 +551,10 @@ def run_child(item: str, args) -> dict[str, Any]:
         if result.exists():
             row = json.loads(result.read_text())
         row["wall_s"] = time.perf_counter() - t0
-        if row.get("stage") == "done":
-            pass  # finished (whatever its exit took)
-        elif rc is None:
+        # a child that reached "done" counts as finished, whatever its exit took
+        if row.get("stage") != "done" and rc is None:
             row["error"] = f"timed out after {args.timeout:.0f} s during '{row['stage']}'"
-        elif rc != 0 or row.get("stage") != "done":
+        elif row.get("stage") != "done":
             how = (f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with {rc}")
             row["error"] = f"child {how} during '{row['stage']}'"
         return row

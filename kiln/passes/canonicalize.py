@@ -192,11 +192,11 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
                     node.inputs[1]).dtype)
                 c = add_param(b, f"{node.outputs[0].name}.reciprocal", inverse)
                 return emit(b, node, "mul", [ins[0], c], {})
-        if node.op == "pow" and is_float(out_t.dtype) and ins[0].type == out_t \
-                and consts.scalar(node.inputs[1]) in (2, 3):
+        exponent = consts.scalar(node.inputs[1]) if node.op == "pow" else None
+        if exponent in (2, 3) and is_float(out_t.dtype) and ins[0].type == out_t:
             # GPT-2's gelu writes x ** 3: a powf call per element, 1.3 GFLOP/s
             x = ins[0]
-            if consts.scalar(node.inputs[1]) == 2:
+            if exponent == 2:
                 return emit(b, node, "mul", [x, x], {})
             (square,) = b.op("mul", [x, x], origin=node.origin,
                              names=[b.free_name(f"{node.outputs[0].name}.square")])

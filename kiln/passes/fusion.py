@@ -176,8 +176,13 @@ def _slice_elementwise_splits(graph: Graph) -> Graph:
         return v not in graph.outputs and all(is_elementwise(u.op)
                                               for u in users.get(v, []))
 
+    splits = {node for node in graph.nodes
+              if node.op == "split" and all(read_elementwise(v) for v in node.outputs)}
+    if not splits:
+        return graph
+
     def rule(b: GraphBuilder, node: Node, ins: list[Value]):
-        if node.op != "split" or not all(read_elementwise(v) for v in node.outputs):
+        if node not in splits:
             return None
         axis, start, parts = node.attrs["axis"], 0, []
         for v, size in zip(node.outputs, node.attrs["sizes"]):

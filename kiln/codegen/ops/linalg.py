@@ -83,19 +83,23 @@ def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, tiles
 
 
 def _unravel(r, dims):
-    """The index into ``dims`` of row ``r`` of their row-major flattening."""
+    """The index into ``dims`` of row ``r`` of their row-major flattening (0 on unit dims)."""
     idx = []
     for d in reversed(dims):
-        idx.append(r % d)
-        r = r // d
+        idx.append(r % d if d > 1 else 0)
+        r = r // d if d > 1 else r
     return idx[::-1]
 
 
 def _ravel(idx, dims):
-    r = 0
+    """The row of ``idx`` in the row-major flattening of ``dims``. Unit dims add no term, so
+    that ``[S, 1]`` rows read as plain ``s``: the GEMM schedule keeps an epilogue in the
+    register tile only for consumers that index it by plain loop variables."""
+    r = None
     for i, d in zip(idx, dims):
-        r = r * d + i
-    return r
+        if d > 1:
+            r = i if r is None else r * d + i
+    return 0 if r is None else r
 
 
 @lowering("matmul")
@@ -132,14 +136,13 @@ def matmul(inputs, attrs, out_types):
     # A[..., M, K] @ B[K, N] with batch axes: one GEMM over all prod(batch) * M rows, not
     # one per batch that each stream all of B ([S, 1, K] @ W of a seq-first attention
     # projection, [1, 14, 14, C] @ W of ConvNeXt's channels-last MLP, a batch of 8).
-    # [S, 1, K] keeps its epilogue in the register tile (its consumers read the tile by plain
-    # indices); other shapes write the product, then compute the epilogue over it, which
-    # pays when each batch has few rows or B is too big to stay in cache between batches
-    # (measured on ConvNeXt-tiny: 56 rows of a 147 KB B per batch are faster unfolded)
+    # With one axis above 1 ([S, 1, K]) the epilogue stays in the register tile; other shapes
+    # write the product, then compute the epilogue over it, which pays when each batch has
+    # few rows or B is too big to stay in cache between batches (measured on ConvNeXt-tiny:
+    # 56 rows of a 147 KB B per batch are faster unfolded)
     big_b = k_dim * n * np.dtype(dtype_of(b)).itemsize > tiles.gemm_block_bytes
     fold = not a_vec and not b_batch and prod(out_batch) > 1 and (
         m < 4 * tiles.gemm_rows or big_b)
-    plain = fold and m == 1 and len(out_batch) == 1
     g_batch, g_m = ((), prod(out_batch) * m) if fold else (out_batch, m)
     if packed:
         def b_at(bidx, k, j):
@@ -152,10 +155,6 @@ def matmul(inputs, attrs, out_types):
         raw_ok = isinstance(b.op, te.PlaceholderOp) and k_dim <= RAW_B_MAX_K
         b_at = b_reader(lambda bb, k, j: b[(*bb, k, j)], b_batch, g_batch, n, k_dim, nb,
                         dtype_of(b), raw_ok=raw_ok)
-    if plain:
-        cp = gemm_stage((), g_m, n, k_dim, lambda bidx, r, k: a[r, 0, k],
-                        lambda bidx, k, j: b_at((), k, j), nb, tiles, dtype_of(a))
-        return te.compute(out_shape, lambda r, i, j: cp[r, j], name="matmul")
     if fold:
         dims = (*out_batch, m)
 
