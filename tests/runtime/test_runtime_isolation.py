@@ -17,8 +17,8 @@ import pytest
 from runtime_helpers import copy_artifact, rewrite_manifest
 
 import kiln
+from kiln.runtime import TORCH_ENV, pack
 from kiln.runtime import format as fmt
-from kiln.runtime import pack
 
 ROOT = Path(kiln.__file__).resolve().parent.parent
 
@@ -59,15 +59,18 @@ else:
 NO_TORCH = "import sys; sys.modules['torch'] = None\n"
 
 
-def child(code: str, *args, threads: dict | None = None) -> subprocess.CompletedProcess:
+def child(code: str, *args, threads: dict | None = None, torch: bool = False,
+          env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python; ``threads``: the thread variables it sees (default
-    TVM_NUM_THREADS=2)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update({"TVM_NUM_THREADS": "2"} if threads is None else threads)
-    return subprocess.run([sys.executable, "-c", NO_TORCH + textwrap.dedent(code),
-                           *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    TVM_NUM_THREADS=2); ``torch``: leave torch importable; ``env``: more variables."""
+    variables = {k: v for k, v in os.environ.items()
+                 if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS", TORCH_ENV)}
+    variables["PYTHONPATH"] = str(ROOT)
+    variables.update({"TVM_NUM_THREADS": "2"} if threads is None else threads)
+    variables.update(env or {})
+    code = ("" if torch else NO_TORCH) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                          capture_output=True, text=True, env=variables, timeout=120)
 
 
 def test_runtime_needs_no_compiler(small_artifact):
@@ -80,6 +83,43 @@ def test_packed_artifact_in_a_fresh_process(small_artifact, tmp_path):
     tar = pack(small_artifact, tmp_path / "m.kiln.tar")
     result = child(RUN, tar, small_artifact / fmt.WEIGHTS)
     assert result.returncode == 0, result.stderr
+
+
+TORCH = """
+import sys
+import numpy as np
+if sys.argv[2] == "torch-first":
+    import torch
+import kiln.runtime
+model = kiln.runtime.load(sys.argv[1])
+model.run({"x": np.ones((4, 8), np.float32)})
+print("torch" in sys.modules)
+import tvm_ffi
+try:
+    import torch
+except ImportError:  # not installed
+    print("none")
+    raise SystemExit
+t = torch.arange(6, dtype=torch.float32)  # torch works, its tensors pass to tvm_ffi
+np.testing.assert_array_equal(np.from_dlpack(tvm_ffi.from_dlpack(t)), t.numpy())
+print(type(tvm_ffi.convert(torch.float32)).__name__)  # "dtype" where tvm_ffi saw torch
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "opt-in", "torch-first"])
+def test_runtime_does_not_import_torch(small_artifact, mode):
+    """``import tvm_ffi`` imports torch whenever it is installed (1-3 s, most of a runtime
+    start); the runtime keeps torch out unless torch is already imported or
+    KILN_RUNTIME_TORCH=1 asks for tvm_ffi's torch helpers."""
+    env = {TORCH_ENV: "1"} if mode == "opt-in" else {}
+    result = child(TORCH, small_artifact, mode, torch=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported, helpers = result.stdout.split()
+    if helpers == "none":  # torch is not installed here
+        assert imported == "False"
+        return
+    assert imported == ("False" if mode == "default" else "True")
+    assert helpers == ("OpaquePyObject" if mode == "default" else "dtype")
 
 
 THREADS = """
