@@ -1,12 +1,16 @@
 """kiln: a neural-network compiler.
 
 The public API is small and loaded lazily, so that ``import kiln.runtime`` (the deployable
-part) never pulls in the compiler, TVM or the frontends.
+part) never pulls in the compiler, TVM or the frontends. ``pip install kiln`` installs the
+runtime alone (numpy, apache-tvm-ffi); ``pip install "kiln[compiler]"`` adds the compiler's
+dependencies (apache-tvm, onnx, networkx). Without them, the names that need them raise a
+KilnError saying how to install them.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -32,12 +36,49 @@ _LAZY = {
     "to_onnx": ("kiln.frontend.onnx.exporter", "to_onnx"),
 }
 
+# what `pip install "kiln[compiler]"` adds to the runtime: import name -> distribution
+COMPILER_DEPENDENCIES = {"tvm": "apache-tvm", "onnx": "onnx", "networkx": "networkx"}
+COMPILER_INSTALL = 'pip install "kiln[compiler]"'
+# public names that cannot work without one of them (checked before they load: kiln.compile
+# would otherwise fail only after tracing and optimizing, deep inside the build)
+_NEEDS = {"compile": "tvm", "from_onnx": "onnx", "to_onnx": "onnx"}
+
+
+def compiler_not_installed(what: str, module: str):
+    """The KilnError for ``what`` (e.g. "kiln.compile") needing ``module``, a compiler
+    dependency that is not installed."""
+    from kiln.errors import KilnError
+
+    return KilnError(
+        f"the compiler is not installed: {what} needs {COMPILER_DEPENDENCIES[module]}; "
+        f"{COMPILER_INSTALL} (this install is the runtime alone: kiln.runtime.load runs "
+        f"compiled artifacts)")
+
+
+def compiler_error(error: BaseException, what: str):
+    """``compiler_not_installed`` when ``error`` is a ModuleNotFoundError for a compiler
+    dependency, else None (then the caller re-raises ``error``)."""
+    if isinstance(error, ModuleNotFoundError):
+        root = (error.name or "").partition(".")[0]
+        if root in COMPILER_DEPENDENCIES:
+            return compiler_not_installed(what, root)
+    return None
+
 
 def __getattr__(name: str):
     if name not in _LAZY:
         raise AttributeError(f"module 'kiln' has no attribute {name!r}")
     module, attr = _LAZY[name]
-    mod = importlib.import_module(module)
+    need = _NEEDS.get(name)
+    if need is not None and importlib.util.find_spec(need) is None:
+        raise compiler_not_installed(f"kiln.{name}", need)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        error = compiler_error(e, f"kiln.{name}")
+        if error is None:
+            raise
+        raise error from e
     value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value
     return value

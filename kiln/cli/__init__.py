@@ -46,3 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except KilnError as e:
         print(f"kiln {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # a runtime-only install: the compiler is an extra
+        from kiln import compiler_error
+
+        error = compiler_error(e, f"kiln {args.command}")
+        if error is None:
+            raise
+        print(f"kiln {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
