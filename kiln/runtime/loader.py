@@ -1,88 +1,134 @@
 """Loading an artifact: find it, check it, then (only then) load its native code.
 
 Checks, in order, each failing with an ArtifactError that says what is wrong and what to do:
-the path is an artifact directory or a .kiln.tar; ``manifest.json`` is present, valid JSON, of
-the right format and version and internally consistent; the target fits this machine (kind
-"llvm" and the CPU features it needs, or a GPU for "cuda"); every file matches its SHA-256.
-The checksums and a structural check of each library (``elf``) come before any ``dlopen``:
-loading a truncated or corrupt .so can crash the process, these checks cannot.
+the path is an artifact directory or an uncompressed .kiln.tar of exactly the artifact's
+regular files (never a FIFO or a device: those are refused before any open); manifest.json
+matches manifest.sha256 (and manifest.sig, when the caller holds a key), is strict JSON, of
+the right format and version, with every field of the right type and bounds and a sound
+memory plan; the target fits this machine (kind "llvm" and the CPU features it needs); every
+file matches its SHA-256. The checksums and the ELF checks of each library (``elf``: complete,
+for this CPU, the right library for its role) come before any ``dlopen``: loading a truncated
+or foreign .so can crash the process, these checks cannot.
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import platform
+import stat
 import tarfile
 import tempfile
 import threading
+import zipfile
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from kiln.errors import ArtifactError
+from kiln.errors import ArtifactError, KilnError
 from kiln.runtime import format as fmt
-from kiln.runtime.elf import check_elf
+from kiln.runtime.elf import check_kernels_library, check_runtime_library
 from kiln.runtime.executor import Model
-from kiln.runtime.planner import check_plan
 from kiln.runtime.threads import set_thread_defaults
 
+#: the files an archive may hold (a top folder aside), each with the most bytes it may take
+#: before the manifest is read (the weights are then bounded by the manifest's constants)
+_ARCHIVE_LIMITS = {fmt.MANIFEST: fmt.MAX_MANIFEST_BYTES, fmt.MANIFEST_DIGEST: fmt.MAX_DIGEST_BYTES,
+                   fmt.SIGNATURE: fmt.MAX_DIGEST_BYTES, fmt.KERNELS: fmt.MAX_LIBRARY_BYTES,
+                   fmt.RUNTIME_LIB: fmt.MAX_LIBRARY_BYTES, fmt.WEIGHTS: 1 << 62}
+#: leading bytes of compressed or foreign archives (refused with a message that says so)
+_MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed",
+          b"\xfd7zXZ\x00": "xz-compressed", b"\x28\xb5\x2f\xfd": "zstd-compressed",
+          b"PK\x03\x04": "a zip archive, not a tar"}
 
-def load(path: str | os.PathLike) -> Model:
-    """Load a compiled artifact (a ``NAME.kiln`` directory or ``NAME.kiln.tar``) to run it."""
+
+def load(path: str | os.PathLike, key: bytes | None = None) -> Model:
+    """Load a compiled artifact (a ``NAME.kiln`` directory or ``NAME.kiln.tar``) to run it.
+
+    With ``key`` (the bytes of the key the artifact was signed with, see ``sign_artifact``),
+    an artifact whose manifest.sig does not match is refused before anything else is read.
+    """
     path = Path(path)
-    if path.is_dir():
-        return _load_dir(path, path)
-    if not path.exists():
-        raise ArtifactError(f"no artifact at {path}: compile one with `kiln compile`")
-    if not tarfile.is_tarfile(path):
-        raise ArtifactError(f"{path} is not a kiln artifact: expected a NAME.kiln directory "
-                            "or a NAME.kiln.tar archive made by `kiln compile`")
+    if _artifact_kind(path) == "directory":
+        return _load_dir(path, path, key)
     with tempfile.TemporaryDirectory(prefix="kiln-") as tmp:
-        _extract(path, Path(tmp))
+        _extract(path, Path(tmp), key)
         # Once dlopen'ed, the library stays mapped after its file is deleted (POSIX).
-        return _load_dir(Path(tmp), path)
+        return _load_dir(Path(tmp), path, key)
 
 
-def read_manifest(folder: Path, shown: Path | None = None) -> dict[str, Any]:
-    """Read, parse and validate ``folder/manifest.json`` (no file checks, no loading)."""
-    shown = shown or folder
+def _artifact_kind(path: Path) -> str:
+    """"directory" or "archive"; anything else (a FIFO, a device) is refused unopened."""
     try:
-        text = (folder / fmt.MANIFEST).read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
+        raise ArtifactError(f"no artifact at {path}: compile one with `kiln compile`") from None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from None
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISREG(mode):
+        return "archive"
+    raise ArtifactError(f"{path} is {fmt.file_kind(mode)}, not a kiln artifact: expected a "
+                        "NAME.kiln directory or a NAME.kiln.tar archive made by `kiln compile`")
+
+
+def read_manifest(folder: Path, shown: Path | None = None,
+                  key: bytes | None = None) -> dict[str, Any]:
+    """Read ``folder/manifest.json``, check it against manifest.sha256 (and manifest.sig when
+    ``key`` is given), parse and validate it (no file checks, no loading)."""
+    shown = shown or folder
+    raw = _read_small(folder, fmt.MANIFEST, fmt.MAX_MANIFEST_BYTES, shown)
+    if raw is None:
         raise ArtifactError(f"{shown} has no {fmt.MANIFEST}: it is not a kiln artifact "
-                            "(or an incomplete one); compile it again with `kiln compile`"
-                            ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"cannot read {shown}/{fmt.MANIFEST}: {e}") from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{shown}/{fmt.MANIFEST} is not valid JSON ({e}); the artifact "
-                            f"is corrupt: {fmt.REBUILD_HINT}") from None
+                            "(or an incomplete one); compile it again with `kiln compile`")
+    sealed = _read_small(folder, fmt.MANIFEST_DIGEST, fmt.MAX_DIGEST_BYTES, shown)
+    if sealed is None:
+        _explain_missing_digest(raw, shown)
+    digest = fmt.check_digest(raw, sealed, str(shown))
+    if key is not None:
+        signature = _read_small(folder, fmt.SIGNATURE, fmt.MAX_DIGEST_BYTES, shown)
+        fmt.check_signature(key, digest, signature, str(shown))
+    manifest = fmt.parse_manifest(raw, str(shown))
     fmt.validate_manifest(manifest)
-    keep = ({s["name"] for s in manifest["inputs"] + manifest["outputs"]}
-            | set(manifest["constants"]))
-    try:
-        check_plan(manifest["kernels"], manifest["values"], keep, manifest["memory"])
-    except ArtifactError as e:
-        raise ArtifactError(f"{shown}: {e}; {fmt.REBUILD_HINT}") from None
     return manifest
 
 
-def _load_dir(folder: Path, shown: Path) -> Model:
-    manifest = read_manifest(folder, shown)
+def _read_small(folder: Path, name: str, limit: int, shown: Path) -> bytes | None:
+    """The bytes of an artifact's small file, or None where it does not exist."""
+    try:
+        return fmt.read_limited(folder / name, limit)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ArtifactError(f"cannot read {shown}/{name}: {e}") from None
+
+
+def _explain_missing_digest(raw: bytes, shown: Path) -> None:
+    """No manifest.sha256: an artifact of an older format (say so), else an incomplete one."""
+    fmt.check_format(fmt.parse_manifest(raw, str(shown)))
+    raise ArtifactError(f"{shown} has no {fmt.MANIFEST_DIGEST}, which covers its manifest: the "
+                        f"artifact is incomplete; {fmt.REBUILD_HINT}")
+
+
+def _load_dir(folder: Path, shown: Path, key: bytes | None) -> Model:
+    manifest = read_manifest(folder, shown, key)
     notes = check_host(manifest)
+    _check_memory_needs(manifest, shown)
     _check_files(folder, manifest, shown)
-    check_elf(folder / fmt.RUNTIME_LIB)
-    check_elf(folder / fmt.KERNELS)
+    check_runtime_library(folder / fmt.RUNTIME_LIB)
+    check_kernels_library(folder / fmt.KERNELS, [k["func"] for k in manifest["kernels"]])
     constants = _read_weights(folder / fmt.WEIGHTS, manifest)
     notes += _ensure_thread_pool(folder / fmt.RUNTIME_LIB)
     notes += _version_notes(manifest)
-    return Model(manifest, _load_library(folder / fmt.KERNELS, shown), constants, notes)
+    library = _load_library(folder / fmt.KERNELS, shown)
+    try:
+        return Model(manifest, library, constants, notes)
+    except MemoryError:
+        raise ArtifactError(f"{shown} needs more memory for its buffers than this process "
+                            "can allocate") from None
 
 
 def check_host(manifest: dict[str, Any]) -> list[str]:
@@ -133,18 +179,8 @@ def _has_nvidia_gpu() -> bool:
 
 
 def _check_files(folder: Path, manifest: dict[str, Any], shown: Path) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise ArtifactError(f"{shown}/{fmt.MANIFEST} lists no file checksums; "
-                            f"{fmt.REBUILD_HINT}")
     for name in fmt.REQUIRED_FILES:
-        if name not in files:
-            raise ArtifactError(f"{shown}/{fmt.MANIFEST} has no checksum for {name}; "
-                                f"{fmt.REBUILD_HINT}")
-    for name, expected in files.items():
-        if not fmt.plain_name(name):
-            raise ArtifactError(f"{shown}/{fmt.MANIFEST} lists the file {name!r}, which is "
-                                "not a plain file name; the artifact is not trustworthy")
+        expected = manifest["files"][name]
         try:
             actual = fmt.sha256_file(folder / name)
         except FileNotFoundError:
@@ -155,27 +191,82 @@ def _check_files(folder: Path, manifest: dict[str, Any], shown: Path) -> None:
         if actual != expected:
             raise ArtifactError(
                 f"{shown}/{name} is corrupt or was modified after the build (SHA-256 "
-                f"{actual[:16]}..., the manifest says {str(expected)[:16]}...): "
-                f"{fmt.REBUILD_HINT}"
+                f"{actual[:16]}..., the manifest says {expected[:16]}...): {fmt.REBUILD_HINT}"
             )
 
 
-def _read_weights(path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+def _check_memory_needs(manifest: dict[str, Any], shown: Path) -> None:
+    """Refuse buffers bigger than this machine's memory (the manifest's shapes say how big)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files if name in manifest["constants"]}
-    except Exception as e:  # zipfile, format and pickle errors alike
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return  # no sysconf: the allocation itself will say
+    values = manifest["values"]
+    io = {s["name"] for s in manifest["inputs"] + manifest["outputs"]}
+    needed = manifest["memory"]["peak_bytes"] + sum(fmt.value_nbytes(values[n]) for n in io)
+    if needed > physical:
+        raise ArtifactError(f"{shown} needs {needed} bytes for its buffers, more than this "
+                            f"machine's {physical} bytes of memory; its manifest is damaged, "
+                            f"or it is built for a bigger machine: {fmt.REBUILD_HINT}")
+
+
+def _read_weights(path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The constants from weights.npz: uncompressed .npy members, one per constant, each
+    header checked against the manifest before its data is read (no pickles, no bombs)."""
+    try:
+        with fmt.open_regular(path) as f, zipfile.ZipFile(f) as npz:
+            return _weights_from_zip(npz, manifest)
+    except KilnError:
+        raise
+    except Exception as e:  # zipfile and numpy's header parser raise many kinds on bad bytes
         raise ArtifactError(f"cannot read {fmt.WEIGHTS}: {e}; {fmt.REBUILD_HINT}") from None
+
+
+def _weights_from_zip(npz: zipfile.ZipFile, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    members = {name + ".npy": name for name in manifest["constants"]}
+    arrays: dict[str, np.ndarray] = {}
+    for member in npz.infolist():
+        name = members.get(member.filename)
+        if name is None or name in arrays:
+            raise ArtifactError(f"{fmt.WEIGHTS} holds {member.filename[:80]!r}, which is not "
+                                f"(or twice) a constant of the manifest; {fmt.REBUILD_HINT}")
+        arrays[name] = _read_npy(npz, member, name, manifest["values"][name])
     for name in manifest["constants"]:
-        info, array = manifest["values"][name], arrays.get(name)
-        if array is None:
+        if name not in arrays:
             raise ArtifactError(f"{fmt.WEIGHTS} lacks the constant {name!r}; "
                                 f"{fmt.REBUILD_HINT}")
-        if str(array.dtype) != info["dtype"] or list(array.shape) != info["shape"]:
-            raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} is {array.dtype}"
-                                f"{list(array.shape)}, the manifest says {info['dtype']}"
-                                f"{info['shape']}; {fmt.REBUILD_HINT}")
     return arrays
+
+
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npy(npz: zipfile.ZipFile, member: zipfile.ZipInfo, name: str,
+              info: dict[str, Any]) -> np.ndarray:
+    nbytes = fmt.value_nbytes(info)
+    if member.compress_type != zipfile.ZIP_STORED \
+            or member.file_size > nbytes + fmt.MAX_NPY_HEADER_BYTES:
+        raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} is compressed or larger than "
+                            f"its {info['dtype']}{info['shape']}; {fmt.REBUILD_HINT}")
+    with npz.open(member) as f:
+        reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+        if reader is None:
+            raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} has an unknown .npy "
+                                f"version; {fmt.REBUILD_HINT}")
+        shape, fortran, dtype = reader(f)
+        if str(dtype) != info["dtype"] or list(shape) != info["shape"] or dtype.hasobject:
+            raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} is {dtype}{list(shape)}, "
+                                f"the manifest says {info['dtype']}{info['shape']}; "
+                                f"{fmt.REBUILD_HINT}")
+        if fortran and len(shape) > 1:
+            raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} is in Fortran order; "
+                                f"{fmt.REBUILD_HINT}")
+        data = f.read(nbytes + 1)
+    if len(data) != nbytes:
+        raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} holds {len(data)} bytes of "
+                            f"data, not {nbytes}; {fmt.REBUILD_HINT}")
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 _thread_pool: str | None = None
@@ -235,38 +326,102 @@ def _load_library(lib: Path, shown: Path):
                             f"another platform: {fmt.REBUILD_HINT}") from None
 
 
-def _extract(archive: Path, dest: Path) -> None:
-    """Extract a .kiln.tar into ``dest``, refusing anything but plain files.
+def _extract(archive: Path, dest: Path, key: bytes | None) -> None:
+    """Extract a .kiln.tar into ``dest``: exactly the artifact's files, regular ones only.
 
-    Members must be regular files named ``FILE`` or ``TOP/FILE`` (one top folder); absolute
-    names, ``..``, links and devices are rejected. Members are copied by hand, never through
-    ``tarfile.extract``.
+    Members must be named ``FILE`` or ``TOP/FILE`` (one top folder) for a FILE of the format;
+    anything else (absolute names, ``..``, links, devices, sparse files, extra files, a
+    compressed tar) is refused before a byte is extracted. The manifest is extracted and
+    checked first; every other member's size is then checked against its bound (the weights
+    against the manifest's constants) before it is copied out, by hand, never through
+    ``tarfile.extract``. An uncompressed, non-sparse tar never unpacks to more than its size.
     """
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            tops = set()
-            for member in tar.getmembers():
-                parts = PurePosixPath(member.name).parts
-                if member.name.startswith(("/", "\\")) or not parts or len(parts) > 2 \
-                        or not all(fmt.plain_name(p) for p in parts):
-                    raise ArtifactError(f"{archive} holds the unsafe member {member.name!r}; "
-                                        "it is not a kiln artifact")
-                if member.isdir() and len(parts) == 1:
-                    tops.add(parts[0])
-                    continue
-                if not member.isfile():
-                    raise ArtifactError(f"{archive} holds {member.name!r}, which is not a "
-                                        "plain file; it is not a kiln artifact")
-                if len(parts) == 2:
-                    tops.add(parts[0])
-                if len(tops) > 1:
-                    raise ArtifactError(f"{archive} holds several folders; it is not a kiln "
-                                        "artifact")
-                source = tar.extractfile(member)
-                with source, open(dest / parts[-1], "xb") as out:
-                    while chunk := source.read(1 << 20):
-                        out.write(chunk)
-    except FileExistsError as e:
-        raise ArtifactError(f"{archive} holds {Path(e.filename).name} twice") from None
-    except (tarfile.TarError, OSError, EOFError) as e:
+        with fmt.open_regular(archive) as f:
+            _refuse_foreign(f, archive)
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                members = _archive_members(tar, archive, os.fstat(f.fileno()).st_size)
+                _copy_members(tar, members, (fmt.MANIFEST, fmt.MANIFEST_DIGEST, fmt.SIGNATURE),
+                              dest)
+                manifest = read_manifest(dest, archive, key)
+                for name in fmt.REQUIRED_FILES:
+                    if name not in members:
+                        raise ArtifactError(f"{archive} lacks {name}: the artifact is "
+                                            f"incomplete; {fmt.REBUILD_HINT}")
+                if members[fmt.WEIGHTS].size > fmt.weights_bound(manifest):
+                    raise ArtifactError(f"{archive} holds a {fmt.WEIGHTS} of "
+                                        f"{members[fmt.WEIGHTS].size} bytes, more than the "
+                                        f"manifest's constants take; {fmt.REBUILD_HINT}")
+                _copy_members(tar, members, fmt.REQUIRED_FILES, dest)
+    except KilnError:
+        raise
+    except tarfile.ReadError as e:
+        raise ArtifactError(f"{archive} is not a kiln artifact ({e}): expected a NAME.kiln "
+                            "directory or an uncompressed NAME.kiln.tar made by `kiln compile`"
+                            ) from None
+    except Exception as e:  # tarfile raises many kinds (EOFError, ValueError...) on bad bytes
         raise ArtifactError(f"cannot read the archive {archive}: {e}") from None
+
+
+def _refuse_foreign(f: IO[bytes], archive: Path) -> None:
+    head = f.read(8)
+    f.seek(0)
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            raise ArtifactError(f"{archive} is {what}: a kiln artifact archive is an "
+                                "uncompressed tar (`kiln compile -o NAME.kiln.tar`, or "
+                                "`tar cf`); unpack it, or repack it without compression")
+
+
+def _archive_members(tar: tarfile.TarFile, archive: Path,
+                     size: int) -> dict[str, tarfile.TarInfo]:
+    """Read the members' headers; return {file name: member}, refusing anything unsafe."""
+    members: dict[str, tarfile.TarInfo] = {}
+    folders: set[tuple[str, ...]] = set()
+    for count, member in enumerate(iter(tar.next, None)):
+        if count > len(_ARCHIVE_LIMITS):  # every file and a top folder
+            raise ArtifactError(f"{archive} holds more members than a kiln artifact has")
+        parts = PurePosixPath(member.name).parts  # "./x" is ("x",), "." is ()
+        if member.isdir() and len(parts) <= 1:
+            folders.add(parts)
+        elif member.name.startswith("/") or not parts or len(parts) > 2 \
+                or not all(fmt.plain_name(p) for p in parts):
+            raise ArtifactError(f"{archive} holds the unsafe member {member.name[:80]!r}; "
+                                "it is not a kiln artifact")
+        elif member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise ArtifactError(f"{archive} holds {member.name[:80]!r}, which is not a "
+                                "plain file; it is not a kiln artifact")
+        else:
+            _check_member(member, parts[-1], members, archive, size)
+            members[parts[-1]] = member
+            folders.add(parts[:-1])
+        if len(folders) > 1:
+            raise ArtifactError(f"{archive} holds several folders; it is not a kiln artifact")
+    return members
+
+
+def _check_member(member: tarfile.TarInfo, name: str, members: dict[str, tarfile.TarInfo],
+                  archive: Path, size: int) -> None:
+    limit = _ARCHIVE_LIMITS.get(name)
+    if limit is None:
+        raise ArtifactError(f"{archive} holds {member.name[:80]!r}, which is not a file of a "
+                            "kiln artifact")
+    if name in members:
+        raise ArtifactError(f"{archive} holds {name} twice")
+    if member.size > limit:
+        raise ArtifactError(f"{archive} holds a {name} of {member.size} bytes, more than the "
+                            f"{limit} it may take; the archive is damaged or not an artifact")
+    if member.offset_data + member.size > size:
+        raise ArtifactError(f"{archive} is truncated: {name} ends past the end of the file; "
+                            f"{fmt.REBUILD_HINT}")
+
+
+def _copy_members(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo],
+                  names: tuple[str, ...], dest: Path) -> None:
+    for name in names:
+        if name not in members:
+            continue
+        source = tar.extractfile(members[name])
+        with source, open(dest / name, "xb") as out:
+            while chunk := source.read(1 << 20):
+                out.write(chunk)

@@ -99,11 +99,18 @@ def check_plan(
 ) -> None:
     """Check that ``memory`` is a sound plan for ``kernels``; raise ArtifactError if not.
 
-    Sound means: every intermediate has a buffer big enough for it, and two values whose live
-    ranges overlap (sharing even one kernel) never share a buffer.
+    Sound means: every intermediate, and nothing else, has a buffer big enough for it; two
+    values whose live ranges overlap (sharing even one kernel) never share a buffer; and the
+    sizes are exactly what ``plan_memory`` makes (each buffer as big as the largest value it
+    holds, rounded up; ``peak_bytes`` and ``naive_bytes`` their sums, where present). The
+    exact sizes matter: the executor lays buffers end to end, so a wrong size anywhere (even
+    of a buffer that holds nothing) would shift every buffer after it onto another.
     """
     ranges = live_ranges(kernels, keep)
     sizes = [b["nbytes"] for b in memory["buffers"]]
+    extra = sorted(set(memory["assign"]) - set(ranges))
+    if extra:
+        raise ArtifactError(f"memory plan: {extra[0]!r} is not an intermediate value")
     by_buffer: dict[int, list[tuple[int, int, str]]] = {}
     for name, (first, last) in ranges.items():
         buf = memory["assign"].get(name)
@@ -119,3 +126,25 @@ def check_plan(
             if first <= last:
                 raise ArtifactError(f"memory plan: {a!r} and {b!r} are live at the same time "
                                     f"but share buffer {buf}")
+    _check_sizes(memory, sizes, by_buffer, values)
+
+
+def _check_sizes(memory: dict[str, Any], sizes: list[int],
+                 by_buffer: dict[int, list[tuple[int, int, str]]],
+                 values: dict[str, dict[str, Any]]) -> None:
+    def need(name: str) -> int:
+        return round_up(value_nbytes(values[name]))
+
+    for buf, size in enumerate(sizes):
+        if buf not in by_buffer:
+            raise ArtifactError(f"memory plan: buffer {buf} holds no value")
+        largest = max(need(name) for _, _, name in by_buffer[buf])
+        if size != largest:
+            raise ArtifactError(f"memory plan: buffer {buf} has {size} bytes, but the largest "
+                                f"value it holds needs {largest}")
+    figures = {"peak_bytes": sum(sizes),
+               "naive_bytes": sum(need(n) for users in by_buffer.values() for *_, n in users)}
+    for key, expected in figures.items():
+        if key in memory and memory[key] != expected:
+            raise ArtifactError(f"memory plan: {key} is {memory[key]!r}, the buffers make "
+                                f"{expected}")

@@ -1,6 +1,7 @@
-"""Writing artifacts: ``write_artifact`` (a NAME.kiln directory) and ``pack`` (one .kiln.tar).
+"""Writing artifacts: ``write_artifact`` (a NAME.kiln directory), ``pack`` (one .kiln.tar) and
+``sign_artifact`` (a manifest.sig for users who load with a key).
 
-Both write atomically: everything goes into a temporary name beside the target, which is
+All write atomically: everything goes into a temporary name beside the target, which is
 renamed into place only once complete. On any exception the temporary is removed and an
 artifact already at the target is left as it was.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from kiln import __version__ as kiln_version
 from kiln.errors import ArtifactError
 from kiln.runtime import format as fmt
-from kiln.runtime.planner import check_plan, plan_memory
+from kiln.runtime.planner import plan_memory
 
 
 def write_artifact(
@@ -30,6 +31,7 @@ def write_artifact(
     library_path: str | os.PathLike,
     weights: dict[str, np.ndarray],
     runtime_lib_path: str | os.PathLike | None = None,
+    sign_key: bytes | None = None,
 ) -> Path:
     """Write the artifact directory ``path`` and return it.
 
@@ -53,10 +55,14 @@ def write_artifact(
         _write_npz(tmp / fmt.WEIGHTS, {name: weights[name] for name in m["constants"]})
         shutil.copyfile(runtime_lib_path, tmp / fmt.RUNTIME_LIB)
         m["files"] = {name: fmt.sha256_file(tmp / name) for name in fmt.REQUIRED_FILES}
-        with open(tmp / fmt.MANIFEST, "w") as f:
-            json.dump(m, f, indent=1)
-            f.write("\n")
-        for name in (*fmt.REQUIRED_FILES, fmt.MANIFEST):
+        fmt.validate_manifest(m)
+        raw = (json.dumps(m, indent=1) + "\n").encode()
+        fmt.parse_manifest(raw, str(path))  # what the loader will parse, limits included
+        (tmp / fmt.MANIFEST).write_bytes(raw)
+        (tmp / fmt.MANIFEST_DIGEST).write_text(fmt.digest_text(raw))
+        if sign_key is not None:
+            (tmp / fmt.SIGNATURE).write_text(fmt.signature_text(sign_key, _digest(raw)))
+        for name in os.listdir(tmp):
             _fsync(tmp / name)
         _replace(tmp, path)
     except BaseException:
@@ -80,30 +86,46 @@ def copy_artifact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def sign_artifact(artifact_dir: str | os.PathLike, key: bytes) -> Path:
+    """Sign the artifact directory with ``key``: write manifest.sig, an HMAC-SHA256 of the
+    manifest's digest, which ``load(path, key=key)`` verifies. The manifest covers every
+    file's checksum, so the signature covers the whole artifact. The artifact is checked
+    (manifest, digest, file checksums) before it is signed; returns the path of manifest.sig.
+    """
+    src = Path(artifact_dir)
+    raw = _sealed_manifest(src)
+    manifest = fmt.parse_manifest(raw, str(src))
+    fmt.validate_manifest(manifest)
+    for name, expected in manifest["files"].items():
+        try:
+            actual = fmt.sha256_file(src / name)
+        except OSError as e:
+            raise ArtifactError(f"refusing to sign {src}: cannot read {name}: {e}") from None
+        if actual != expected:
+            raise ArtifactError(f"refusing to sign {src}: {name} does not match its checksum")
+    return _write_atomic(src / fmt.SIGNATURE, fmt.signature_text(key, _digest(raw)).encode())
+
+
 def pack(artifact_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Pack an artifact directory into one uncompressed tar archive; return its path.
 
-    The default ``out`` is ``NAME.kiln.tar`` beside ``NAME.kiln``. Members are the manifest and
-    the files it lists, under the top folder ``NAME.kiln/`` (so ``tar xf`` recreates the
-    directory), with ownership and times zeroed so equal artifacts pack to equal bytes.
+    The default ``out`` is ``NAME.kiln.tar`` beside ``NAME.kiln``. Members are manifest.json,
+    manifest.sha256, manifest.sig (if signed) and the files the manifest lists, under the top
+    folder ``NAME.kiln/`` (so ``tar xf`` recreates the directory): regular files only (a
+    symlink's target is packed), with ownership and times zeroed so equal artifacts pack to
+    equal bytes. An artifact whose manifest does not match its digest is refused.
     """
     src = Path(artifact_dir)
-    if not (src / fmt.MANIFEST).is_file():
-        raise ArtifactError(f"{src} is not an artifact directory (no {fmt.MANIFEST})")
-    try:
-        files = json.loads((src / fmt.MANIFEST).read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{src}/{fmt.MANIFEST} is unreadable or lists no files: {e}"
-                            ) from None
-    for name in files:
-        if not fmt.plain_name(name):
-            raise ArtifactError(f"{src}/{fmt.MANIFEST} lists {name!r}, not a plain file name")
+    _sealed_manifest(src)
+    names = [fmt.MANIFEST, fmt.MANIFEST_DIGEST, *sorted(fmt.REQUIRED_FILES)]
+    if (src / fmt.SIGNATURE).exists():
+        names.insert(2, fmt.SIGNATURE)
     dest = Path(out) if out is not None else src.with_name(src.name + ".tar")
     fd, tmp = tempfile.mkstemp(prefix=f"{dest.name}.tmp-", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-            for name in (fmt.MANIFEST, *sorted(files)):
-                tar.add(src / name, arcname=f"{src.name}/{name}", filter=_normalize)
+            for name in names:
+                _add_regular(tar, src / name, f"{src.name}/{name}")
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -111,9 +133,47 @@ def pack(artifact_dir: str | os.PathLike, out: str | os.PathLike | None = None) 
     return dest
 
 
+def _sealed_manifest(src: Path) -> bytes:
+    """The bytes of ``src``'s manifest, checked against its manifest.sha256."""
+    try:
+        raw = fmt.read_limited(src / fmt.MANIFEST, fmt.MAX_MANIFEST_BYTES)
+        sealed = fmt.read_limited(src / fmt.MANIFEST_DIGEST, fmt.MAX_DIGEST_BYTES)
+    except OSError as e:
+        raise ArtifactError(f"{src} is not a complete artifact directory: {e}") from None
+    fmt.check_digest(raw, sealed, str(src))
+    return raw
+
+
+def _digest(raw: bytes) -> str:
+    return fmt.digest_text(raw)[:64]
+
+
+def _add_regular(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    """Add a regular file (a symlink's target) as a plain member with owners and times
+    zeroed, so equal artifacts pack to equal bytes and the loader accepts every member."""
+    with fmt.open_regular(path) as f:
+        info = tarfile.TarInfo(arcname)
+        info.size, info.mode = os.fstat(f.fileno()).st_size, 0o644
+        tar.addfile(info, f)
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _complete_manifest(manifest: dict[str, Any], weights: dict[str, np.ndarray]) -> dict:
     try:  # a deep copy that also proves the manifest is plain JSON
-        m = json.loads(json.dumps(manifest))
+        m = json.loads(json.dumps(manifest, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"the manifest is not JSON-serializable: {e}") from e
     m.setdefault("format", fmt.FORMAT_NAME)
@@ -130,8 +190,7 @@ def _complete_manifest(manifest: dict[str, Any], weights: dict[str, np.ndarray])
     keep = fixed | {s["name"] for s in m.get("outputs", [])}
     if "memory" not in m and isinstance(m.get("kernels"), list):
         m["memory"] = plan_memory(m["kernels"], m.get("values", {}), keep)
-    fmt.validate_manifest(m)
-    check_plan(m["kernels"], m["values"], keep, m["memory"])
+    fmt.validate_manifest(m, with_files=False)
     if set(weights) != set(m["constants"]):
         raise ArtifactError(f"weights {sorted(weights)} do not match the manifest's constants "
                             f"{sorted(m['constants'])}")
@@ -182,9 +241,3 @@ def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
-
-def _normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mtime = 0
-    return info

@@ -106,11 +106,22 @@ def reference(x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
     return np.maximum(u, 0) + u
 
 
-def rewrite_manifest(path: Path, edit) -> None:
-    """Apply ``edit(manifest)`` to an artifact's manifest.json in place (no checksum update)."""
+def rewrite_manifest(path: Path, edit, reseal: bool = True) -> None:
+    """Apply ``edit(manifest)`` to an artifact's manifest.json in place; ``reseal`` rewrites
+    manifest.sha256 to match (what a deliberate edit does), else it is left stale."""
     manifest = json.loads((path / "manifest.json").read_text())
     edit(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest))
+    if reseal:
+        reseal_manifest(path)
+
+
+def reseal_manifest(path: Path) -> None:
+    """Rewrite manifest.sha256 to match manifest.json as it is now."""
+    from kiln.runtime import format as fmt
+
+    raw = (path / fmt.MANIFEST).read_bytes()
+    (path / fmt.MANIFEST_DIGEST).write_text(fmt.digest_text(raw))
 
 
 def copy_artifact(src: Path, dest: Path) -> Path:

@@ -163,7 +163,7 @@ def test_random_programs_match_numpy(ew_library, program, seed):
         "outputs": [{"name": n, **values[n]} for n in outputs],
         "kernels": kernels, "memory": plan_memory(kernels, values, keep),
     }
-    fmt.validate_manifest(manifest)
+    fmt.validate_manifest(manifest, with_files=False)
     rng = np.random.default_rng(seed)
     env = {n: rng.standard_normal(EW_N, dtype=np.float32) for n in inputs + consts}
     model = Model(manifest, ew_library, {n: env[n] for n in consts})

@@ -51,12 +51,14 @@ def test_writes_files_checksums_and_plan(tmp_path, libs):
     path = write(tmp_path / "m.kiln", libs, manifest=original)
     assert original == snapshot  # the caller's manifest is untouched
     assert sorted(p.name for p in path.iterdir()) == sorted(
-        [fmt.MANIFEST, *fmt.REQUIRED_FILES])
+        [fmt.MANIFEST, fmt.MANIFEST_DIGEST, *fmt.REQUIRED_FILES])
+    digest = hashlib.sha256((path / fmt.MANIFEST).read_bytes()).hexdigest()
+    assert (path / fmt.MANIFEST_DIGEST).read_text() == f"{digest}  manifest.json\n"
     m = json.loads((path / fmt.MANIFEST).read_text())
     for name, digest in m["files"].items():
         assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest
     assert (path / fmt.KERNELS).read_bytes() == libs[0].read_bytes()
-    assert m["format"] == "kiln-artifact" and m["format_version"] == 1
+    assert m["format"] == "kiln-artifact" and m["format_version"] == fmt.FORMAT_VERSION
     assert m["kiln_version"] == kiln.__version__
     assert m["memory"]["assign"] == {"t": 0, "u": 1, "v": 0}
     assert m["memory"]["peak_bytes"] < m["memory"]["naive_bytes"]
@@ -151,7 +153,8 @@ def test_pack_is_deterministic_and_flat(tmp_path, libs):
     with tarfile.open(tar) as t:
         names = sorted(t.getnames())
         assert all(m.isfile() and m.mtime == 0 and m.uid == 0 for m in t.getmembers())
-    assert names == sorted(f"m.kiln/{n}" for n in [fmt.MANIFEST, *fmt.REQUIRED_FILES])
+    assert names == sorted(f"m.kiln/{n}" for n in [fmt.MANIFEST, fmt.MANIFEST_DIGEST,
+                                                  *fmt.REQUIRED_FILES])
     first = tar.read_bytes()
     os.utime(path / fmt.KERNELS, (0, 12345))
     assert pack(path, tmp_path / "again.tar").read_bytes() == first
