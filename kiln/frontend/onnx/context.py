@@ -15,6 +15,7 @@ result is certain (N * 1, N + 0); anything else is an error that says which dims
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -215,6 +216,26 @@ def _resolve_fills(op: str, refs: list[Ref], infer) -> list[Ref] | Ref:
 # so that weights keep their ONNX names (a transposed Gemm weight stays ``transpose(%fc.w)``);
 # the canonicalizer folds them at compile time.
 FOLD_LIMIT = 1024
+# A folded result bigger than this (elements) stays a node: the import would hold it in memory.
+FOLD_MAX = 1 << 24
+# The most elements a tensor of an imported graph may hold (a tensor of 2**31 floats is 8 GiB;
+# bigger ones are malformed dims, not models).
+MAX_ELEMENTS = 2**31 - 1
+
+
+def elements(t: TensorType) -> int | None:
+    """The number of elements of a static type (exact, however big), None if symbolic."""
+    return math.prod(t.shape) if t.is_static else None
+
+
+def check_size(t: TensorType, what: str) -> None:
+    """A ShapeError if ``t`` holds more than MAX_ELEMENTS elements (or a negative dim)."""
+    if any(isinstance(d, int) and d < 0 for d in t.shape):
+        raise ShapeError(f"{what} has a negative dimension: {t}")
+    size = elements(t)
+    if size is not None and size > MAX_ELEMENTS:
+        raise ShapeError(f"{what} {t} holds {size} elements; kiln's tensors hold at most "
+                         f"{MAX_ELEMENTS}")
 
 
 class Context:
@@ -249,12 +270,19 @@ class Context:
                 return [resolved]
             refs = resolved
         if all(r.is_const for r in refs) and not any(
-                r.named and r.const.size > FOLD_LIMIT for r in refs):
+                r.named and r.const.size > FOLD_LIMIT for r in refs) and self._small(
+                op, refs, attrs):
             return self._fold(op, refs, attrs)
         values = [self.value(r) for r in refs]
         outs = self.builder.op(op, values, attrs, origin=self.origin)
         self.created += outs
         return [Ref(v.type, value=v) for v in outs]
+
+    def _small(self, op: str, refs: list[Ref], attrs: dict) -> bool:
+        """Are the results of ``op`` on these constants small enough to fold?"""
+        values = [Value(f"c{i}", r.type) for i, r in enumerate(refs)]
+        _, types = infer_node(op, values, attrs, origin=self.origin)
+        return all((elements(t) or 0) <= FOLD_MAX for t in types)
 
     def _fold(self, op: str, refs: list[Ref], attrs: dict) -> list[Ref]:
         arrays = [r.const for r in refs]

@@ -15,6 +15,7 @@ import re
 import warnings
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
@@ -22,9 +23,16 @@ from onnx import numpy_helper
 
 from kiln.errors import KilnError, ShapeError, UnsupportedOpError
 from kiln.frontend.onnx import converters  # noqa: F401  (fills the converter table)
-from kiln.frontend.onnx.context import Context, NodeContext, Ref, const_ref
+from kiln.frontend.onnx.context import Context, NodeContext, Ref, check_size, const_ref
 from kiln.frontend.onnx.dtypes import ONNX_TO_KILN, onnx_type_name, to_kiln_dtype
-from kiln.frontend.onnx.registry import find_converter, schema_version
+from kiln.frontend.onnx.registry import SPECS, find_converter, schema_version
+from kiln.frontend.onnx.validate import (
+    check_arity,
+    check_attributes,
+    check_input_types,
+    check_spec,
+    check_text,
+)
 from kiln.ir.graph import Graph, GraphBuilder
 from kiln.ir.types import Dim, TensorType
 
@@ -42,6 +50,8 @@ def from_onnx(model: str | os.PathLike | bytes | onnx.ModelProto,
     kiln symbolic dims. Initializers become parameters named as in ONNX.
     """
     proto = load_model(model)
+    check_text(proto)
+    _check_versions(proto)
     if proto.functions:  # model-local functions: their bodies, inlined
         try:
             proto = onnx.inliner.inline_local_functions(proto)
@@ -111,7 +121,33 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     versions = [o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS]
     if not versions:
         raise KilnError("the ONNX model imports no version of the default ('ai.onnx') domain")
+    if len(versions) > 1:
+        raise KilnError(f"the ONNX model imports the default domain {len(versions)} times "
+                        f"(opsets {', '.join(map(str, versions))}); it must import it once")
+    if versions[0] < 1:
+        raise KilnError(f"the ONNX model imports opset {versions[0]} of the default domain; "
+                        "opsets start at 1")
     return versions[0]
+
+
+def _check_versions(proto: onnx.ModelProto) -> None:
+    """The IR version and opset are ones onnx knows, and every node of the default domain
+    fits its schema at the model's own opset (before any conversion to a newer one)."""
+    if proto.ir_version > onnx.IR_VERSION:
+        raise UnsupportedOpError(f"the model has IR version {proto.ir_version}, newer than "
+                                 f"the installed onnx package knows ({onnx.IR_VERSION})")
+    opset = _default_opset(proto)
+    if opset > onnx.defs.onnx_opset_version():
+        return  # _upgrade says so
+    for i, node in enumerate(proto.graph.node):
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        try:
+            check_attributes(node, opset)
+            check_arity(node, opset)
+        except KilnError as e:
+            raise type(e)(f"ONNX node {node_label(node, i)} {node.op_type} (opset {opset}): "
+                          f"{e}") from None
 
 
 def _upgrade(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -193,6 +229,9 @@ def _declared_type(vi: onnx.ValueInfoProto, what: str) -> TensorType:
                                  "with input_shapes")
     dims: list[Dim] = []
     for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value < 0:
+            raise ShapeError(f"{what} {vi.name!r} declares the negative dimension "
+                             f"{d.dim_value} (dim {i})")
         if d.HasField("dim_value"):
             dims.append(d.dim_value)
         else:
@@ -245,6 +284,9 @@ def _input_types(graph: onnx.GraphProto, given: dict[str, Any]) -> dict[str, Ten
 
 def _contradiction(declared: onnx.TypeProto, t: TensorType) -> str | None:
     """Why the ONNX-declared type of a value contradicts kiln's inference (None if not)."""
+    kind = declared.WhichOneof("value")
+    if kind not in (None, "tensor_type"):
+        return f"the model declares a {kind}, not a tensor"
     tt = declared.tensor_type
     if tt.elem_type and ONNX_TO_KILN.get(tt.elem_type) != t.dtype:
         return f"the model declares element type {onnx_type_name(tt.elem_type)}"
@@ -269,11 +311,25 @@ def parse_attrs(node: onnx.NodeProto) -> dict[str, Any]:
         if isinstance(v, bytes):
             v = v.decode()
         elif isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
+            v = _read_tensor(v, f"attribute {a.name!r}")
         elif isinstance(v, list) and v and isinstance(v[0], bytes):
             v = [s.decode() for s in v]
         out[a.name] = v
     return out
+
+
+def _read_tensor(t: onnx.TensorProto, what: str) -> np.ndarray:
+    """A TensorProto as an array; a KilnError naming ``what`` if its fields disagree."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        raise KilnError(f"{what} keeps its data in an external file, which kiln reads only "
+                        "when the model is loaded from a path")
+    if any(d < 0 for d in t.dims):
+        raise ShapeError(f"{what} has negative dims {list(t.dims)}")
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001  (onnx raises ValueError, TypeError, ...)
+        raise KilnError(f"{what} cannot be read (its dims {list(t.dims)}, data type and "
+                        f"data disagree): {_first_line(e)}") from None
 
 
 def describe_node(node: onnx.NodeProto, index: int, version: int | None,
@@ -284,16 +340,40 @@ def describe_node(node: onnx.NodeProto, index: int, version: int | None,
     return f"ONNX node {node_label(node, index)} {op}({args})"
 
 
+def _check_names(graph: onnx.GraphProto) -> None:
+    """Graph inputs and initializers each named, and once (an initializer may also be listed
+    as a graph input, its declared type)."""
+    for what, names in (("graph input", [vi.name for vi in graph.input]),
+                        ("initializer", [t.name for t in graph.initializer]),
+                        ("graph output", [vi.name for vi in graph.output])):
+        if "" in names:
+            raise KilnError(f"a {what} has no name")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise KilnError(f"{what}(s) {', '.join(map(repr, twice))} defined more than once")
+
+
+def _check_initializer_types(graph: onnx.GraphProto, env: dict[str, Ref]) -> None:
+    """An initializer's declared type (as a graph input, or in value_info) is its own."""
+    for vi in list(graph.input) + list(graph.value_info):
+        ref = env.get(vi.name)
+        if ref is not None and ref.is_const:
+            why = _contradiction(vi.type, ref.type)
+            if why:
+                raise ShapeError(f"initializer {vi.name!r} is {ref.type}, but {why}")
+
+
 def _convert(graph: onnx.GraphProto, opset: int, given: dict[str, Any]) -> Graph:
+    _check_names(graph)
     b = GraphBuilder(graph.name or "main")
     ctx = Context(b)
     env: dict[str, Ref] = {}
     for t in graph.initializer:
-        try:
-            env[t.name] = const_ref(numpy_helper.to_array(t), name=t.name, named=True)
-        except Exception as e:
-            raise KilnError(f"initializer {t.name!r} cannot be read: {_first_line(e)}") from None
+        array = _read_tensor(t, f"initializer {t.name!r}")
+        env[t.name] = const_ref(array, name=t.name, named=True)
+    _check_initializer_types(graph, env)
     for name, t in _input_types(graph, given).items():
+        check_size(t, f"graph input {name!r}")
         env[name] = Ref(t, value=b.input(name, t), name=name)
     declared = {vi.name: vi.type for vi in list(graph.value_info) + list(graph.output)}
     for index, node in enumerate(graph.node):
@@ -336,7 +416,13 @@ def _convert_node(ctx: Context, env: dict[str, Ref], declared: dict, node: onnx.
     ctx.created = []
     ctx.hint = f"{next((o for o in node.output if o), node.op_type)}.const"
     try:
-        result = fn(NodeContext(ctx, node, version, inputs, parse_attrs(node)))
+        check_attributes(node, opset)
+        check_arity(node, opset)
+        check_input_types(node, opset, inputs)
+        n = NodeContext(ctx, node, version, inputs, parse_attrs(node))
+        if node.op_type in SPECS:
+            check_spec(n, SPECS[node.op_type])
+        result = fn(n)
     except KilnError as e:
         raise type(e)(f"{where}: {e}") from None
     except Exception as e:  # a numpy error while folding, or a converter bug: say where
@@ -356,6 +442,7 @@ def _convert_node(ctx: Context, env: dict[str, Ref], declared: dict, node: onnx.
             ref.value = ctx.rename(ref.value, name)
         if not ref.name:
             ref.name = name
+        check_size(ref.type, f"{where}: output {name!r}")
         if name in declared:
             why = _contradiction(declared[name], ref.type)
             if why:

@@ -15,12 +15,18 @@ from typing import Callable
 
 import onnx.defs
 
+from kiln.frontend.onnx.validate import Spec
+
 # op type -> {since_version: converter}; only the default ONNX domain is supported
 CONVERTERS: dict[str, dict[int, Callable]] = {}
+# op type -> what its converter needs of a node beyond the ONNX schema (validate.Spec)
+SPECS: dict[str, Spec] = {}
 
 
-def converter(op_type: str, *versions: int) -> Callable[[Callable], Callable]:
-    """Decorator: ``fn`` converts ``op_type`` at each of the given schema versions."""
+def converter(op_type: str, *versions: int, spec: Spec | None = None
+              ) -> Callable[[Callable], Callable]:
+    """Decorator: ``fn`` converts ``op_type`` at each of the given schema versions; ``spec``
+    says what the importer checks of a node before calling it (``validate.py``)."""
 
     def wrap(fn: Callable) -> Callable:
         table = CONVERTERS.setdefault(op_type, {})
@@ -28,6 +34,8 @@ def converter(op_type: str, *versions: int) -> Callable[[Callable], Callable]:
             if v in table:
                 raise RuntimeError(f"ONNX converter {op_type}-{v} is registered twice")
             table[v] = fn
+        if spec is not None:
+            SPECS[op_type] = spec
         return fn
 
     return wrap

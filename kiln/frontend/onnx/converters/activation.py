@@ -7,6 +7,7 @@ import math
 from kiln.errors import UnsupportedOpError
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec, nonzero, one_of
 
 
 @converter("Relu", 13, 14)
@@ -41,13 +42,13 @@ def selu(n: NodeContext) -> Ref:
     return n.op("mul", n.op("elu", n.x, alpha=alpha), gamma)
 
 
-@converter("Celu", 12, 28)
+@converter("Celu", 12, 28, spec=Spec(attrs={"alpha": nonzero}))
 def celu(n: NodeContext) -> Ref:
     alpha = float(n.attr("alpha", 1.0))  # alpha * elu(x / alpha)
     return n.op("mul", n.op("elu", n.op("div", n.x, alpha), alpha=1.0), alpha)
 
 
-@converter("Gelu", 20)
+@converter("Gelu", 20, spec=Spec(attrs={"approximate": one_of("none", "tanh")}))
 def gelu(n: NodeContext) -> Ref:
     return n.op("gelu", n.x, approximate=n.attr("approximate", "none"))
 

@@ -7,6 +7,7 @@ import math
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.dtypes import to_kiln_dtype
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec, flag
 from kiln.ir.types import is_float
 
 # ONNX op -> (kiln op, schema versions); all of these map one to one
@@ -125,7 +126,8 @@ def isnan(n: NodeContext) -> Ref:
     return n.op("not_equal", n.x, n.x)
 
 
-@converter("IsInf", 10, 20)
+@converter("IsInf", 10, 20, spec=Spec(attrs={"detect_positive": flag,
+                                              "detect_negative": flag}))
 def isinf(n: NodeContext) -> Ref:
     x = n.x
     pos, neg = n.attr("detect_positive", 1), n.attr("detect_negative", 1)
@@ -158,7 +160,7 @@ def cast_like(n: NodeContext) -> Ref:
     return n.cast(n.x, n.inputs[1].dtype)
 
 
-@converter("Clip", 13)
+@converter("Clip", 13, spec=Spec(ranks={1: (0, 0), 2: (0, 0)}))
 def clip(n: NodeContext) -> Ref:
     x, lo, hi = n.x, n.input(1), n.input(2)
     if all(r is None or r.is_const for r in (lo, hi)):
@@ -178,7 +180,7 @@ def _trunc(n: NodeContext, q: Ref) -> Ref:
     return n.op("where", n.op("less", q, n.const_like(0, q)), n.op("ceil", q), n.op("floor", q))
 
 
-@converter("Mod", 13, 28)
+@converter("Mod", 13, 28, spec=Spec(attrs={"fmod": flag}))
 def mod(n: NodeContext) -> Ref:
     """fmod=0: a - floor(a / b) * b (the sign of the divisor, Python's %); fmod=1:
     a - trunc(a / b) * b (the sign of the dividend, C's fmod)."""

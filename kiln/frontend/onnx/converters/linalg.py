@@ -8,11 +8,13 @@ only one operand has and nobody needs is summed away first. Repeated labels with
 
 from __future__ import annotations
 
+import re
 import string
 
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.converters.shape import prod_dim
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec
 
 _ELLIPSIS_LABELS = string.digits  # labels for the dims '...' stands for
 
@@ -90,7 +92,33 @@ def _contract(n: NodeContext, a: Ref, la: str, b: Ref, lb: str,
     return y, batch + left + right
 
 
-@converter("Einsum", 12, 28)
+_TERM = r"[A-Za-z]*(?:\.\.\.)?[A-Za-z]*"
+
+
+def _equation(n: NodeContext) -> str | None:
+    """An equation of one term per input ('...' at most once in each), an optional output
+    term naming only labels the inputs have, each once."""
+    eq = n.attr("equation").replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if not all(re.fullmatch(_TERM, t) for t in terms + [rhs]) or "->" in rhs:
+        return f"equation {eq!r} is not of the form 'ab,bc->ac'"
+    if len(terms) != len(n.inputs):
+        return f"equation {eq!r} has {len(terms)} term(s) for {len(n.inputs)} input(s)"
+    for t, x in zip(terms, n.inputs):
+        letters = len(t.replace("...", ""))
+        if letters > x.rank or ("..." not in t and letters != x.rank):
+            return f"term {t!r} of {eq!r} does not fit input {x.type}"
+    labels = set("".join(terms))
+    if arrow and (set(rhs.replace("...", "")) - labels or
+                  len(set(rhs.replace("...", ""))) != len(rhs.replace("...", ""))):
+        return f"the output {rhs!r} of {eq!r} names a label twice or one no input has"
+    if "..." in rhs and not any("..." in t for t in terms):
+        return f"the output {rhs!r} of {eq!r} has '...', which no input term has"
+    return None
+
+
+@converter("Einsum", 12, 28, spec=Spec(checks=(_equation,)))
 def einsum(n: NodeContext) -> Ref:
     terms, out = parse(n, n.attr("equation"), [r.rank for r in n.inputs])
     x, labels = n.inputs[0], terms[0]

@@ -7,6 +7,7 @@ import numpy as np
 
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec, one_of
 
 
 def nll(n: NodeContext, logp: Ref, target: Ref, weight: Ref | None) -> Ref:
@@ -37,12 +38,26 @@ def nll(n: NodeContext, logp: Ref, target: Ref, weight: Ref | None) -> Ref:
     return n.op("div", total, n.op("sum", w))
 
 
-@converter("NegativeLogLikelihoodLoss", 13, 22)
+def _targets_fit(n: NodeContext) -> str | None:
+    """Targets are [N, d1, ...] for scores [N, C, d1, ...]; a weight holds one per class."""
+    scores, target, weight = n.x, n.inputs[1], n.input(2)
+    if target.shape != scores.shape[:1] + scores.shape[2:]:
+        return f"the target {target.type} must be [N, d1, ...] for the scores {scores.type}"
+    if weight is not None and weight.shape != scores.shape[1:2]:
+        return f"the weight {weight.type} must hold one value per class of {scores.type}"
+    return None
+
+
+_LOSS = Spec(ranks={0: (2, None)}, attrs={"reduction": one_of("none", "sum", "mean")},
+             checks=(_targets_fit,))
+
+
+@converter("NegativeLogLikelihoodLoss", 13, 22, spec=_LOSS)
 def negative_log_likelihood_loss(n: NodeContext) -> Ref:
     return nll(n, n.x, n.inputs[1], n.input(2))
 
 
-@converter("SoftmaxCrossEntropyLoss", 13)
+@converter("SoftmaxCrossEntropyLoss", 13, spec=_LOSS)
 def softmax_cross_entropy_loss(n: NodeContext) -> list[Ref]:
     logp = n.op("log_softmax", n.x, axis=1)
     return [nll(n, logp, n.inputs[1], n.input(2)), logp]

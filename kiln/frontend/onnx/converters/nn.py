@@ -3,12 +3,31 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import numpy as np
 
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import (
+    Check,
+    Spec,
+    all_of,
+    at_least,
+    flag,
+    one_of,
+    per_spatial_axis,
+    same_rank,
+)
 from kiln.ir.types import is_float, to_numpy_dtype
+
+# what every window op (convolutions, pools) checks of its attributes
+_WINDOW = {
+    "strides": per_spatial_axis(1, low=1), "dilations": per_spatial_axis(1, low=1),
+    "pads": per_spatial_axis(2, low=0), "kernel_shape": per_spatial_axis(1, low=1),
+    "auto_pad": one_of("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"),
+}
 
 
 def window(n: NodeContext, x: Ref, kernel: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -42,7 +61,48 @@ def _spatial_rank(n: NodeContext, x: Ref, kinds: tuple[int, ...]) -> int:
     return r
 
 
-@converter("Conv", 11, 22)
+def _kernel_matches_weight(n: NodeContext) -> str | None:
+    """kernel_shape, when given, is the weight's spatial shape (ONNX infers it from W)."""
+    w, kernel = n.input(1), n.attr("kernel_shape")
+    if w is None or kernel is None or tuple(kernel) == tuple(w.shape[2:]):
+        return None
+    return (f"kernel_shape {list(kernel)} contradicts the weight {w.type} (kernel "
+            f"{list(w.shape[2:])})")
+
+
+def _bias_per_channel(out_channels: Callable[[tuple, int], Any]) -> Check:
+    """The bias (input 2) holds one value per output channel, ``out_channels(weight shape,
+    group)`` of them."""
+
+    def check(n: NodeContext) -> str | None:
+        w, b = n.input(1), n.input(2)
+        if w is None or b is None or not all(isinstance(d, int) for d in w.shape[:2]):
+            return None
+        want = out_channels(w.shape, int(n.attr("group", 1)))
+        if b.shape != (want,):
+            return f"the bias {b.type} must hold one value per output channel ({want})"
+        return None
+
+    return check
+
+
+def _output_padding_below_stride(n: NodeContext) -> str | None:
+    strides = n.attr("strides") or (1,) * len(n.attr("output_padding", ()))
+    dilations = n.attr("dilations") or (1,) * len(strides)
+    for p, s, d in zip(n.attr("output_padding", ()), strides, dilations):
+        if p >= max(s, d):
+            return (f"output_padding {list(n.attr('output_padding'))} must be smaller than "
+                    f"the strides {list(strides)} (or dilations)")
+    return None
+
+
+_CONV = Spec(ranks={0: (3, None), 1: (3, None), 2: (1, 1)},
+             attrs={**_WINDOW, "group": at_least(1)},
+             checks=(same_rank(0, 1), _kernel_matches_weight,
+                     _bias_per_channel(lambda w, group: w[0])))
+
+
+@converter("Conv", 11, 22, spec=_CONV)
 def conv(n: NodeContext) -> Ref:
     x, w, b = n.x, n.inputs[1], n.input(2)
     r = _spatial_rank(n, x, (1, 2))
@@ -53,7 +113,15 @@ def conv(n: NodeContext) -> Ref:
                 groups=int(n.attr("group", 1)))
 
 
-@converter("ConvTranspose", 11, 22)
+_CONV_TRANSPOSE = Spec(
+    ranks={0: (3, None), 1: (3, None), 2: (1, 1)},
+    attrs={**_WINDOW, "group": at_least(1), "output_padding": per_spatial_axis(1, low=0),
+           "output_shape": all_of(per_spatial_axis(1), at_least(1))},
+    checks=(same_rank(0, 1), _kernel_matches_weight,
+            _bias_per_channel(lambda w, group: w[1] * group), _output_padding_below_stride))
+
+
+@converter("ConvTranspose", 11, 22, spec=_CONV_TRANSPOSE)
 def conv_transpose(n: NodeContext) -> Ref:
     x, w, b = n.x, n.inputs[1], n.input(2)
     r = _spatial_rank(n, x, (1, 2))
@@ -142,19 +210,24 @@ def _pool(n: NodeContext, op: str) -> Ref:
     return n.cast(y, dtype)
 
 
-@converter("MaxPool", 12, 22)
+_POOL = Spec(ranks={0: (3, None)},
+             attrs={**_WINDOW, "ceil_mode": flag, "count_include_pad": flag,
+                    "storage_order": flag, "p": at_least(1)})
+
+
+@converter("MaxPool", 12, 22, spec=_POOL)
 def max_pool(n: NodeContext) -> Ref:
     if n.wants_output(1):
         raise n.unsupported("MaxPool's Indices output is not supported")
     return _pool(n, "max_pool2d")
 
 
-@converter("AveragePool", 11, 19, 22)
+@converter("AveragePool", 11, 19, 22, spec=_POOL)
 def average_pool(n: NodeContext) -> Ref:
     return _pool(n, "avg_pool2d")
 
 
-@converter("LpPool", 11, 18, 22)
+@converter("LpPool", 11, 18, 22, spec=_POOL)
 def lp_pool(n: NodeContext) -> Ref:
     """(sum over the window of |x|^p)^(1/p): an average pool counting padding, times the
     window size."""
@@ -172,7 +245,10 @@ def lp_pool(n: NodeContext) -> Ref:
     return n.op("pow", n.op("mul", mean, float(size)), 1.0 / p)
 
 
-@converter("GlobalAveragePool", 1, 22)
+_GLOBAL_POOL = Spec(ranks={0: (3, None)}, attrs={"p": at_least(1)})
+
+
+@converter("GlobalAveragePool", 1, 22, spec=_GLOBAL_POOL)
 def global_average_pool(n: NodeContext) -> Ref:
     x = n.x
     if x.rank == 4:
@@ -180,12 +256,12 @@ def global_average_pool(n: NodeContext) -> Ref:
     return n.op("mean", x, axes=tuple(range(2, x.rank)), keepdims=True)
 
 
-@converter("GlobalMaxPool", 1, 22)
+@converter("GlobalMaxPool", 1, 22, spec=_GLOBAL_POOL)
 def global_max_pool(n: NodeContext) -> Ref:
     return n.op("max", n.x, axes=tuple(range(2, n.x.rank)), keepdims=True)
 
 
-@converter("GlobalLpPool", 2, 22)
+@converter("GlobalLpPool", 2, 22, spec=_GLOBAL_POOL)
 def global_lp_pool(n: NodeContext) -> Ref:
     p = float(n.attr("p", 2))
     total = n.op("sum", n.op("pow", n.op("abs", n.x), p), axes=tuple(range(2, n.x.rank)),
@@ -201,7 +277,8 @@ def matmul(n: NodeContext) -> Ref:
     return n.op("matmul", n.inputs[0], n.inputs[1])
 
 
-@converter("MatMulInteger", 10)
+@converter("MatMulInteger", 10, spec=Spec(ranks={0: (1, None), 1: (1, None), 2: (0, 1),
+                                               3: (0, 1)}))
 def matmul_integer(n: NodeContext) -> Ref:
     """(A - a_zero_point) @ (B - b_zero_point) in int32."""
     a, b = (n.cast(r, "int32") for r in n.inputs[:2])
@@ -215,7 +292,8 @@ def matmul_integer(n: NodeContext) -> Ref:
     return n.op("matmul", a, b)
 
 
-@converter("Gemm", 13)
+@converter("Gemm", 13, spec=Spec(ranks={0: (2, 2), 1: (2, 2)},
+                                 attrs={"transA": flag, "transB": flag}))
 def gemm(n: NodeContext) -> Ref:
     """alpha * A' B' + beta * C, A' and B' transposed as asked."""
     a, b, c = n.inputs[0], n.inputs[1], n.input(2)

@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import (
+    Check,
+    Spec,
+    all_of,
+    at_least,
+    axes,
+    axis,
+    finite,
+    flag,
+    one_of,
+)
 
 
 def _per_channel(n: NodeContext, v: Ref, x: Ref) -> Ref:
@@ -19,7 +30,27 @@ def _stash(n: NodeContext, x: Ref) -> Ref:
     return x
 
 
-@converter("BatchNormalization", 9, 14, 15)
+def _per_channel_params(first: int, last: int) -> Check:
+    """Inputs ``first``..``last`` hold one value per channel of x [N, C, ...]."""
+
+    def check(n: NodeContext) -> str | None:
+        c = n.x.shape[1]
+        for i in range(first, last + 1):
+            p = n.input(i)
+            if p is not None and p.shape != (c,):
+                return f"input {i} ({n.node.input[i]!r}) is {p.type}; it must hold one " \
+                       f"value per channel ({c}) of {n.x.type}"
+        return None
+
+    return check
+
+
+_EPSILON = {"epsilon": all_of(finite, at_least(0))}
+
+
+@converter("BatchNormalization", 9, 14, 15, spec=Spec(
+    ranks={0: (2, None)}, attrs={**_EPSILON, "training_mode": flag, "momentum": finite},
+    checks=(_per_channel_params(1, 4),)))
 def batch_norm(n: NodeContext) -> Ref:
     if n.attr("training_mode", 0):
         raise n.unsupported("BatchNormalization in training mode is not supported (kiln "
@@ -29,7 +60,8 @@ def batch_norm(n: NodeContext) -> Ref:
     return n.op("batch_norm", x, *params, epsilon=float(n.attr("epsilon", 1e-5)))
 
 
-@converter("InstanceNormalization", 6, 22)
+@converter("InstanceNormalization", 6, 22, spec=Spec(
+    ranks={0: (3, None)}, attrs=_EPSILON, checks=(_per_channel_params(1, 2),)))
 def instance_norm(n: NodeContext) -> Ref:
     """A layer norm over the spatial dims of each (sample, channel), then scale and shift."""
     x, scale, bias = n.inputs
@@ -37,7 +69,12 @@ def instance_norm(n: NodeContext) -> Ref:
     return n.op("add", n.op("mul", y, _per_channel(n, scale, x)), _per_channel(n, bias, x))
 
 
-@converter("LayerNormalization", 17)
+# stash_type: the float type the statistics are computed in (FLOAT, FLOAT16, DOUBLE, BFLOAT16)
+_STASH = {"stash_type": one_of(1, 10, 11, 16)}
+
+
+@converter("LayerNormalization", 17, spec=Spec(ranks={0: (1, None)},
+                                               attrs={**_EPSILON, **_STASH, "axis": axis()}))
 def layer_norm(n: NodeContext) -> list[Ref]:
     x, scale, bias = n.x, n.inputs[1], n.input(2)
     axis = int(n.attr("axis", -1)) % x.rank
@@ -62,7 +99,21 @@ def layer_norm(n: NodeContext) -> list[Ref]:
     return outs
 
 
-@converter("GroupNormalization", 18, 21)
+def _groups_divide_channels(n: NodeContext) -> str | None:
+    c, groups = n.x.shape[1], int(n.attr("num_groups"))
+    if isinstance(c, int) and c % groups:
+        return f"num_groups={groups} does not divide the {c} channels of {n.x.type}"
+    want = groups if n.version < 21 else c
+    for i in (1, 2):
+        if n.inputs[i].shape != (want,):
+            return f"input {i} ({n.node.input[i]!r}) is {n.inputs[i].type}; it must hold " \
+                   f"{want} values"
+    return None
+
+
+@converter("GroupNormalization", 18, 21, spec=Spec(
+    ranks={0: (3, None)}, attrs={**_EPSILON, **_STASH, "num_groups": at_least(1)},
+    checks=(_groups_divide_channels,)))
 def group_norm(n: NodeContext) -> Ref:
     """A layer norm over [N, G, C/G * spatial]; scale and bias per group (18) or per
     channel (21)."""
@@ -82,7 +133,8 @@ def _repeat_groups(n: NodeContext, v: Ref, each: int) -> Ref:
     return n.op("reshape", grown, shape=(v.shape[0] * each,))
 
 
-@converter("RMSNormalization", 23)
+@converter("RMSNormalization", 23, spec=Spec(ranks={0: (1, None)},
+                                             attrs={**_EPSILON, **_STASH, "axis": axis()}))
 def rms_norm(n: NodeContext) -> Ref:
     x, scale = n.x, n.inputs[1]
     axis = int(n.attr("axis", -1)) % x.rank
@@ -92,7 +144,7 @@ def rms_norm(n: NodeContext) -> Ref:
     return n.op("mul", n.cast(y, x.dtype), scale)
 
 
-@converter("MeanVarianceNormalization", 13)
+@converter("MeanVarianceNormalization", 13, spec=Spec(attrs={"axes": axes()}))
 def mean_variance_norm(n: NodeContext) -> Ref:
     """(x - E[x]) / (sqrt(E[x^2] - E[x]^2) + 1e-9), as ONNX's function body."""
     x = n.x
@@ -103,7 +155,9 @@ def mean_variance_norm(n: NodeContext) -> Ref:
     return n.op("div", n.op("sub", x, mean), n.op("add", n.op("sqrt", var), 1e-9))
 
 
-@converter("LRN", 13)
+@converter("LRN", 13, spec=Spec(ranks={0: (3, None)},
+                                attrs={"size": at_least(1), "alpha": finite, "beta": finite,
+                                       "bias": finite}))
 def lrn(n: NodeContext) -> Ref:
     """kiln's lrn sums channels c - size//2 .. c + (size-1)//2 (PyTorch's window); ONNX's
     even-size window is shifted one channel up, which is kiln's on the channels reversed."""

@@ -9,6 +9,7 @@ from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.dtypes import to_kiln_dtype
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec, at_least, axis, flag
 from kiln.ir.types import to_numpy_dtype
 
 
@@ -30,7 +31,11 @@ def _spread(n: NodeContext, p: Ref, x: Ref) -> Ref:
     return n.op("slice", flat, starts=(0,), ends=(size,), axes=(axis,))
 
 
-@converter("DequantizeLinear", 13, 19, 21, 23, 24, 25, 28)
+_QUANT = Spec(ranks={1: (0, None), 2: (0, None)},
+               attrs={"axis": axis(), "block_size": at_least(0), "saturate": flag})
+
+
+@converter("DequantizeLinear", 13, 19, 21, 23, 24, 25, 28, spec=_QUANT)
 def dequantize_linear(n: NodeContext) -> Ref:
     x, scale, zero = n.x, n.inputs[1], n.input(2)
     dtype = scale.dtype
@@ -42,7 +47,7 @@ def dequantize_linear(n: NodeContext) -> Ref:
     return n.cast(n.op("mul", y, _spread(n, n.cast(scale, "float32"), x)), dtype)
 
 
-@converter("QuantizeLinear", 13, 19, 21, 23, 24, 25, 28)
+@converter("QuantizeLinear", 13, 19, 21, 23, 24, 25, 28, spec=_QUANT)
 def quantize_linear(n: NodeContext) -> Ref:
     x, scale, zero = n.x, n.inputs[1], n.input(2)
     if zero is not None:

@@ -14,10 +14,13 @@ from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.converters.activation import activation
 from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Check, Spec, at_least, finite, flag, one_of, positive
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"),
                 "RNN": ("Tanh",)}
+# kiln unrolls the recurrence: one step per element of the sequence, each a few nodes
+MAX_STEPS = 4096
 
 
 class _Cell:
@@ -180,16 +183,71 @@ def _recurrent(n: NodeContext, kind: str) -> list[Ref | None]:
     return [y, y_h, y_c] if kind == "LSTM" else [y, y_h]
 
 
-@converter("LSTM", 7, 14, 22)
+def _shapes(kind: str) -> Check:
+    """Every input's shape against X [seq, batch, in] (layout 1: [batch, seq, in]), the
+    directions D and the hidden size H (from R [D, G*H, H], or hidden_size): W [D, G*H, in],
+    B [D, 2*G*H], sequence_lens [batch], initial states [D, batch, H] (layout 1:
+    [batch, D, H]) and LSTM's peepholes P [D, 3*H]."""
+
+    def check(n: NodeContext) -> str | None:
+        x, w, r = n.inputs[:3]
+        dirs = 2 if n.attr("direction", "forward") == "bidirectional" else 1
+        hidden = n.attr("hidden_size", r.shape[-1])
+        gates = _GATES[kind] * hidden
+        layout = n.attr("layout", 0)
+        steps, batch = (x.shape[1], x.shape[0]) if layout else x.shape[:2]
+        state = (batch, dirs, hidden) if layout else (dirs, batch, hidden)
+        want = {1: (dirs, gates, x.shape[2]), 2: (dirs, gates, hidden), 3: (dirs, 2 * gates),
+                4: (batch,), 5: state, 6: state, 7: (dirs, 3 * hidden)}
+        for i, shape in want.items():
+            ref = n.input(i)
+            if ref is not None and ref.shape != shape:
+                return (f"input {i} ({n.node.input[i]!r}) is {ref.type}, but X {x.type}, "
+                        f"{dirs} direction(s) and hidden size {hidden} make it "
+                        f"{list(shape)}")
+        if isinstance(steps, int) and not 1 <= steps <= MAX_STEPS:
+            return f"a sequence of {steps} steps: kiln unrolls 1 to {MAX_STEPS}"
+        return None
+
+    return check
+
+
+def _activations(kind: str) -> Check:
+    """One activation list for each direction, or one for all."""
+
+    def check(n: NodeContext) -> str | None:
+        names = n.attr("activations")
+        per = len(_ACTIVATIONS[kind])
+        dirs = 2 if n.attr("direction", "forward") == "bidirectional" else 1
+        if names is not None and len(names) not in (per, per * dirs):
+            return (f"{kind} takes {per} activation(s) per direction ({per * dirs} for "
+                    f"{dirs} direction(s)), got {list(names)}")
+        return None
+
+    return check
+
+
+def _spec(kind: str) -> Spec:
+    return Spec(
+        ranks={0: (3, 3), 1: (3, 3), 2: (3, 3), 3: (2, 2), 4: (1, 1), 5: (3, 3), 6: (3, 3),
+               7: (2, 2)},
+        attrs={"direction": one_of("forward", "reverse", "bidirectional"), "layout": flag,
+               "hidden_size": at_least(1), "clip": positive,
+               "activation_alpha": finite, "activation_beta": finite, "input_forget": flag,
+               "linear_before_reset": flag},
+        checks=(_shapes(kind), _activations(kind)))
+
+
+@converter("LSTM", 7, 14, 22, spec=_spec("LSTM"))
 def lstm(n: NodeContext) -> list[Ref | None]:
     return _recurrent(n, "LSTM")
 
 
-@converter("GRU", 7, 14, 22)
+@converter("GRU", 7, 14, 22, spec=_spec("GRU"))
 def gru(n: NodeContext) -> list[Ref | None]:
     return _recurrent(n, "GRU")
 
 
-@converter("RNN", 7, 14, 22)
+@converter("RNN", 7, 14, 22, spec=_spec("RNN"))
 def rnn(n: NodeContext) -> list[Ref | None]:
     return _recurrent(n, "RNN")

@@ -6,6 +6,7 @@ import numpy as np
 
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec, axes, axis, flag, one_of
 from kiln.ir.types import is_float, to_numpy_dtype
 
 
@@ -50,11 +51,15 @@ def _empty_extreme(n: NodeContext, x: Ref, op: str, axes, keepdims: bool) -> Ref
     return n.op("full", shape=shape, value=value, dtype=x.dtype)
 
 
+_REDUCE = Spec(ranks={1: (1, 1)}, attrs={"axes": axes(), "keepdims": flag,
+                                         "noop_with_empty_axes": flag}, values={1: axes()})
+
+
 def _reduction(onnx_op: str, kiln_op: str, versions: tuple[int, ...]) -> None:
     def convert(n: NodeContext) -> Ref:
         return _reduce(n, kiln_op)
 
-    converter(onnx_op, *versions)(convert)
+    converter(onnx_op, *versions, spec=_REDUCE)(convert)
 
 
 for _onnx, _kiln, _versions in (
@@ -65,12 +70,12 @@ for _onnx, _kiln, _versions in (
     _reduction(_onnx, _kiln, _versions)
 
 
-@converter("ReduceL1", 13, 18)
+@converter("ReduceL1", 13, 18, spec=_REDUCE)
 def reduce_l1(n: NodeContext) -> Ref:
     return _reduce(n, "sum", n.op("abs", n.x))
 
 
-@converter("ReduceL2", 13, 18)
+@converter("ReduceL2", 13, 18, spec=_REDUCE)
 def reduce_l2(n: NodeContext) -> Ref:
     total = _reduce(n, "sum", n.op("mul", n.x, n.x))
     if is_float(total.dtype):
@@ -78,12 +83,12 @@ def reduce_l2(n: NodeContext) -> Ref:
     return n.cast(n.op("sqrt", n.cast(total, "float64")), total.dtype)
 
 
-@converter("ReduceSumSquare", 13, 18)
+@converter("ReduceSumSquare", 13, 18, spec=_REDUCE)
 def reduce_sum_square(n: NodeContext) -> Ref:
     return _reduce(n, "sum", n.op("mul", n.x, n.x))
 
 
-@converter("ReduceLogSum", 13, 18, 28)
+@converter("ReduceLogSum", 13, 18, 28, spec=_REDUCE)
 def reduce_log_sum(n: NodeContext) -> Ref:
     return n.op("log", _reduce(n, "sum"))
 
@@ -99,22 +104,28 @@ def _arg(n: NodeContext, op: str) -> Ref:
     return n.op("sub", n.const_like(size - 1, idx), idx)
 
 
-@converter("ArgMax", 13)
+_ARG = Spec(attrs={"axis": axis(), "keepdims": flag, "select_last_index": flag})
+
+
+@converter("ArgMax", 13, spec=_ARG)
 def argmax(n: NodeContext) -> Ref:
     return _arg(n, "argmax")
 
 
-@converter("ArgMin", 13)
+@converter("ArgMin", 13, spec=_ARG)
 def argmin(n: NodeContext) -> Ref:
     return _arg(n, "argmin")
 
 
-@converter("Softmax", 13)
+_ALONG_AXIS = Spec(attrs={"axis": axis()})
+
+
+@converter("Softmax", 13, spec=_ALONG_AXIS)
 def softmax(n: NodeContext) -> Ref:
     return n.op("softmax", n.x, axis=int(n.attr("axis", -1)))
 
 
-@converter("LogSoftmax", 13)
+@converter("LogSoftmax", 13, spec=_ALONG_AXIS)
 def log_softmax(n: NodeContext) -> Ref:
     return n.op("log_softmax", n.x, axis=int(n.attr("axis", -1)))
 
@@ -126,7 +137,7 @@ def along(values: np.ndarray, axis: int, rank: int) -> np.ndarray:
     return values.reshape(shape)
 
 
-@converter("Hardmax", 13)
+@converter("Hardmax", 13, spec=_ALONG_AXIS)
 def hardmax(n: NodeContext) -> Ref:
     x, axis = n.x, int(n.attr("axis", -1))
     best = n.op("argmax", x, axis=axis, keepdims=True)
@@ -134,7 +145,7 @@ def hardmax(n: NodeContext) -> Ref:
     return n.cast(n.op("equal", best, positions), x.dtype)
 
 
-@converter("LpNormalization", 1, 22)
+@converter("LpNormalization", 1, 22, spec=Spec(attrs={"axis": axis(), "p": one_of(1, 2)}))
 def lp_normalization(n: NodeContext) -> Ref:
     x, axis, p = n.x, int(n.attr("axis", -1)), int(n.attr("p", 2))
     if p == 1:
@@ -145,7 +156,9 @@ def lp_normalization(n: NodeContext) -> Ref:
     return n.op("where", zero, n.const_like(0, x), n.op("div", x, norm))
 
 
-@converter("CumSum", 11, 14)
+@converter("CumSum", 11, 14, spec=Spec(ranks={0: (1, None), 1: (0, 1)},
+                                        attrs={"exclusive": flag, "reverse": flag},
+                                        values={1: axes()}))
 def cumsum(n: NodeContext) -> Ref:
     """A matmul with a triangular matrix of ones along the summed axis."""
     x = n.x

@@ -15,6 +15,7 @@ import numpy as np
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Rule, Spec, axes, finite, flag, one_of
 from kiln.ir.types import is_float, to_numpy_dtype
 
 
@@ -152,7 +153,71 @@ def _targets(n: NodeContext, x: Ref) -> tuple[list[float], list[int], list | Non
     return scales, sizes, roi
 
 
-@converter("Resize", 13, 18, 19)
+# the most entries of the interpolation matrix kiln builds for one axis ([out, in] float64)
+MAX_MATRIX = 1 << 24
+
+
+def _resized_axes(n: NodeContext) -> int:
+    return len(n.attr("axes", range(n.x.rank)))
+
+
+def _one_per_axis(positive: bool) -> Rule:
+    """Scales (positive, finite) or sizes (non-negative), one per resized axis."""
+
+    def rule(values: list, n: NodeContext) -> str | None:
+        if not values:
+            return None  # empty: the other of scales and sizes is given
+        if len(values) != _resized_axes(n):
+            return f"must hold one value per resized axis ({_resized_axes(n)})"
+        if positive and not all(math.isfinite(v) and v > 0 for v in values):
+            return "scales must be positive and finite"
+        if not positive and any(v < 0 for v in values):
+            return "sizes must not be negative"
+        return None
+
+    return rule
+
+
+def _roi(values: list, n: NodeContext) -> str | None:
+    if values and len(values) != 2 * _resized_axes(n):
+        return f"roi must hold a start and an end per resized axis ({2 * _resized_axes(n)})"
+    return None
+
+
+def _output_fits(n: NodeContext) -> str | None:
+    """Each resized axis's interpolation matrix, [out, in], within MAX_MATRIX entries."""
+    x, scales, sizes = n.x, n.input(2), n.input(3)
+    if sizes is not None and sizes.const is not None and sizes.const.size:
+        outs = [int(v) for v in sizes.const.reshape(-1)]
+    elif scales is not None and scales.const is not None and scales.const.size:
+        dims = [x.shape[a % x.rank] for a in n.attr("axes", range(x.rank))]
+        outs = [math.floor(d * float(s)) if isinstance(d, int) else 0
+                for d, s in zip(dims, scales.const.reshape(-1))]
+    else:
+        return None
+    dims = [x.shape[a % x.rank] for a in n.attr("axes", range(x.rank))]
+    for d, out in zip(dims, outs):
+        if isinstance(d, int) and out * d > MAX_MATRIX:
+            return (f"resizing an axis of {d} to {out} needs a {out} x {d} interpolation "
+                    f"matrix; kiln builds at most {MAX_MATRIX} entries per axis")
+    return None
+
+
+_RESIZE = Spec(
+    ranks={1: (1, 1), 2: (1, 1), 3: (1, 1)},
+    attrs={"mode": one_of("nearest", "linear", "cubic"),
+           "coordinate_transformation_mode": one_of(
+               "half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+               "asymmetric", "tf_crop_and_resize"),
+           "nearest_mode": one_of("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"),
+           "keep_aspect_ratio_policy": one_of("stretch", "not_larger", "not_smaller"),
+           "antialias": flag, "exclude_outside": flag, "axes": axes(),
+           "cubic_coeff_a": finite},
+    values={1: _roi, 2: _one_per_axis(positive=True), 3: _one_per_axis(positive=False)},
+    checks=(_output_fits,))
+
+
+@converter("Resize", 13, 18, 19, spec=_RESIZE)
 def resize(n: NodeContext) -> Ref:
     x = n.x
     scales, sizes, roi = _targets(n, x)

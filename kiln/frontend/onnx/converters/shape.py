@@ -11,6 +11,22 @@ import numpy as np
 from kiln.errors import ShapeError
 from kiln.frontend.onnx.context import NodeContext, Ref
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import (
+    Check,
+    Spec,
+    all_of,
+    at_least,
+    axes,
+    axis,
+    count,
+    flag,
+    indices_in_range,
+    nonzero,
+    one_of,
+    permutation,
+    rank_of,
+    same_rank,
+)
 from kiln.ir.ops.registry import broadcast_shapes
 from kiln.ir.types import Dim
 
@@ -34,7 +50,8 @@ def prod_dim(dims: tuple[Dim, ...]) -> Dim | None:
     return names[0] if len(names) == 1 and size == 1 else None
 
 
-@converter("Reshape", 13, 14, 19, 21, 23, 24, 25)
+@converter("Reshape", 13, 14, 19, 21, 23, 24, 25,
+           spec=Spec(ranks={1: (1, 1)}, attrs={"allowzero": flag}))
 def reshape(n: NodeContext) -> Ref:
     x, target = n.x, list(n.ints(1, "shape"))
     if not n.attr("allowzero", 0):  # 0 copies the input's dimension
@@ -53,7 +70,7 @@ def reshape(n: NodeContext) -> Ref:
     return n.op("reshape", x, shape=tuple(target))
 
 
-@converter("Flatten", 13, 21, 23, 24, 25)
+@converter("Flatten", 13, 21, 23, 24, 25, spec=Spec(attrs={"axis": axis(end=True)}))
 def flatten(n: NodeContext) -> Ref:
     x = n.x
     axis = int(n.attr("axis", 1))
@@ -66,19 +83,32 @@ def flatten(n: NodeContext) -> Ref:
     return n.op("reshape", x, shape=target)
 
 
-@converter("Transpose", 13, 21, 23, 24, 25)
+@converter("Transpose", 13, 21, 23, 24, 25, spec=Spec(attrs={"perm": permutation()}))
 def transpose(n: NodeContext) -> Ref:
     perm = n.attr("perm")
     return n.op("transpose", n.x, perm=None if perm is None else tuple(perm))
 
 
-@converter("Concat", 13)
+@converter("Concat", 13, spec=Spec(attrs={"axis": axis()}))
 def concat(n: NodeContext) -> Ref:
     inputs = [r for r in n.inputs if r is not None]
     return n.op("concat", *inputs, axis=int(n.attr("axis")))
 
 
-@converter("Split", 13, 18)
+def _split_count(n: NodeContext) -> str | None:
+    """The sizes (input 1) or num_outputs give one part per output."""
+    sizes, parts = n.input(1), n.attr("num_outputs")
+    if sizes is not None and sizes.rank == 1 and sizes.shape[0] != n.n_outputs:
+        return f"split sizes {sizes.type} give {sizes.shape[0]} parts, but the node has " \
+               f"{n.n_outputs} outputs"
+    if parts is not None and parts != n.n_outputs:
+        return f"num_outputs={parts}, but the node has {n.n_outputs} outputs"
+    return None
+
+
+@converter("Split", 13, 18, spec=Spec(
+    ranks={0: (1, None), 1: (1, 1)}, attrs={"axis": axis(), "num_outputs": at_least(1)},
+    values={1: at_least(0)}, checks=(_split_count,)))
 def split(n: NodeContext) -> list[Ref]:
     x = n.x
     axis = int(n.attr("axis", 0)) % x.rank
@@ -96,7 +126,19 @@ def split(n: NodeContext) -> list[Ref]:
     return n.ops("split", [x], axis=axis, sizes=tuple(sizes))
 
 
-@converter("Slice", 13)
+def _slice_lengths(n: NodeContext) -> str | None:
+    """starts, ends, axes and steps (those given) are 1-D and equally long."""
+    given = {i: n.input(i) for i in range(1, 5) if n.input(i) is not None}
+    lengths = {r.shape[0] for r in given.values() if r.rank == 1}
+    if len(lengths) > 1:
+        shown = ", ".join(f"{n.node.input[i]!r}: {r.type}" for i, r in given.items())
+        return f"starts, ends, axes and steps must be equally long ({shown})"
+    return None
+
+
+@converter("Slice", 13, spec=Spec(
+    ranks={0: (1, None), 1: (1, 1), 2: (1, 1), 3: (1, 1), 4: (1, 1)},
+    values={3: axes(), 4: nonzero}, checks=(_slice_lengths,)))
 def slice_(n: NodeContext) -> Ref:
     x = n.x
     starts, ends = n.ints(1, "starts"), n.ints(2, "ends")
@@ -114,18 +156,24 @@ def slice_(n: NodeContext) -> Ref:
     return n.op("slice", x, starts=starts, ends=ends, axes=axes, steps=steps)
 
 
-@converter("Squeeze", 13, 21, 23, 24, 25)
+@converter("Squeeze", 13, 21, 23, 24, 25, spec=Spec(ranks={1: (1, 1)}, values={1: axes()}))
 def squeeze(n: NodeContext) -> Ref:
     axes = n.ints(1, "axes")
     return n.op("squeeze", n.x, axes=axes)
 
 
-@converter("Unsqueeze", 13, 21, 23, 24, 25)
+def _new_axes(values: list, n: NodeContext) -> str | None:
+    """Unsqueeze's axes: distinct axes of the result, of rank r + len(axes)."""
+    return axes(extra=len(values))(values, n)
+
+
+@converter("Unsqueeze", 13, 21, 23, 24, 25,
+           spec=Spec(ranks={1: (1, 1)}, values={1: _new_axes}))
 def unsqueeze(n: NodeContext) -> Ref:
     return n.op("unsqueeze", n.x, axes=n.ints(1, "axes"))
 
 
-@converter("Expand", 13)
+@converter("Expand", 13, spec=Spec(ranks={1: (1, 1)}, values={1: at_least(0)}))
 def expand(n: NodeContext) -> Ref:
     """ONNX Expand broadcasts both ways (a 1 in ``shape`` keeps x's dim): kiln's expand takes
     the broadcast shape."""
@@ -134,7 +182,8 @@ def expand(n: NodeContext) -> Ref:
     return x if out == x.shape else n.op("expand", x, shape=out)
 
 
-@converter("Tile", 13)
+@converter("Tile", 13, spec=Spec(
+    ranks={1: (1, 1)}, values={1: all_of(count("one per axis", rank_of(0)), at_least(0))}))
 def tile(n: NodeContext) -> Ref:
     """x [d0, d1] -> unsqueeze [1, d0, 1, d1] -> expand [r0, d0, r1, d1] -> reshape."""
     x, reps = n.x, n.ints(1, "repeats")
@@ -150,7 +199,17 @@ def tile(n: NodeContext) -> Ref:
                                              for r, d in zip(reps, x.shape)))
 
 
-@converter("Pad", 13, 18, 19, 21, 23, 24, 25)
+def _pads_count(values: list, n: NodeContext) -> str | None:
+    """Two pads per padded axis: every axis, or those the axes input lists."""
+    listed = n.input(3)
+    padded = listed.shape[0] if listed is not None and listed.rank == 1 else n.x.rank
+    return None if len(values) == 2 * padded else f"must hold 2 x {padded} values"
+
+
+@converter("Pad", 13, 18, 19, 21, 23, 24, 25, spec=Spec(
+    ranks={1: (1, 1), 2: (0, 1), 3: (1, 1)},
+    attrs={"mode": one_of("constant", "reflect", "edge", "wrap")},
+    values={1: _pads_count, 3: axes()}))
 def pad(n: NodeContext) -> Ref:
     x, mode = n.x, n.attr("mode", "constant")
     pads, r = list(n.ints(1, "pads")), n.x.rank
@@ -202,12 +261,14 @@ def _wrap(n: NodeContext, x: Ref, pads: list[int]) -> Ref:
 # -- gathers ------------------------------------------------------------------------------------
 
 
-@converter("Gather", 13)
+@converter("Gather", 13, spec=Spec(attrs={"axis": axis()}, checks=(indices_in_range(),)))
 def gather(n: NodeContext) -> Ref:
     return n.op("gather", n.x, n.inputs[1], axis=int(n.attr("axis", 0)))
 
 
-@converter("GatherElements", 13)
+@converter("GatherElements", 13, spec=Spec(
+    ranks={0: (1, None)}, attrs={"axis": axis()},
+    checks=(same_rank(0, 1), indices_in_range())))
 def gather_elements(n: NodeContext) -> Ref:
     """kiln's take_along_axis broadcasts the other axes; ONNX lets indices be smaller there,
     so data is first cut to the indices' extent."""
@@ -221,7 +282,29 @@ def gather_elements(n: NodeContext) -> Ref:
     return n.op("take_along_axis", data, idx, axis=axis)
 
 
-@converter("GatherND", 13)
+def _gather_nd_shapes(n: NodeContext) -> str | None:
+    """batch_dims leading dims shared, and index tuples no longer than data's other dims."""
+    data, idx = n.inputs[:2]
+    b = int(n.attr("batch_dims", 0))
+    if b >= min(data.rank, idx.rank):
+        return f"batch_dims={b} must be smaller than the ranks of {data.type} and {idx.type}"
+    k = idx.shape[-1]
+    if isinstance(k, int) and k > data.rank - b:
+        return f"index tuples of {k} values index at most {data.rank - b} dims of {data.type}"
+    if data.shape[:b] != idx.shape[:b]:
+        return f"the {b} batch dims of {data.type} and {idx.type} differ"
+    if idx.const is not None and isinstance(k, int) and idx.const.size:
+        tuples = idx.const.reshape(-1, k)
+        for j, d in enumerate(data.shape[b:b + k]):
+            bad = [int(v) for v in tuples[:, j] if isinstance(d, int) and not -d <= v < d]
+            if bad:
+                return f"index {bad[0]} is out of range for dim {b + j} of {data.type}"
+    return None
+
+
+@converter("GatherND", 13, spec=Spec(ranks={0: (1, None), 1: (1, None)},
+                                      attrs={"batch_dims": at_least(0)},
+                                      checks=(_gather_nd_shapes,)))
 def gather_nd(n: NodeContext) -> Ref:
     """Index tuples become linear indices into data flattened over the batch and indexed
     dims: one kiln gather."""
@@ -253,7 +336,26 @@ def gather_nd(n: NodeContext) -> Ref:
 # -- moving channels and space ------------------------------------------------------------------
 
 
-@converter("DepthToSpace", 13, 28)
+def _divisible(axes_: tuple[int, ...], square: bool) -> Check:
+    """The given axes of the input divide by blocksize (its square for channels)."""
+
+    def check(n: NodeContext) -> str | None:
+        bs = int(n.attr("blocksize"))
+        step = bs * bs if square else bs
+        for a in axes_:
+            d = n.x.shape[a]
+            if isinstance(d, int) and d % step:
+                return f"dim {a} of {n.x.type} does not divide by {step} (blocksize {bs})"
+        return None
+
+    return check
+
+
+_BLOCKS = {"blocksize": at_least(1), "mode": one_of("DCR", "CRD")}
+
+
+@converter("DepthToSpace", 13, 28, spec=Spec(ranks={0: (4, 4)}, attrs=_BLOCKS,
+                                             checks=(_divisible((1,), square=True),)))
 def depth_to_space(n: NodeContext) -> Ref:
     x, bs = n.x, int(n.attr("blocksize"))
     batch, c, h, w = x.shape
@@ -266,7 +368,8 @@ def depth_to_space(n: NodeContext) -> Ref:
     return n.op("reshape", y, shape=(batch, c // (bs * bs), h * bs, w * bs))
 
 
-@converter("SpaceToDepth", 13, 28)
+@converter("SpaceToDepth", 13, 28, spec=Spec(ranks={0: (4, 4)}, attrs=_BLOCKS,
+                                             checks=(_divisible((2, 3), square=False),)))
 def space_to_depth(n: NodeContext) -> Ref:
     """The inverse of DepthToSpace; opset 28 adds the CRD mode."""
     x, bs = n.x, int(n.attr("blocksize"))
@@ -278,13 +381,13 @@ def space_to_depth(n: NodeContext) -> Ref:
     return n.op("reshape", y, shape=(batch, c * bs * bs, h // bs, w // bs))
 
 
-@converter("Trilu", 14)
+@converter("Trilu", 14, spec=Spec(ranks={0: (2, None), 1: (0, 0)}, attrs={"upper": flag}))
 def trilu(n: NodeContext) -> Ref:
     k = int(n.scalar_input(1, 0))
     return n.op("triu" if n.attr("upper", 1) else "tril", n.x, k=k)
 
 
-@converter("Compress", 11, 28)
+@converter("Compress", 11, 28, spec=Spec(ranks={1: (1, 1)}, attrs={"axis": axis()}))
 def compress(n: NodeContext) -> Ref:
     """A gather of the positions where the (constant) condition holds."""
     x, cond = n.x, n.const(1, "condition").reshape(-1).astype(bool)
@@ -294,7 +397,10 @@ def compress(n: NodeContext) -> Ref:
     return n.op("gather", x, np.flatnonzero(cond).astype(np.int64), axis=int(axis))
 
 
-@converter("CenterCropPad", 18)
+@converter("CenterCropPad", 18, spec=Spec(
+    ranks={1: (1, 1)}, attrs={"axes": axes()},
+    values={1: all_of(at_least(0), count("one per axis", lambda n: len(n.attr(
+        "axes", range(n.x.rank)))))}))
 def center_crop_pad(n: NodeContext) -> Ref:
     """Per axis: a centred slice to crop, a centred zero pad to grow (odd splits leave the
     extra element at the end)."""
@@ -313,7 +419,24 @@ def center_crop_pad(n: NodeContext) -> Ref:
     return x
 
 
-@converter("ReverseSequence", 10, 28)
+def _sequence_lens(n: NodeContext) -> str | None:
+    """time_axis and batch_axis differ, and there is one length per batch entry, each at
+    most the sequence."""
+    t_axis, b_axis = n.attr("time_axis", 0), n.attr("batch_axis", 1)
+    if t_axis == b_axis:
+        return "time_axis and batch_axis must differ"
+    lens, (steps, batch) = n.input(1), (n.x.shape[t_axis], n.x.shape[b_axis])
+    if lens.shape[0] != batch:
+        return f"sequence_lens {lens.type} must hold one length per batch entry ({batch})"
+    if lens.const is not None and isinstance(steps, int) and (
+            (lens.const < 0).any() or (lens.const > steps).any()):
+        return f"sequence_lens {lens.const.tolist()} must be in [0, {steps}]"
+    return None
+
+
+@converter("ReverseSequence", 10, 28, spec=Spec(
+    ranks={0: (2, None), 1: (1, 1)},
+    attrs={"time_axis": one_of(0, 1), "batch_axis": one_of(0, 1)}, checks=(_sequence_lens,)))
 def reverse_sequence(n: NodeContext) -> Ref:
     """Each batch entry's first len[b] steps reversed: a take_along_axis with constant
     indices over the time axis."""

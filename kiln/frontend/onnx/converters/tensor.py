@@ -3,16 +3,31 @@ Identity and (inference) Dropout. Most of these fold to constants at import."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from kiln.frontend.onnx.context import FOLD_LIMIT, NodeContext, Ref, const_ref, fill_ref
+from kiln.frontend.onnx.context import (
+    FOLD_LIMIT,
+    MAX_ELEMENTS,
+    NodeContext,
+    Ref,
+    const_ref,
+    fill_ref,
+)
 from kiln.frontend.onnx.converters.reduce import along
 from kiln.frontend.onnx.dtypes import to_kiln_dtype
 from kiln.frontend.onnx.registry import converter
+from kiln.frontend.onnx.validate import Spec, at_least, axis, between, count, flag
 from kiln.ir.types import TensorType, to_numpy_dtype
 
 
-@converter("Constant", 13, 19, 21, 23, 24, 25)
+def _one_value(n: NodeContext) -> str | None:
+    given = sorted(n.attrs)
+    return None if len(given) == 1 else f"must have exactly one value attribute, has {given}"
+
+
+@converter("Constant", 13, 19, 21, 23, 24, 25, spec=Spec(checks=(_one_value,)))
 def constant(n: NodeContext) -> Ref:
     a = n.attrs
     if "value" in a:
@@ -42,7 +57,15 @@ def _onnx_dtype(array: np.ndarray) -> int:
         return 0
 
 
-@converter("ConstantOfShape", 9, 20, 21, 23, 24, 25)
+def _one_element(n: NodeContext) -> str | None:
+    value = n.attr("value")
+    if value is None or np.asarray(value).size == 1:
+        return None
+    return f"its value must be a tensor of one element, got shape {list(np.shape(value))}"
+
+
+@converter("ConstantOfShape", 9, 20, 21, 23, 24, 25,
+           spec=Spec(ranks={0: (1, 1)}, values={0: at_least(0)}, checks=(_one_element,)))
 def constant_of_shape(n: NodeContext) -> Ref:
     shape = n.ints(0, "shape")
     value = np.asarray(n.attr("value", np.zeros(1, np.float32)))
@@ -70,7 +93,23 @@ def size(n: NodeContext) -> Ref:
     return const_ref(np.int64(n.x.type.size))
 
 
-@converter("Range", 11, 27)
+def _range_size(n: NodeContext) -> str | None:
+    """A constant range of at most MAX_ELEMENTS values."""
+    if not all(r.const is not None for r in n.inputs[:3]):
+        return None
+    start, limit, delta = (r.const.reshape(-1)[0].item() for r in n.inputs[:3])
+    if delta == 0:
+        return "delta must not be 0"
+    size = math.ceil((limit - start) / delta) if all(
+        math.isfinite(v) for v in (start, limit, delta)) else math.inf
+    if size > MAX_ELEMENTS:
+        return f"range({start}, {limit}, {delta}) would hold {size} values; kiln's tensors " \
+               f"hold at most {MAX_ELEMENTS}"
+    return None
+
+
+@converter("Range", 11, 27, spec=Spec(ranks={0: (0, 0), 1: (0, 0), 2: (0, 0)},
+                                      checks=(_range_size,)))
 def range_(n: NodeContext) -> Ref:
     start, limit, delta = (n.scalar_input(i) for i in range(3))
     dtype = n.x.dtype
@@ -89,7 +128,9 @@ def eye_like(n: NodeContext) -> Ref:
     return const_ref(eye)
 
 
-@converter("OneHot", 11, 28)
+@converter("OneHot", 11, 28, spec=Spec(
+    ranks={1: (0, 1), 2: (1, 1)}, attrs={"axis": axis(extra=1)},
+    values={1: between(1, MAX_ELEMENTS), 2: count("off and on", lambda n: 2)}))
 def one_hot(n: NodeContext) -> Ref:
     """Compares indices with 0..depth-1 along ``axis``: out-of-range indices give a row of
     off values, as ONNX says (kiln's one_hot would raise)."""
@@ -148,4 +189,5 @@ def _window(n: NodeContext) -> Ref:
 
 
 for _op in _WINDOWS:
-    converter(_op, 17)(_window)
+    converter(_op, 17, spec=Spec(ranks={0: (0, 1)}, attrs={"periodic": flag},
+                                 values={0: between(0, MAX_ELEMENTS)}))(_window)
