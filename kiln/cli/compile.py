@@ -3,6 +3,9 @@
     kiln compile examples/mlp.py:MLP --input x=1x784 -o mlp.kiln [--opt-level 2]
     kiln run mlp.kiln --input x=x.npy [--out outputs/]
     kiln bench mlp.kiln [--repeat 100]
+
+``--sign-key-file`` (compile) signs the artifact, ``--key-file`` (run, bench) refuses one
+not signed with that key (docs/artifact.md, "Trust").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def cmd_compile(args) -> int:
     from kiln.passes.fusion import fuse_with_report
     from kiln.passes.manager import optimize
 
+    key = _key(args.sign_key_file)
     graph, _ = load_graph(args.model, args.input)
     dump = {a.partition("=")[2] or a for a in args.dump_ir}
     records: list = []
@@ -32,6 +36,10 @@ def cmd_compile(args) -> int:
                             progress=sys.stderr.isatty(), verify=args.verify,
                             disable=args.disable, dump_after=dump, records=records,
                             layout_budget=args.layout_budget)
+    if key is not None:
+        from kiln.runtime import sign_artifact
+
+        sign_artifact(compiled.artifact, key)
     path = compiled.save(args.output)
     seconds = time.perf_counter() - t0
     kernels = len(compiled.build.kernels)
@@ -42,6 +50,12 @@ def cmd_compile(args) -> int:
             print(f"  pass {r.name:<16} {r.seconds * 1e3:8.1f} ms  {r.nodes_before:>5} -> "
                   f"{r.nodes_after} nodes")
     return 0
+
+
+def _key(path: str | None) -> bytes | None:
+    from kiln.runtime.format import read_key
+
+    return None if path is None else read_key(path)
 
 
 def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
@@ -62,7 +76,7 @@ def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
 def cmd_run(args) -> int:
     from kiln.runtime import load
 
-    model = load(args.artifact)
+    model = load(args.artifact, key=_key(args.key_file))
     outputs = model.run(_inputs(model, args.input, args.seed))
     for info, out in zip(model.outputs, outputs):
         print(f"{info.name}: {out.dtype.name}{list(out.shape)}  sha256={checksum(out)}")
@@ -77,7 +91,7 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from kiln.runtime import load
 
-    model = load(args.artifact)
+    model = load(args.artifact, key=_key(args.key_file))
     inputs = _inputs(model, args.input, args.seed)
     latency = model.benchmark(inputs, repeat=args.repeat)
     from kiln.runtime.threads import pool_threads
@@ -117,6 +131,8 @@ def add_parsers(sub) -> None:
                     help="print what fused and why the other candidates did not")
     sp.add_argument("--verify", action="store_true", help="verify the IR after every pass")
     sp.add_argument("--verbose", "-v", action="store_true", help="time each pass")
+    sp.add_argument("--sign-key-file", metavar="FILE",
+                    help="sign the artifact with the key in FILE (HMAC-SHA256)")
     sp.set_defaults(fn=cmd_compile, command="compile")
 
     for name, fn, text in (("run", cmd_run, "run an artifact"),
@@ -126,6 +142,8 @@ def add_parsers(sub) -> None:
         sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                         help="inputs not given are random (seeded)")
         sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--key-file", metavar="FILE",
+                        help="refuse the artifact unless it is signed with the key in FILE")
         sp.set_defaults(fn=fn, command=name)
         if name == "run":
             sp.add_argument("--out", metavar="DIR", help="write each output to DIR/NAME.npy")

@@ -71,17 +71,17 @@ def check_kernels_library(path: Path, funcs: Iterable[str]) -> None:
     if platform.system() != "Linux":
         return
     symbols = defined_symbols(_parse(path))
-    missing = sorted({f for f in funcs if KERNEL_SYMBOL_PREFIX + f not in symbols})
-    if missing:
-        raise ArtifactError(f"{path.name} does not define the kernel(s) {missing[:5]} that the "
-                            "manifest calls: it is not this artifact's kernel library; "
-                            "rebuild it with `kiln compile`")
     foreign = sorted(s for s in symbols if s.startswith(_RUNTIME_PREFIXES))
     if foreign:
         raise ArtifactError(f"{path.name} defines TVM runtime symbols ({foreign[0]}, "
                             f"{len(foreign)} in all): it is a TVM runtime library, not "
                             "generated kernels, and loading it would abort the process; "
                             "rebuild the artifact with `kiln compile`")
+    missing = sorted({f for f in funcs if KERNEL_SYMBOL_PREFIX + f not in symbols})
+    if missing:
+        raise ArtifactError(f"{path.name} does not define the kernel(s) {missing[:5]} that the "
+                            "manifest calls: it is not this artifact's kernel library; "
+                            "rebuild it with `kiln compile`")
 
 
 def check_runtime_library(path: Path) -> None:

@@ -248,8 +248,9 @@ def _no_constant(name: str) -> Any:
 
 
 def _bounded_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > MAX_JSON_INT_DIGITS:
-        raise ArtifactError(f"it holds a {len(digits)}-digit integer")
+    length = len(digits.lstrip("-"))
+    if length > MAX_JSON_INT_DIGITS:
+        raise ArtifactError(f"it holds a {length}-digit integer")
     return int(digits)
 
 
@@ -358,10 +359,12 @@ def _check_value(name: str, info: Any) -> None:
         raise _bad(f"value {_show(name)} has no static shape (a list of at most {MAX_RANK} "
                    f"non-negative ints), it has {_show(shape)}")
     dtype = info.get("dtype")
+    if not isinstance(dtype, str):
+        raise _bad(f"value {_show(name)} has unknown dtype {_show(dtype)}")
     if dtype in UNSUPPORTED_DTYPES:
         raise _bad(f"value {_show(name)} has dtype {dtype}, which the kiln runtime cannot "
                    "hold yet")
-    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+    if dtype not in DTYPE_SIZES:
         raise _bad(f"value {_show(name)} has unknown dtype {_show(dtype)}")
     if value_nbytes(info) > MAX_VALUE_BYTES:
         raise _bad(f"value {_show(name)} would take {value_nbytes(info)} bytes, more than the "

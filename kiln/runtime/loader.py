@@ -264,8 +264,9 @@ def _read_npy(npz: zipfile.ZipFile, member: zipfile.ZipInfo, name: str,
                                 f"{fmt.REBUILD_HINT}")
         data = f.read(nbytes + 1)
     if len(data) != nbytes:
-        raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} holds {len(data)} bytes of "
-                            f"data, not {nbytes}; {fmt.REBUILD_HINT}")
+        held = "more than" if len(data) > nbytes else f"only {len(data)} of"
+        raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} holds {held} {nbytes} bytes "
+                            f"of data; {fmt.REBUILD_HINT}")
     return np.frombuffer(data, dtype).reshape(shape)
 
 

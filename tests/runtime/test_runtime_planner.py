@@ -141,3 +141,26 @@ def test_read_before_write_is_rejected():
     kernels = [{"func": "k0", "args": ["t9", "out"], "num_outputs": 1}]
     with pytest.raises(ArtifactError, match="before any kernel writes it"):
         plan_memory(kernels, {"t9": f32(1), "out": f32(1)}, {"out"})
+
+
+def test_check_plan_wants_exact_sizes():
+    """Buffers lie end to end in one arena: a size other than the planned one (a negative
+    one in particular) would move every later buffer, so only exact sizes pass."""
+    kernels = [{"func": "k0", "args": ["a", "t1"], "num_outputs": 1},
+               {"func": "k1", "args": ["t1", "out"], "num_outputs": 1}]
+    values = {n: f32(16) for n in ("a", "t1", "out")}
+    keep = {"a", "out"}
+    plan = plan_memory(kernels, values, keep)
+    check_plan(kernels, values, keep, plan)
+    for edit, message in [
+        (lambda p: p["buffers"][0].update(nbytes=128), "largest value it holds needs 64"),
+        (lambda p: p["buffers"].append({"id": 1, "nbytes": -64}), "holds no value"),
+        (lambda p: p.update(peak_bytes=0), "peak_bytes is 0"),
+        (lambda p: p.update(naive_bytes=128), "naive_bytes is 128"),
+        (lambda p: p["assign"].update(a=0), "'a' is not an intermediate"),
+    ]:
+        bad = {"buffers": [dict(b) for b in plan["buffers"]], "assign": dict(plan["assign"]),
+               "peak_bytes": plan["peak_bytes"], "naive_bytes": plan["naive_bytes"]}
+        edit(bad)
+        with pytest.raises(ArtifactError, match=message):
+            check_plan(kernels, values, keep, bad)
