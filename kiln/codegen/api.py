@@ -3,16 +3,18 @@ with the deployable runtime, and run it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from kiln.codegen.build import BuildResult, Progress, build, export
 from kiln.codegen.layout_tuning import pass_context
+from kiln.errors import ArtifactError
 from kiln.ir.graph import Graph
 from kiln.passes.context import PassContext
 
@@ -36,11 +38,22 @@ def write(result: BuildResult, path: str | os.PathLike) -> Path:
     """Write ``result`` as the artifact directory ``path`` (``NAME.kiln``); returns it."""
     from kiln.runtime import write_artifact
 
-    with tempfile.TemporaryDirectory(prefix="kiln-lib-") as tmp:
+    with _writing(path), tempfile.TemporaryDirectory(prefix="kiln-lib-") as tmp:
         lib = export(result, tmp)
         weights = {n: np.ascontiguousarray(a) if a.ndim else np.array(a)
                    for n, a in result.constants.items()}
         return write_artifact(path, manifest(result), lib, weights)
+
+
+@contextlib.contextmanager
+def _writing(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError while writing the artifact (no such folder, no permission, a full disk)
+    as an ArtifactError that names the path."""
+    try:
+        yield
+    except OSError as e:
+        raise ArtifactError(f"cannot write the artifact {os.fspath(path)!r}: "
+                            f"{e.strerror or e}") from None
 
 
 class CompiledModel:
@@ -73,9 +86,10 @@ class CompiledModel:
         from kiln.runtime import copy_artifact, pack
 
         path = Path(path)
-        if path.suffix == ".tar":
-            return pack(self.artifact, path)
-        return copy_artifact(self.artifact, path)
+        with _writing(path):
+            if path.suffix == ".tar":
+                return pack(self.artifact, path)
+            return copy_artifact(self.artifact, path)
 
     def __del__(self):  # the loaded library stays mapped; the files can go
         shutil.rmtree(getattr(self, "_workdir", ""), ignore_errors=True)

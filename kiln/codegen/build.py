@@ -8,15 +8,22 @@ or a BERT) are compiled once and called under one name.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from kiln.codegen.lower import check_lowerable, fused_body, lower_group, node_context
+from kiln.codegen.lower import (
+    check_lowerable,
+    flatten_nodes,
+    fused_body,
+    lower_group,
+    node_context,
+)
 from kiln.errors import InputError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph, Node
 from kiln.ir.ops import get_op
@@ -24,6 +31,44 @@ from kiln.ir.types import TensorType, to_numpy_dtype
 from kiln.targets import Target, resolve_target
 
 Progress = Callable[[str], None]
+
+# (op, dtype) pairs TVM 0.27 cannot compile: the dtype of the op's first input ("in->out" for
+# cast). Found by compiling every op on every dtype its type rule accepts; refused before
+# lowering, so that the error names the node rather than coming from inside TVM.
+_FLOAT_FIRST = "cast to float32 first"
+NO_CODE_FOR: dict[tuple[str, str], str] = {
+    **{(op, "bool"): "TVM has no arithmetic on bool; cast to uint8 first"
+       for op in ("add", "mul", "maximum", "minimum")},
+    **{(op, dtype): f"TVM's {op} reduction cannot compare {dtype} values; {_FLOAT_FIRST}"
+       for op in ("argmax", "argmin") for dtype in ("bfloat16", "bool")},
+    **{(op, "bfloat16"): f"TVM lowers {op} on float16/32/64 only; {_FLOAT_FIRST}"
+       for op in ("logsumexp", "lrn", "max_pool2d", "pow")},
+    **{("pow", dtype): f"TVM's power takes floats only; {_FLOAT_FIRST}"
+       for dtype in ("int8", "uint8", "int32", "int64")},
+    **{(op, "uint8"): "TVM cannot form -1 in an unsigned type; cast to int32 first"
+       for op in ("neg", "sign")},
+    ("softplus", "float16"): f"TVM has no float16 log1p; {_FLOAT_FIRST}",
+    ("cast", "bool->bool"): "TVM cannot compile a cast of bool to bool; drop it",
+}
+
+
+def _dtype_key(node: Node) -> str:
+    if node.op == "cast":
+        return f"{node.inputs[0].dtype}->{node.outputs[0].dtype}"
+    return node.inputs[0].dtype if node.inputs else node.outputs[0].dtype
+
+
+def check_dtypes(nodes: list[Node]) -> list[UnsupportedOpError]:
+    """Every node (fused bodies included) on a dtype TVM cannot compile its op for."""
+    flat, _ = flatten_nodes(nodes)
+    errors = []
+    for node in flat:
+        why = NO_CODE_FOR.get((node.op, _dtype_key(node)))
+        if why:
+            errors.append(UnsupportedOpError(
+                f"{node_context(node)}: kiln cannot compile {node.op} on {_dtype_key(node)}: "
+                f"{why}"))
+    return errors
 
 
 @dataclass
@@ -134,7 +179,7 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     if missing:
         raise KilnError(f"graph {graph.name!r}: parameters {missing} have no values; codegen "
                         "needs every parameter's array (Graph.weights)")
-    errors = check_lowerable(graph.nodes)
+    errors = check_lowerable(graph.nodes) + check_dtypes(graph.nodes)
     if errors:
         listing = "\n  ".join(str(e) for e in errors)
         raise UnsupportedOpError(f"{len(errors)} node(s) cannot be compiled:\n  {listing}")
@@ -151,10 +196,8 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
             report(f"lowering node {index + 1}/{n}")
         ins = list(dict.fromkeys(node.inputs))
         const_arrays = {v.name: weights[v.name] for v in ins if v.name in weights}
-        try:
+        with _tvm_failure(f"{node_context(node)}: TVM could not lower it"):
             group = lower_group([node], ins, list(node.outputs), const_arrays, tiling)
-        except (RuntimeError, ValueError, TypeError) as e:  # a TVM failure inside a builder
-            raise KilnError(f"{node_context(node)}: lowering failed: {e}") from e
         for pname, arr in group.new_constants.items():
             if pname in values and pname not in constants:
                 raise KilnError(f"{node_context(node)}: the packed weight's name %{pname} is "
@@ -164,14 +207,15 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         for a in group.args[: len(group.args) - group.num_outputs]:
             if a in weights:
                 constants.setdefault(a, weights[a])
-        func = group.prim_func()
-        key = tvm_ffi.structural_hash(func)
-        fname = next((nm for f, nm in seen.get(key, []) if tvm_ffi.structural_equal(f, func)),
-                     None)
-        if fname is None:
-            fname = _func_name(index, node)
-            seen.setdefault(key, []).append((func, fname))
-            funcs[fname] = schedule(func, tgt).with_attr("global_symbol", fname)
+        with _tvm_failure(f"{node_context(node)}: TVM could not schedule it"):
+            func = group.prim_func()
+            key = tvm_ffi.structural_hash(func)
+            fname = next((nm for f, nm in seen.get(key, [])
+                          if tvm_ffi.structural_equal(f, func)), None)
+            if fname is None:
+                fname = _func_name(index, node)
+                seen.setdefault(key, []).append((func, fname))
+                funcs[fname] = schedule(func, tgt).with_attr("global_symbol", fname)
         kernels.append(KernelCall(fname, group.args, group.num_outputs, _sources(node),
                                   _flops(node)))
     for v in graph.outputs:
@@ -184,7 +228,7 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     if not funcs:  # every output is an input or a constant: still ship a (trivial) library
         funcs["kiln_noop"] = _noop()
     module = tvm.IRModule(funcs)
-    executable = tvm.compile(module, tgt.tvm_target())
+    executable = _compile(funcs, tgt, kernels)
     report(f"compiled in {time.perf_counter() - t0:.1f} s")
     used = {a for k in kernels for a in k.args} | set(graph.input_names) | set(graph.output_names)
     return BuildResult(
@@ -201,6 +245,45 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     )
 
 
+@contextlib.contextmanager
+def _tvm_failure(what: str) -> Iterator[None]:
+    """Any error but a KilnError (TVM's own, or a builder's) becomes a KilnError that starts
+    with ``what`` (which names the node) and ends with the error's first line."""
+    try:
+        yield
+    except KilnError:
+        raise
+    except Exception as e:  # noqa: BLE001  (TVM raises its own error types, and others)
+        raise KilnError(f"{what}: {_first_line(e)}") from e
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def _compile(funcs: dict[str, Any], target: Target, kernels: list[KernelCall]) -> Any:
+    """``tvm.compile`` of every kernel at once; if it fails, each kernel alone, so that the
+    error names the kernels TVM cannot compile and the kiln nodes they come from."""
+    import tvm
+
+    tvm_target = target.tvm_target()
+    try:
+        return tvm.compile(tvm.IRModule(funcs), tvm_target)
+    except Exception as e:  # noqa: BLE001  (TVM raises its own error types, and others)
+        failing = []
+        for name, func in funcs.items():
+            try:
+                tvm.compile(tvm.IRModule({name: func}), tvm_target)
+            except Exception as each:  # noqa: BLE001
+                sources = next((k.sources for k in kernels if k.func == name), [])
+                failing.append(f"kernel {name} (from {'; '.join(sources)}): "
+                               f"{_first_line(each)}")
+        listing = "\n  ".join(failing) or f"the whole module: {_first_line(e)}"
+        raise KilnError(f"TVM could not compile {len(failing) or 'the'} kernel(s) for "
+                        f"{target.to_dict()}:\n  {listing}") from e
+
+
 def _noop():
     from tvm import te
 
@@ -215,8 +298,21 @@ def export(result: BuildResult, directory: str, name: str = "kernels.so") -> str
 
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
-    result.executable.export_library(path)
+    try:
+        result.executable.export_library(path)
+    except Exception as e:  # noqa: BLE001  (the linker's failure, as TVM reports it)
+        raise KilnError(f"linking the kernels of {result.name!r} for {result.target.to_dict()} "
+                        f"failed: {_linker_error(e)}") from e
     return path
+
+
+def _linker_error(error: BaseException) -> str:
+    """The line of a linker's output that says what went wrong."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for line in lines:
+        if ("error" in line.lower() or "fatal" in line.lower()) and not line.endswith(":"):
+            return line[:300]  # not a header such as TVM's 'Compilation error:'
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def check_inputs(result: BuildResult, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ nothing of kiln but its errors, and TVM only when ``tvm_target`` is called.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from kiln.errors import KilnError
@@ -53,10 +54,15 @@ class Target(Protocol):
 
 def resolve_target(target: Any = None) -> Target:
     """A Target from what a user writes: None/"llvm"/"host" (this machine), "portable",
-    "x86-64-v3"-style levels, a dict like ``{"kind": "llvm", "mcpu": "znver4"}``, a
+    "x86-64-v3"-style levels, a dict like ``{"kind": "llvm", "mcpu": "znver4"}`` (or that
+    dict as JSON text), TVM's text form ``"llvm -mcpu=znver4 -num-cores=4"``, a
     ``tvm.target.Target``, or a Target."""
     if target is None or target in ("llvm", "host", "native"):
         return host_target()
+    if isinstance(target, str) and target.lstrip().startswith("{"):
+        return resolve_target(_json_target(target))
+    if isinstance(target, str) and " " in target.strip() and target.split()[0] == "llvm":
+        return resolve_target(_text_target(target))
     if isinstance(target, Target) and not isinstance(target, (str, Mapping)):
         return target
     if target == "portable":
@@ -71,5 +77,35 @@ def resolve_target(target: Any = None) -> Target:
         return cpu_target_of(target)
     raise KilnError(
         f"cannot make a CPU target of {target!r}: use 'llvm' (this machine), 'portable', "
-        "'x86-64-v3'-style levels, or a dict like {'kind': 'llvm', 'mcpu': 'znver4'}"
+        "'x86-64-v3'-style levels, 'llvm -mcpu=NAME', or a dict like {'kind': 'llvm', "
+        "'mcpu': 'znver4'}"
     )
+
+
+def _json_target(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise KilnError(f"target {text!r} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise KilnError(f"a JSON target must be an object, got {text!r}")
+    return value
+
+
+def _text_target(text: str) -> dict:
+    """TVM's text form 'llvm -mcpu=znver4 -mattr=+avx2,+fma -num-cores=4' as the dict."""
+    kind, *options = text.split()
+    out: dict[str, Any] = {"kind": kind}
+    for option in options:
+        key, eq, value = option.lstrip("-").partition("=")
+        if not option.startswith("-") or not eq or not key:
+            raise KilnError(f"target {text!r}: expected -KEY=VALUE options, got {option!r}")
+        if key == "mattr":
+            out[key] = value.split(",")
+        elif key == "num-cores":
+            if not value.isdigit():
+                raise KilnError(f"target {text!r}: -num-cores takes a number, got {value!r}")
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -75,10 +76,21 @@ class CpuTarget:
         return out
 
     def tvm_target(self):
-        """The ``tvm.target.Target`` for ``tvm.compile``."""
+        """The ``tvm.target.Target`` for ``tvm.compile``; a KilnError for a CPU LLVM does not
+        know (LLVM would only warn and compile for a generic CPU) or a target TVM refuses."""
         import tvm
+        from tvm.target import codegen
 
-        return tvm.target.Target(self.to_dict())
+        triple = self.mtriple or codegen.llvm_get_system_triple()
+        if self.mcpu and not codegen.llvm_is_valid_cpu(self.mcpu, triple):
+            raise KilnError(f"LLVM knows no CPU {self.mcpu!r} for {triple}: use one of "
+                            f"{', '.join(MCPU_FEATURES)} or another CPU name LLVM knows "
+                            "(llc -mcpu=help lists them)")
+        try:
+            return tvm.target.Target(self.to_dict())
+        except Exception as e:  # noqa: BLE001  (TVM's errors for a malformed target)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise KilnError(f"TVM refuses the target {self.to_dict()}: {first}") from None
 
     def uses_pass(self, name: str) -> bool:
         """Every pass applies on the CPU."""
@@ -150,15 +162,54 @@ def portable_target(level: str = "x86-64-v3", num_cores: int | None = None) -> C
     return _x86(level, num_cores or _num_cores())
 
 
+def host_arch() -> str:
+    """This machine's architecture as target triples spell it (x86_64, aarch64, ...)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def check_triple(triple: str) -> None:
+    """A KilnError unless kiln can build for ``triple``: this machine's architecture on
+    Linux. An artifact's kernels are linked by this machine's C compiler and loaded by kiln's
+    runtime, so kiln does not cross-compile to other architectures or systems."""
+    parts = triple.split("-")
+    if len(parts) < 2 or not all(re.fullmatch(r"[A-Za-z0-9_.]+", p) for p in parts):
+        raise KilnError(f"{triple!r} is not a target triple (ARCH-VENDOR-OS[-ENV], such as "
+                        f"{host_arch()}-pc-linux-gnu)")
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(parts[0].lower(), parts[0].lower())
+    if arch != host_arch() or "linux" not in (p.lower() for p in parts[1:]):
+        raise KilnError(
+            f"target triple {triple!r} is not supported: kiln builds for the machine it runs "
+            f"on, {host_arch()} Linux (a triple such as {host_arch()}-pc-linux-gnu, or none); "
+            "its kernels are linked by this machine's C compiler and loaded by kiln's "
+            "runtime, so there is no cross-compilation to other architectures or systems")
+
+
+def _option(d: dict, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = d.pop(key, default)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        raise KilnError(f"target option {key!r} must be a {' or '.join(k.__name__ for k in kinds)}"
+                        f", got {value!r}")
+    return value
+
+
 def cpu_target_of(spec: Mapping[str, Any]) -> CpuTarget:
     """A CpuTarget from TVM's dict form ``{"kind": "llvm", "mcpu": ..., "mattr": [...],
     "num-cores": n, "mtriple": ...}`` (other keys are passed on to TVM)."""
     d = dict(spec)
     d.pop("kind", None)
-    mcpu = d.pop("mcpu", "")
-    mattr = tuple(d.pop("mattr", ()))
-    cores = int(d.pop("num-cores", _num_cores()))
-    mtriple = d.pop("mtriple", "")
+    mcpu = _option(d, "mcpu", str, "")
+    mattr = tuple(_option(d, "mattr", (list, tuple), ()))
+    if not all(isinstance(a, str) and a[:1] in ("+", "-") and len(a) > 1 for a in mattr):
+        raise KilnError(f"target option 'mattr' must list features as '+name' or '-name', "
+                        f"got {list(mattr)}")
+    cores = _option(d, "num-cores", int, _num_cores())
+    if cores < 1:
+        raise KilnError(f"target option 'num-cores' must be at least 1, got {cores}")
+    mtriple = _option(d, "mtriple", str, "")
+    if mtriple:
+        check_triple(mtriple)
     d.pop("keys", None), d.pop("tag", None)
     feats = MCPU_FEATURES.get(mcpu, ())
     bits = _VECTOR_BITS.get(mcpu, 512 if "avx512f" in feats else 128)
