@@ -175,7 +175,7 @@ def check_digest(manifest_bytes: bytes, text: bytes, shown: str) -> str:
 
 def signature_text(key: bytes, digest: str) -> str:
     """The content of manifest.sig: HMAC-SHA256 of the manifest's digest under ``key``."""
-    _check_key(key)
+    check_key(key)
     mac = hmac.new(key, f"{FORMAT_NAME} {MANIFEST} sha256 {digest}".encode(), hashlib.sha256)
     return mac.hexdigest() + "\n"
 
@@ -191,7 +191,8 @@ def check_signature(key: bytes, digest: str, text: bytes | None, shown: str) -> 
                             "do not load it")
 
 
-def _check_key(key: bytes) -> None:
+def check_key(key: bytes) -> None:
+    """Refuse a key that is not bytes, or too short to be a secret."""
     if not isinstance(key, (bytes, bytearray)) or len(key) < 16:
         raise ArtifactError("a signing key must be at least 16 bytes (e.g. `openssl rand -hex "
                             "32 > kiln.key`)")
@@ -206,7 +207,7 @@ def read_key(path: str | os.PathLike) -> bytes:
         raise ArtifactError(f"cannot read the key file {path}: {e}") from None
     if len(key) > 1 << 16:
         raise ArtifactError(f"the key file {path} is larger than 64 KiB; is it a key?")
-    _check_key(key)
+    check_key(key)
     return key
 
 

@@ -48,8 +48,11 @@ def load(path: str | os.PathLike, key: bytes | None = None) -> Model:
     """Load a compiled artifact (a ``NAME.kiln`` directory or ``NAME.kiln.tar``) to run it.
 
     With ``key`` (the bytes of the key the artifact was signed with, see ``sign_artifact``),
-    an artifact whose manifest.sig does not match is refused before anything else is read.
+    an artifact whose manifest.sig does not match is refused right after its digest is
+    checked, before its manifest is parsed or any other file read.
     """
+    if key is not None:
+        fmt.check_key(key)
     path = Path(path)
     if _artifact_kind(path) == "directory":
         return _load_dir(path, path, key)
@@ -201,6 +204,8 @@ def _check_memory_needs(manifest: dict[str, Any], shown: Path) -> None:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return  # no sysconf: the allocation itself will say
+    if physical <= 0:
+        return
     values = manifest["values"]
     io = {s["name"] for s in manifest["inputs"] + manifest["outputs"]}
     needed = manifest["memory"]["peak_bytes"] + sum(fmt.value_nbytes(values[n]) for n in io)

@@ -162,6 +162,20 @@ def test_an_equivalent_plan_runs(art):
     runs_correctly(art)
 
 
+def test_buffers_bigger_than_the_machine_are_refused_at_load(art):
+    """A 1 TiB output passes the format's bounds but not this machine's memory: refused at
+    load, before anything is allocated."""
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >= 1 << 40:
+        pytest.skip("this machine has 1 TiB of memory")
+
+    def huge(m):
+        for info in (m["values"]["y"], m["outputs"][0]):
+            info["shape"] = [1 << 20, 1 << 18]
+
+    rewrite_manifest(art, huge)
+    fails(art, "more than this machine's")
+
+
 # -- files: regular ones only, refused before any open ------------------------------------------
 
 def make_fifo(path: Path) -> None:
