@@ -1,6 +1,7 @@
 """The kiln command line: show, interpret, compile/run/bench, fuzz, and its error messages."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -143,3 +144,81 @@ def test_compile_run_bench_a_dsl_model_at_o3(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "median latency over 3 runs" in out and "conv2d_nchwc" in out
     assert re.search(r"\(\d+ threads", out)
+
+
+MISTAKES = textwrap.dedent("""
+    from kiln import nn, ops
+
+    class CallsLayerWrong(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.fc(x, x)
+
+    class NeedsArgs(nn.Module):
+        def __init__(self, width):
+            super().__init__()
+""")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "{model}:Tiny", "-i", "y=2x3"],
+     r"^kiln show: error: --input: Tiny takes \(x\): no spec for 'x'; no input named 'y'"),
+    (["show", "{model}:pair", "-i", "x=2x3"], r"pair takes \(x, y\): no spec for 'y'"),
+    (["show", "{model}:Tiny", "-i", "x=2x3", "-i", "x=2x3"], r"--input gives 'x' more than once"),
+    (["show", "{mistakes}:CallsLayerWrong", "-i", "x=2x3"],
+     r"^kiln show: error: TraceError: mistakes.py:10 \[CallsLayerWrong\]: fc \(Linear\) called "
+     r"with 2 positional"),
+    (["show", "{mistakes}:NeedsArgs", "-i", "x=2x3"],
+     r"NeedsArgs\(\) failed: TypeError: .*missing 1 required positional argument: 'width'"),
+    (["compile", "{model}:Tiny", "-i", "x=2x3", "-o", "{tmp}/t.kiln", "--target",
+      "llvm -mtriple=aarch64-linux-gnu"],
+     r"^kiln compile: error: target triple 'aarch64-linux-gnu' is not supported"),
+])
+def test_mistakes_are_one_line_without_a_traceback(model_file, tmp_path, capsys, argv, message):
+    mistakes = tmp_path / "mistakes.py"
+    mistakes.write_text(MISTAKES)
+    argv = [a.format(model=model_file, mistakes=mistakes, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+
+
+def test_the_console_prints_one_line_and_the_traceback_only_with_kiln_debug(model_file):
+    argv = [sys.executable, "-m", "kiln.cli", "show", f"{model_file}:Tiny", "-i", "y=2x3"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("kiln show: error: --input:")
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    debug = subprocess.run(argv, capture_output=True, text=True,
+                           env={**os.environ, "KILN_DEBUG": "1"})
+    assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
+
+
+def test_an_error_listing_several_problems_keeps_them_under_its_line(capsys, tmp_path):
+    path = tmp_path / "lists.py"
+    path.write_text("from kiln import ops\n\ndef two(x):\n"
+                    "    return ops.argmax(x), ops.argmax(x * 2.0)\n")
+    assert main(["compile", f"{path}:two", "-i", "x=2x3:bfloat16", "-o",
+                 str(tmp_path / "t.kiln")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "kiln compile: error: UnsupportedOpError: 2 node(s) cannot be compiled:"
+    assert len(lines) == 3 and all(line.startswith("    node %") for line in lines[1:])
+    assert "kiln cannot compile argmax on bfloat16" in lines[1]
+
+
+def test_a_bug_in_kiln_is_one_line_too(monkeypatch, model_file, capsys):
+    def broken(args):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr("kiln.cli.show.cmd_show", broken)
+    assert main(["show", f"{model_file}:Tiny", "-i", "x=2x3"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("kiln show: internal error: IndexError: list index out of range (a bug in "
+                   "kiln; KILN_DEBUG=1 shows where)\n")
+    monkeypatch.setenv("KILN_DEBUG", "1")
+    with pytest.raises(IndexError):
+        main(["show", f"{model_file}:Tiny", "-i", "x=2x3"])

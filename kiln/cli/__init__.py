@@ -17,12 +17,14 @@ imports the subcommand modules, so there is no import cycle.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from kiln.cli import compile as compile_commands
 from kiln.cli import fuzz, show, train
 from kiln.cli.common import load_graph, load_model, parse_input
-from kiln.errors import KilnError
+from kiln.errors import CLIError, KilnError
 
 __all__ = ["build_parser", "load_graph", "load_model", "main", "parse_input"]
 
@@ -39,18 +41,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``kiln ARGV...``; returns the exit status (2 on a KilnError, reported on stderr)."""
+    """Run ``kiln ARGV...``; returns the exit status: 2 on a KilnError, reported on stderr as
+    one ``kiln COMMAND: error: ...`` line (the lines of a list it holds indented below), 1 on
+    any other error (a bug in kiln). The traceback is shown only with KILN_DEBUG=1 (or a
+    command's --verbose)."""
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("KILN_DEBUG", "") not in ("", "0") or getattr(args, "verbose", False)
     try:
         return args.fn(args)
     except KilnError as e:
-        print(f"kiln {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"kiln {args.command}: error: {error_text(e)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # a runtime-only install: the compiler is an extra
         from kiln import compiler_error
 
         error = compiler_error(e, f"kiln {args.command}")
         if error is None:
-            raise
-        print(f"kiln {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+            return _internal_error(args.command, e, debug)
+        print(f"kiln {args.command}: error: {error_text(error)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        return _internal_error(args.command, e, debug)
+
+
+def error_text(e: KilnError) -> str:
+    """The message of ``e``, led by its kind unless that says nothing (KilnError,
+    CLIError), its further lines (a list it holds) indented."""
+    lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    kind = "" if type(e) in (KilnError, CLIError) else f"{type(e).__name__}: "
+    rest = "".join(f"\n    {line.strip()}" for line in lines[1:])
+    return f"{kind}{lines[0]}{rest}"
+
+
+def _internal_error(command: str, e: Exception, debug: bool) -> int:
+    """An error kiln did not raise on purpose: a bug. One line, the traceback with
+    KILN_DEBUG=1."""
+    if debug:
+        raise e
+    lines = str(e).strip().splitlines()
+    print(f"kiln {command}: internal error: {type(e).__name__}: {lines[0] if lines else ''} "
+          "(a bug in kiln; KILN_DEBUG=1 shows where)", file=sys.stderr)
+    return 1

@@ -87,34 +87,55 @@ def load_model(ref: str) -> Callable:
 
 
 def instantiate(obj: Any, input_names: list[str]) -> Callable:
-    """A Module class -> an instance; a factory -> its result; a function of inputs -> itself."""
+    """A Module class -> an instance; a factory (a function without required parameters) ->
+    its result; a function of inputs -> itself. ``input_names`` are the inputs given."""
     from kiln.frontend.nn.module import Module
 
     if isinstance(obj, type) and issubclass(obj, Module):
-        return obj()
+        return _call_user(obj, f"{obj.__name__}()")
     if isinstance(obj, Module):
         return obj
     if callable(obj):
         params = [p for p in inspect.signature(obj).parameters.values()
                   if p.default is inspect.Parameter.empty
                   and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if params and all(p.name in input_names for p in params):
+        if params:  # it takes the inputs: the model itself (its names are checked later)
             return obj
-        result = obj()
+        result = _call_user(obj, f"{getattr(obj, '__name__', obj)}()")
         if callable(result):
             return result
         raise CLIError(f"{obj!r} returned {type(result).__name__}, not a model")
     raise CLIError(f"{obj!r} is not a model (Module class, factory or function)")
 
 
+def _call_user(fn: Callable, what: str) -> Any:
+    """``fn()``: the user's constructor or factory; its failure a CLIError at its line."""
+    from kiln.frontend.dsl import raising_line
+
+    try:
+        return fn()
+    except KilnError:
+        raise
+    except Exception as e:
+        raise CLIError(f"{raising_line(e.__traceback__)}: {what} failed: "
+                       f"{type(e).__name__}: {e}") from e
+
+
 def trace_ref(ref: str, inputs: list[str]):
     """Trace 'FILE.py:NAME' on the --input specs; returns (graph, {name: given array})."""
-    from kiln.frontend.dsl import trace
+    from kiln.frontend.dsl import input_problem, trace
 
     parsed = [parse_input(s) for s in inputs]
     if not parsed:
         raise CLIError("give at least one --input NAME=SHAPE[:DTYPE]")
-    model = instantiate(load_model(ref), [n for n, _, _ in parsed])
+    names = [n for n, _, _ in parsed]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise CLIError(f"--input gives {', '.join(map(repr, twice))} more than once")
+    model = instantiate(load_model(ref), names)
+    problem = input_problem(model, names)
+    if problem:
+        raise CLIError(f"--input: {problem}; give --input NAME=SHAPE[:DTYPE] for each input")
     name = ref.rpartition(":")[2]
     graph = trace(model, name=name, **{n: spec for n, spec, _ in parsed})
     return graph, {n: a for n, _, a in parsed if a is not None}

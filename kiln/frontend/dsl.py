@@ -8,14 +8,16 @@ line, naming the layer and the shapes.
 from __future__ import annotations
 
 import abc
+import inspect
 import os
 import sys
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from kiln.errors import ShapeError, TraceError
+from kiln.errors import KilnError, ShapeError, TraceError
 from kiln.ir.graph import Graph, GraphBuilder, Value
 from kiln.ir.types import Dim, TensorType, from_numpy_dtype, is_float
 
@@ -47,12 +49,76 @@ class _Tracer:
 
     def origin(self) -> str:
         """'file.py:12 [encoder.layers.0.linear1]': the user's line and the current layer."""
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_code.co_filename.startswith(_KILN_DIR):
-            frame = frame.f_back
-        where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame else ""
+        where = user_line()
         layer = self.layers[-1] if self.layers else ""
         return f"{where} [{layer}]" if layer else where
+
+
+def user_line() -> str:
+    """'file.py:12': the innermost line running now that is not kiln's own code."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_KILN_DIR):
+        frame = frame.f_back
+    return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}" if frame else ""
+
+
+def raising_line(tb: TracebackType | None) -> str:
+    """'file.py:12': the innermost line of a traceback that is not kiln's own code."""
+    where = ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith(_KILN_DIR):
+            where = f"{os.path.basename(name)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
+
+
+def _signature(fn: Callable) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check
+        return None
+
+
+def _shown(signature: inspect.Signature) -> str:
+    """'(x, mask=None)': the parameters without their annotations."""
+    params = [p.replace(annotation=p.empty) for p in signature.parameters.values()]
+    return f"({', '.join(map(str, params))})"
+
+
+def call_problem(fn: Callable, args: Sequence, kwargs: dict) -> str | None:
+    """Why ``fn(*args, **kwargs)`` cannot bind to ``fn``'s parameters ('too many positional
+    arguments; it takes (x)'), or None if it can (or ``fn`` has no signature to check)."""
+    signature = _signature(fn)
+    if signature is None:
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as e:
+        return f"{e}; it takes {_shown(signature)}"
+    return None
+
+
+def input_problem(model: Callable, names: Sequence[str]) -> str | None:
+    """Why inputs named ``names`` do not fit ``model`` (a Module's forward, or a function):
+    "Tiny takes (x): no spec for 'x'; no input named 'y'", or None if they fit."""
+    from kiln.frontend.nn.module import Module
+
+    fn = model.forward if isinstance(model, Module) else model
+    signature = _signature(fn)
+    if signature is None:
+        return None
+    params = list(signature.parameters.values())
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [p.name for p in named if p.default is p.empty and p.name not in names]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+    unknown = [] if takes_any else [n for n in names if n not in {p.name for p in named}]
+    if not missing and not unknown:
+        return call_problem(fn, (), dict.fromkeys(names))
+    label = getattr(model, "__name__", None) or type(model).__name__
+    why = [f"no spec for {', '.join(map(repr, missing))}"] if missing else []
+    why += [f"no input named {', '.join(map(repr, unknown))}"] if unknown else []
+    return f"{label} takes {_shown(signature)}: {'; '.join(why)}"
 
 
 def current_tracer() -> _Tracer:
@@ -266,9 +332,19 @@ def trace(model: Callable, name: str | None = None, **inputs: TensorSpec | Tenso
         tr.module_names = {id(m): n for n, m in model.named_modules()}
         for pname, obj in model.named_tensors():
             tr.lifted[id(obj)] = tr.builder.param(pname, obj.data)
+    problem = input_problem(model, list(args))
+    if problem:
+        raise TraceError(f"{user_line()}: kiln.trace: {problem}; give one TensorSpec per "
+                         "input, named as its parameter")
     previous, _Tracer.current = _Tracer.current, tr
     try:
-        result = model(**args)
+        try:
+            result = model(**args)
+        except KilnError:
+            raise
+        except Exception as e:  # the user's code failed: say where, keep the error as cause
+            raise TraceError(f"{raising_line(e.__traceback__)}: tracing {graph_name} failed: "
+                             f"{type(e).__name__}: {e}") from e
         outputs = _flatten_outputs(result, "output")
         if not outputs:
             raise TraceError(f"{graph_name} returned no tensors")

@@ -13,8 +13,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kiln.errors import KilnError
-from kiln.frontend.dsl import Tensor, TensorOps, _Tracer, current_tracer
+from kiln.errors import KilnError, TraceError
+from kiln.frontend.dsl import Tensor, TensorOps, _Tracer, call_problem, current_tracer
 
 _rng = np.random.default_rng(0)
 
@@ -215,6 +215,10 @@ class Module:
         tr = _Tracer.current
         if tr is None:
             return self.forward(*args, **kwargs)
+        problem = call_problem(self.forward, args, kwargs)
+        if problem:  # at the caller's line, before this layer's frame hides it
+            raise TraceError(f"{tr.origin()}: {self._path(tr)} called with {len(args)} "
+                             f"positional and {len(kwargs)} keyword argument(s): {problem}")
         tr.layers.append(self._path(tr))
         try:
             return self.forward(*args, **kwargs)
