@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from kiln.ir.types import to_numpy_dtype
+from kiln.runtime.executor import kernel_check_error
 
 
 def run_in_process(result, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -38,5 +39,12 @@ def run_in_process(result, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]
 
     for k in result.kernels:
         fn = result.executable[k.func]
-        fn(*[tensor(a) for a in k.args])
+        args = [tensor(a) for a in k.args]
+        try:
+            fn(*args)
+        except Exception as e:  # a kernel's input check: the InputError the runtime gives
+            checked = kernel_check_error(e, k.sources, args[: len(args) - k.num_outputs])
+            if checked is None:
+                raise
+            raise checked from e
     return [tensor(name).numpy().copy() for name in result.outputs]

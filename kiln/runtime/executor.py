@@ -23,6 +23,7 @@ explains the double buffering).
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
@@ -32,11 +33,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tvm_ffi
 
-from kiln.errors import ArtifactError, InputError
+from kiln.errors import ArtifactError, InputError, KilnError
 from kiln.runtime.format import ALIGNMENT, split_args, value_nbytes
 
 #: inputs and outputs at least this big bypass the per-model buffers (see module docstring)
 ZERO_COPY_BYTES = 1 << 16
+#: a kernel's own input checks (indices in range, integer divisors nonzero) start the message
+#: of a failure with this; the message holds {value} and {at} for the offending element and
+#: ends with the checked input's "(in dtype[shape])" (kiln/codegen/ops/checks.py)
+KERNEL_CHECK = "kiln check: "
 
 
 @dataclass(frozen=True)
@@ -313,14 +318,20 @@ class Model:
 
     def _call(self, dyn: list[tuple[np.ndarray, Any]]) -> None:
         for i, (func, args, dynamic) in enumerate(self._calls):
+            call_args = _with_slots(args, dynamic, dyn) if dynamic else args
             try:
-                func(*(_with_slots(args, dynamic, dyn) if dynamic else args))
+                func(*call_args)
             except Exception as e:
-                raise self._kernel_error(i, self._manifest["kernels"][i], e) from e
+                raise self._kernel_error(i, self._manifest["kernels"][i], e, call_args) from e
 
     @staticmethod
-    def _kernel_error(i: int, kernel: dict[str, Any], e: Exception) -> ArtifactError:
-        return ArtifactError(f"kernel #{i} {kernel['func']} failed: {e}")
+    def _kernel_error(i: int, kernel: dict[str, Any], e: Exception,
+                      args: Sequence[Any] = ()) -> KilnError:
+        """An InputError if the kernel's own input check failed (see ``kernel_check_error``;
+        ``args``: its arguments, to find the offending element), else an ArtifactError."""
+        inputs = list(args)[: len(split_args(kernel)[0])]
+        checked = kernel_check_error(e, kernel.get("sources", ()), inputs)
+        return checked or ArtifactError(f"kernel #{i} {kernel['func']} failed: {e}")
 
     def _collect(self, inputs: dict[str, np.ndarray], dyn: list) -> list[np.ndarray]:
         results: list[np.ndarray] = []
@@ -383,3 +394,46 @@ def _arena(memory: dict[str, Any], values: dict[str, Any]) -> tuple[np.ndarray, 
         start = offsets[buf]
         views[name] = arena[start:start + nbytes].view(info["dtype"]).reshape(info["shape"])
     return arena, views
+
+
+def kernel_check_error(error: Exception, sources: Sequence[str], inputs: Sequence[Any]
+                       ) -> InputError | None:
+    """The InputError for a kernel whose input check failed (None for any other failure):
+    the nodes of the kernel and the check's message, its ``{value}`` and ``{at}`` filled with
+    the first offending element of the checked input (``inputs``: the kernel's input
+    tensors, numpy or DLPack), worded as the interpreter words it."""
+    text = str(error).strip()
+    if not text.startswith(KERNEL_CHECK):
+        return None
+    message = text[len(KERNEL_CHECK):].splitlines()[0]
+    checked = _CHECKED.search(message)
+    found = _offending_element(message, checked, inputs) if checked else None
+    if checked:
+        message = message[:checked.start()].rstrip()
+    value, at = found if found else ("?", "?")
+    message = message.replace("{value}", str(value)).replace("{at}", str(at))
+    return InputError(f"{'; '.join(sources) or 'a kernel'}: {message}")
+
+
+_CHECKED = re.compile(r"\(in (\w+)\[([\d, ]*)\]\)$")
+_SIZE = re.compile(r"out of range for size (\d+)")
+
+
+def _offending_element(message: str, checked: re.Match, inputs: Sequence[Any]
+                       ) -> tuple[Any, list[int]] | None:
+    """(value, position) of the first element that fails the check the message states
+    (an index range, or a nonzero divisor), in the first input of the checked dtype and
+    shape that holds one; None if none does."""
+    dtype = checked.group(1)
+    shape = tuple(int(d) for d in checked.group(2).split(",") if d.strip())
+    size = _SIZE.search(message)
+    for tensor in inputs:
+        array = tensor if isinstance(tensor, np.ndarray) else np.from_dlpack(tensor)
+        if array.dtype.name != dtype or array.shape != shape:
+            continue
+        n = int(size.group(1)) if size else 0
+        bad = ((array < -n) | (array >= n)) if size else (array == 0)
+        if bad.any():
+            at = [int(i) for i in np.argwhere(bad)[0]]
+            return array[tuple(at)], at
+    return None

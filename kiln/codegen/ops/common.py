@@ -16,7 +16,7 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import Tiling
 from kiln.errors import KilnError
-from kiln.ir.types import TensorType
+from kiln.ir.types import TensorType, is_float
 
 
 def const(value, dtype: str):
@@ -88,6 +88,64 @@ def elementwise(out: TensorType, fn, *inputs, name: str):
     return te.compute(shape, lambda *i: fn(*(r(*i) for r in readers)), name=name)
 
 
+# -- NaN tests, NaN-propagating max and min ---------------------------------------------------
+# TVM lowers max(a, b) to ``a > b ? a : b`` (min alike), which drops a NaN in ``a``: relu(NaN)
+# would be 0. kiln propagates NaN as numpy, PyTorch and onnxruntime do (docs/ops.md,
+# "Non-finite values"). A bound that is a constant needs no extra instruction: ``x < lo ? lo :
+# x`` is one max with the operands swapped. Two variables need a NaN test.
+
+# (bits of the float as an unsigned int, exponent-all-ones pattern of +inf, |x| mask)
+_FLOAT_BITS = {
+    "float16": ("uint16", 0x7C00, 0x7FFF),
+    "bfloat16": ("uint16", 0x7F80, 0x7FFF),
+    "float32": ("uint32", 0x7F800000, 0x7FFFFFFF),
+    "float64": ("uint64", 0x7FF0000000000000, 0x7FFFFFFFFFFFFFFF),
+}
+
+
+def isnan(x):
+    """x is NaN, as a compare of its bits (|bits| > the bits of inf): ``tirx.isnan`` makes TVM's
+    vectorizer fall back to a scalar loop, and ``x != x`` is folded to false by its
+    simplifier; this form stays two vector instructions."""
+    bits, inf, magnitude = _FLOAT_BITS[dtype_of(x)]
+    return (tirx.reinterpret(bits, x) & tirx.const(magnitude, bits)) > tirx.const(inf, bits)
+
+
+def isfinite(x):
+    """x is neither NaN nor +-inf (bits compared as in ``isnan``, for the same reasons)."""
+    bits, inf, magnitude = _FLOAT_BITS[dtype_of(x)]
+    return (tirx.reinterpret(bits, x) & tirx.const(magnitude, bits)) < tirx.const(inf, bits)
+
+
+def at_least(x, lo):
+    """max(x, lo) for a bound ``lo`` that is not NaN; a NaN ``x`` stays NaN."""
+    return tirx.Select(x < lo, lo, x)
+
+
+def at_most(x, hi):
+    """min(x, hi) for a bound ``hi`` that is not NaN; a NaN ``x`` stays NaN."""
+    return tirx.Select(x > hi, hi, x)
+
+
+def clamp(x, lo, hi):
+    """x limited to [lo, hi] (bounds not NaN); a NaN ``x`` stays NaN."""
+    return at_most(at_least(x, lo), hi)
+
+
+def maximum(a, b):
+    """numpy's maximum: NaN if either is NaN, else ``a > b ? a : b``."""
+    if not is_float(dtype_of(a)):
+        return tirx.max(a, b)
+    return tirx.Select(tirx.Or(a > b, isnan(a)), a, b)
+
+
+def minimum(a, b):
+    """numpy's minimum: NaN if either is NaN, else ``a < b ? a : b``."""
+    if not is_float(dtype_of(a)):
+        return tirx.min(a, b)
+    return tirx.Select(tirx.Or(a < b, isnan(a)), a, b)
+
+
 def _via_f32(fn, x):
     """Apply a float32-only formula to float16/bfloat16 by widening."""
     dtype = dtype_of(x)
@@ -107,6 +165,8 @@ def _fast_exp_f32(x):
         p = p * r + c(coef)
     y = p * r * r + r + c(1.0)
     scale = tirx.reinterpret("float32", (n.astype("int32") + 127) << 23)
+    # max(e, x) is e for every number x (e^x > x): TVM writes it ``e > x ? e : x``, which
+    # passes a NaN x through (xc lost it in the clamp)
     out = tirx.max(scale * y, x)
     # beyond fast_exp's clamp: overflow to inf as exp does
     return tirx.Select(x > c(88.72283935546875), c(float("inf")), out)
@@ -121,7 +181,7 @@ def exp(x):
 
 def _fast_tanh_f32(x):
     c = lambda v: tirx.const(v, "float32")  # noqa: E731
-    x = tirx.max(tirx.min(x, c(9.0)), c(-9.0))
+    x = clamp(x, c(-9.0), c(9.0))
     x2 = x * x
     p = c(-2.76076847742355e-16)
     for coef in (2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
@@ -142,7 +202,7 @@ def tanh(x):
 
 def _fast_erf_f32(x):
     c = lambda v: tirx.const(v, "float32")  # noqa: E731
-    x = tirx.max(tirx.min(x, c(4.0)), c(-4.0))
+    x = clamp(x, c(-4.0), c(4.0))
     x2 = x * x
     p = c(-2.72614225801306e-10)
     for coef in (2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,

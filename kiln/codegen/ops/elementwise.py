@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tvm_ffi
 from tvm import tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
+from kiln.codegen.ops.checks import checked_divisor
 from kiln.codegen.ops.common import const, dtype_of, elementwise
 from kiln.ir.types import is_float
 
@@ -21,15 +23,17 @@ def _binary(op: str, fn):
     return build
 
 
-def _div(a, b):
-    if is_float(dtype_of(a)):
-        return a / b
-    return tirx.truncdiv(a, b)
-
-
 def _sign(x):
     one, zero = const(1, dtype_of(x)), const(0, dtype_of(x))
-    return tirx.Select(x > zero, one, tirx.Select(x < zero, -one, zero))
+    rest = tirx.Select(c.isnan(x), x, zero) if is_float(dtype_of(x)) else zero
+    return tirx.Select(x > zero, one, tirx.Select(x < zero, -one, rest))
+
+
+def _not_equal(a, b):
+    """``a != b`` true for NaN too (TVM emits an ordered compare, false when one is NaN)."""
+    if is_float(dtype_of(a)):
+        return tirx.Or(a != b, tirx.Or(c.isnan(a), c.isnan(b)))
+    return a != b
 
 
 def _ints_if_bool(fn):
@@ -65,7 +69,7 @@ def _nan_aware(fn, nan_result):
 
     def wrapped(a, b):
         if is_float(dtype_of(a)) and _same_load(a, b):
-            return nan_result(tirx.isnan(a))
+            return nan_result(c.isnan(a))
         return fn(a, b)
 
     return wrapped
@@ -75,12 +79,11 @@ _BINARY = {
     "add": lambda a, b: a + b,
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
-    "div": _div,
     "pow": lambda a, b: tirx.power(a, b),
-    "maximum": tirx.max,
-    "minimum": tirx.min,
+    "maximum": c.maximum,
+    "minimum": c.minimum,
     "equal": _nan_aware(_ints_if_bool(lambda a, b: a == b), tirx.Not),
-    "not_equal": _nan_aware(_ints_if_bool(lambda a, b: a != b), lambda nan: nan),
+    "not_equal": _nan_aware(_ints_if_bool(_not_equal), lambda nan: nan),
     "less": _ints_if_bool(lambda a, b: a < b),
     "less_equal": _ints_if_bool(lambda a, b: a <= b),
     "greater": _ints_if_bool(lambda a, b: a > b),
@@ -107,7 +110,7 @@ _UNARY = {
     "round": tirx.nearbyint,  # half to even under the default rounding mode, as numpy
     "logical_not": tirx.Not,
     "identity": lambda x: x,
-    "relu": lambda x: tirx.max(x, const(0, dtype_of(x))),
+    "relu": lambda x: c.at_least(x, const(0, dtype_of(x))),
     "sigmoid": c.sigmoid,
     "tanh": c.tanh,
     "silu": lambda x: x * c.sigmoid(x),
@@ -120,6 +123,32 @@ for _op, _fn in _UNARY.items():
     _binary(_op, _fn)
 
 
+@lowering("div")
+def div(inputs, attrs, out_types):
+    a, b = inputs
+    if is_float(dtype_of(a)):
+        return elementwise(out_types[0], lambda x, y: x / y, a, b, name="div")
+    return elementwise(out_types[0], _int_div, a, checked_divisor(b), name="div")
+
+
+def _int_div(a, b):
+    """C division, truncating toward zero, of a nonzero divisor; INT_MIN / -1 wraps to INT_MIN
+    as in numpy (x86's idiv would trap on it)."""
+    dt = dtype_of(a)
+    if dt.startswith("uint"):
+        return tirx.truncdiv(a, b)
+    minus_one = b == const(-1, dt)
+    q = tirx.truncdiv(a, tirx.Select(minus_one, const(1, dt), b))
+    return tirx.Select(minus_one, _wrapping_neg(a), q)
+
+
+def _wrapping_neg(x):
+    """-x, and INT_MIN for INT_MIN: TVM emits integer arithmetic with no-wrap flags (LLVM
+    poison on overflow, unsigned too), so the one overflowing case is a select of its own."""
+    lowest = tirx.min_value(dtype_of(x))
+    return tirx.Select(x == lowest, lowest, -x)
+
+
 @lowering("where")
 def where(inputs, attrs, out_types):
     return elementwise(out_types[0], tirx.Select, *inputs, name="where")
@@ -130,17 +159,34 @@ def cast(inputs, attrs, out_types):
     dtype = attrs["dtype"]
     x = inputs[0]
     if dtype == "bool":
-        fn = lambda v: v != const(0, dtype_of(x))  # noqa: E731
+        fn = lambda v: _not_equal(v, const(0, dtype_of(x)))  # noqa: E731  (NaN is true)
+    elif is_float(dtype_of(x)) and not is_float(dtype):
+        fn = lambda v: _float_to_int(v, dtype)  # noqa: E731
     else:
         fn = lambda v: v.astype(dtype)  # noqa: E731
     return elementwise(out_types[0], fn, x, name="cast")
 
 
+def _float_to_int(v, dtype: str):
+    """Truncation toward zero that saturates at ``dtype``'s bounds, NaN giving 0 (as the
+    interpreter's cast; LLVM's fptosi is undefined outside the range)."""
+    if dtype_of(v) in ("float16", "bfloat16"):
+        v = v.astype("float32")  # exact, and the bounds below are float32 constants
+    fdt, info = dtype_of(v), np.iinfo(dtype)
+    low, top = const(float(info.min), fdt), const(float(info.max + 1), fdt)  # powers of two
+    inside = tirx.all(v >= low, v < top)  # false for NaN
+    exact = tirx.Select(inside, v, const(0, fdt)).astype(dtype)  # no fptosi out of range
+    zero = const(0, fdt)
+    beyond = tirx.Select(v > zero, const(int(info.max), dtype),
+                         tirx.Select(v < zero, const(int(info.min), dtype), const(0, dtype)))
+    return tirx.Select(inside, exact, beyond)
+
+
 def _clip(x, lo, hi):
     if lo is not None:
-        x = tirx.max(x, const(lo, dtype_of(x)))
+        x = c.at_least(x, const(lo, dtype_of(x)))
     if hi is not None:
-        x = tirx.min(x, const(hi, dtype_of(x)))
+        x = c.at_most(x, const(hi, dtype_of(x)))
     return x
 
 
@@ -170,7 +216,7 @@ def elu(inputs, attrs, out_types):
     def fn(x):
         dt = dtype_of(x)
         zero = const(0, dt)
-        neg = const(attrs["alpha"], dt) * (c.exp(tirx.min(x, zero)) - const(1, dt))
+        neg = const(attrs["alpha"], dt) * (c.exp(c.at_most(x, zero)) - const(1, dt))
         return tirx.Select(x > zero, x, neg)
 
     return elementwise(out_types[0], fn, *inputs, name="elu")
@@ -195,7 +241,7 @@ def softplus(inputs, attrs, out_types):
         dt = dtype_of(x)
         beta, thr = const(attrs["beta"], dt), const(attrs["threshold"], dt)
         bx = x * beta
-        soft = tirx.log1p(c.exp(tirx.min(bx, thr))) / beta
+        soft = tirx.log1p(c.exp(c.at_most(bx, thr))) / beta
         return tirx.Select(bx > thr, x, soft)
 
     return elementwise(out_types[0], fn, *inputs, name="softplus")
@@ -206,6 +252,7 @@ def heaviside(inputs, attrs, out_types):
     def fn(x):
         zero, one = const(0, dtype_of(x)), const(1, dtype_of(x))
         at_zero = const(attrs["value_at_zero"], dtype_of(x))
+        at_zero = tirx.Select(c.isnan(x), x, at_zero)  # NaN stays NaN, as np.heaviside
         return tirx.Select(x > zero, one, tirx.Select(x < zero, zero, at_zero))
 
     return elementwise(out_types[0], fn, *inputs, name="heaviside")

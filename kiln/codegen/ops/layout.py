@@ -20,6 +20,7 @@ from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.conv import blocked_conv, reg_cols, reg_rows
 from kiln.codegen.ops.nn import spatial_mean
+from kiln.codegen.ops.reduce import reducer
 from kiln.ir.ops.layout import parse_layout
 
 
@@ -150,9 +151,10 @@ def max_pool2d_nchwc(inputs, attrs, out_types):
     kh, kw = attrs["kernel_shape"]
     read = _window(x, attrs, const(float("-inf"), dtype_of(x)), dilated=True)
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    window_max = reducer("max", test_value=False)  # NaN-propagating, as max_pool2d
     return te.compute(tuple(out_types[0].shape),
-                      lambda b, cc, i, j, ci: te.max(read(b, cc, i, j, ci, ry, rx),
-                                                     axis=[ry, rx]),
+                      lambda b, cc, i, j, ci: window_max(read(b, cc, i, j, ci, ry, rx),
+                                                         axis=[ry, rx]),
                       name="max_pool2d_nchwc", attrs=_POOL_ANN)
 
 

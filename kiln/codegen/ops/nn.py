@@ -9,7 +9,7 @@ from tvm import te, tirx
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
-from kiln.codegen.ops.reduce import reduce_rows
+from kiln.codegen.ops.reduce import reduce_rows, reducer
 
 
 def _clamped(v, n: int):
@@ -24,13 +24,15 @@ def max_pool2d(inputs, attrs, out_types):
     (dh, dw), (top, left) = attrs["dilations"], attrs["pads"][:2]
     dt = dtype_of(x)
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    # a NaN in the window makes the output NaN (te.max drops it); see ``reducer``
+    window_max = reducer("max", test_value=False)
 
     def fn(b, cc, i, j):
         hi, wi = i * sh + ry * dh - top, j * sw + rx * dw - left
         inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < w)
         v = tirx.if_then_else(inside, x[b, cc, _clamped(hi, h), _clamped(wi, w)],
                               const(float("-inf"), dt))
-        return te.max(v, axis=[ry, rx])
+        return window_max(v, axis=[ry, rx])
 
     return te.compute(tuple(out_types[0].shape), fn, name="max_pool2d",
                       attrs={"kiln.row": 2, "kiln.outer": 1})

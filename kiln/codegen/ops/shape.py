@@ -2,8 +2,9 @@
 triangles and one_hot. Every one is a copy into the destination buffer (the runtime has no
 aliasing); the scheduler inlines them into neighbours of a fused group.
 
-Out-of-range gather indices are clamped (the interpreter raises on them; compiled code must
-not read outside the buffer).
+Index tensors (gather, take_along_axis, one_hot) pass through a check stage first
+(``checks.checked_index``): an index outside [-size, size) raises, as in the interpreter, and
+negative indices count from the end (ONNX); the copy then reads in-range int32 indices.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
+from kiln.codegen.ops.checks import checked_index
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.ir.ops.shape import _slice_args, _slice_range
 
@@ -136,24 +138,17 @@ def slice_(inputs, attrs, out_types):
     return te.compute(tuple(out_types[0].shape), fn, name="slice")
 
 
-def _index(value, size: int):
-    """A data index from an int index tensor element: negatives from the end, clamped."""
-    v = value.astype("int64")
-    v = tirx.Select(v < 0, v + size, v)
-    return tirx.max(tirx.min(v, size - 1), 0).astype("int32")
-
-
 @lowering("gather")
 def gather(inputs, attrs, out_types):
     data, ind = inputs
     dshape = shape_of(data)
     axis = attrs["axis"] % len(dshape)
     k = len(shape_of(ind))
+    ids = checked_index(ind, dshape[axis], "gather")
 
     def fn(*idx):
         pre, mid, post = idx[:axis], idx[axis:axis + k], idx[axis + k:]
-        i = _index(ind[tuple(mid)] if mid else ind[()], dshape[axis])
-        return data[(*pre, i, *post)]
+        return data[(*pre, ids[tuple(mid)] if mid else ids[()], *post)]
 
     return te.compute(tuple(out_types[0].shape), fn, name="gather")
 
@@ -164,11 +159,11 @@ def take_along_axis(inputs, attrs, out_types):
     shape = tuple(out_types[0].shape)
     dshape = shape_of(data)
     axis = attrs["axis"] % len(dshape)
-    read_ind = c.bcast(ind, shape)
+    read_ind = c.bcast(checked_index(ind, dshape[axis], "take_along_axis"), shape)
 
     def fn(*idx):
         src = [0 if d == 1 else i for i, d in zip(idx, dshape)]
-        src[axis] = _index(read_ind(*idx), dshape[axis])
+        src[axis] = read_ind(*idx)
         return data[tuple(src)]
 
     return te.compute(shape, fn, name="take_along_axis")
@@ -176,13 +171,12 @@ def take_along_axis(inputs, attrs, out_types):
 
 @lowering("one_hot")
 def one_hot(inputs, attrs, out_types):
-    ind = inputs[0]
     depth, dtype = attrs["depth"], attrs["dtype"]
+    ids = checked_index(inputs[0], depth, "one_hot")
 
     def fn(*idx):
-        v = (ind[idx[:-1]] if idx[:-1] else ind[()]).astype("int64")
-        v = tirx.Select(v < 0, v + depth, v)
-        return tirx.Select(v == idx[-1].astype("int64"), const(1, dtype), const(0, dtype))
+        v = ids[idx[:-1]] if idx[:-1] else ids[()]
+        return tirx.Select(v == idx[-1], const(1, dtype), const(0, dtype))
 
     return te.compute(tuple(out_types[0].shape), fn, name="one_hot")
 

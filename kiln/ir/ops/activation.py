@@ -19,7 +19,9 @@ def _c(value, x):
 
 @register("relu", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(1))
 def relu(x):
-    return np.maximum(x, _c(0, x))
+    """x < 0 ? 0 : x: NaN stays NaN and -0.0 stays -0.0 (as PyTorch; np.maximum's sign of a
+    zero depends on its loop)."""
+    return np.where(x < 0, _c(0, x), x)
 
 
 @register("leaky_relu", kind=ELEMENTWISE, infer=_float, attrs={"alpha": 0.01},

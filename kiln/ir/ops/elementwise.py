@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.errors import AttributeError_
+from kiln.errors import AttributeError_, InputError
 from kiln.ir.ops.registry import (
     ELEMENTWISE,
     broadcast_shapes,
@@ -70,8 +70,13 @@ def mul(a, b):
 
 @register("div", kind=ELEMENTWISE, infer=_arith, arity=2, flops=_flops)
 def div(a, b):
-    """True division for floats; for integers, C-style division truncating toward zero."""
+    """True division for floats (IEEE: x / 0 is +-inf or NaN); for integers, C-style division
+    truncating toward zero, where a zero divisor is an InputError (as onnxruntime and PyTorch
+    raise) and INT_MIN / -1 wraps to INT_MIN."""
     if np.issubdtype(a.dtype, np.integer):
+        if (b == 0).any():
+            at = [int(i) for i in np.argwhere(b == 0)[0]]
+            raise InputError(f"integer division by zero: divisor 0 at {at}")
         # exact in integers (a float quotient loses int64 digits above 2**53): floor, then
         # step back toward zero where the division was inexact and the signs differ
         q, r = np.divmod(a, b)
@@ -247,8 +252,22 @@ def _cast(types, attrs):
 @register("cast", kind=ELEMENTWISE, infer=_cast, attrs={"dtype": "float32"}, flops=lambda i, o,
           a: 0)
 def cast(x, dtype):
-    """Float to int truncates toward zero; to bool is ``x != 0``."""
-    return x.astype(to_numpy_dtype(dtype))
+    """Float to int truncates toward zero, saturating at the integer type's bounds, and NaN
+    becomes 0 (C leaves both undefined); to bool is ``x != 0`` (NaN is true)."""
+    target = to_numpy_dtype(dtype)
+    if is_float(x.dtype.name) and np.issubdtype(target, np.integer):
+        return _saturating_int(x, target)
+    return x.astype(target)
+
+
+def _saturating_int(x: np.ndarray, target: np.dtype) -> np.ndarray:
+    info = np.iinfo(target)
+    wide = x.astype(np.float64)  # exact for every float dtype
+    top = float(info.max + 1)  # a power of two: exact
+    inside = (wide >= info.min) & (wide < top)
+    out = np.where(inside, wide, 0).astype(target)
+    out = np.where(wide >= top, np.asarray(info.max, target), out)
+    return np.where(wide < info.min, np.asarray(info.min, target), out)
 
 
 def _clip(types, attrs):
@@ -263,12 +282,13 @@ def _clip(types, attrs):
 
 @register("clip", kind=ELEMENTWISE, infer=_clip, attrs={"min": None, "max": None}, flops=_flops)
 def clip(x, min, max):
-    """Bounds are attributes; None means unbounded on that side."""
+    """Bounds are attributes; None means unbounded on that side. NaN stays NaN, and a value
+    equal to a bound is kept as it is (-0.0 clipped at 0.0 stays -0.0)."""
     out = x
     if min is not None:
-        out = np.maximum(out, np.asarray(min, x.dtype))
+        out = np.where(out < min, np.asarray(min, x.dtype), out)
     if max is not None:
-        out = np.minimum(out, np.asarray(max, x.dtype))
+        out = np.where(out > max, np.asarray(max, x.dtype), out)
     return out
 
 

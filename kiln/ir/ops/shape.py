@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kiln.errors import AttributeError_
+from kiln.errors import AttributeError_, InputError
 from kiln.ir.ops.registry import (
     BROADCAST,
     INJECTIVE,
@@ -244,9 +244,10 @@ def _require_index(t: TensorType, what: str) -> None:
 def _check_range(idx: np.ndarray, size: int, what: str) -> np.ndarray:
     """``idx`` with negatives counted from the end; out-of-range indices raise."""
     bad = (idx < -size) | (idx >= size)
-    if bad.any():
-        first = idx[bad].flat[0]
-        raise IndexError(f"{what} {first} is out of range for size {size} (-{size}..{size - 1})")
+    if bad.any():  # a bad input, as onnxruntime and PyTorch say (compiled kernels check too)
+        at = [int(i) for i in np.argwhere(bad)[0]]
+        raise InputError(f"{what} {idx[tuple(at)]} is out of range for size {size} "
+                         f"(-{size}..{size - 1}) at {at}")
     return np.where(idx < 0, idx + size, idx).astype(np.int64)
 
 
