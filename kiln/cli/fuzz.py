@@ -1,5 +1,7 @@
 """``kiln fuzz``: check the passes (and, with ``--compile``, the code generator) on random
-graphs from ``kiln.fuzz``; a failing graph is shrunk and written to ``--out``.
+graphs from ``kiln.fuzz``, some of them fed NaN, +-inf, -0.0, huge, tiny and denormal values
+(NaN and inf positions must match exactly); a failing graph is shrunk and written to
+``--out``.
 
     kiln fuzz --examples 500 --seed 0 [--compile]
 """
@@ -51,7 +53,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``fuzz`` on the ``kiln`` command's subparsers; returns its parser."""
-    sp = sub.add_parser("fuzz", help="check the passes on random graphs (needs hypothesis)")
+    sp = sub.add_parser("fuzz", help="check the passes on random graphs, some with NaN/inf "
+                        "and extreme values (needs hypothesis)")
     sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="fuzz-failures", help="where failing graphs are written")
