@@ -376,6 +376,93 @@ def _reduce18(rng):
         opset=18)
 
 
+def _norms(rng):
+    return _model(
+        [helper.make_node("GroupNormalization", ["x", "gs", "gb"], ["g"], name="gn",
+                          num_groups=2, epsilon=1e-5),
+         helper.make_node("LRN", ["x"], ["l"], name="lrn", size=3),
+         helper.make_node("MeanVarianceNormalization", ["x"], ["m"], name="mvn", axes=[0, 2, 3]),
+         helper.make_node("LpNormalization", ["x"], ["p"], name="lp", axis=1, p=2)],
+        [_vi("x", F, [1, 4, 2, 2])],
+        [_vi(n, F, [1, 4, 2, 2]) for n in ("g", "l", "m", "p")],
+        [_init("gs", _w(rng, 4)), _init("gb", _w(rng, 4))], opset=21)
+
+
+def _losses(rng):
+    return _model(
+        [helper.make_node("SoftmaxCrossEntropyLoss", ["s", "t"], ["loss"], name="sce",
+                          reduction="mean"),
+         helper.make_node("LogSoftmax", ["s"], ["ls"], name="logsm", axis=1),
+         helper.make_node("NegativeLogLikelihoodLoss", ["ls", "t", "w"], ["nll"], name="nll",
+                          reduction="sum", ignore_index=1)],
+        [_vi("s", F, [3, 4]), _vi("t", I64, [3])], [_vi("loss", F, []), _vi("nll", F, [])],
+        [_init("w", np.abs(_w(rng, 4)))])
+
+
+def _activations(rng):
+    ops = [("Celu", {"alpha": 1.5}), ("Selu", {}), ("Shrink", {"lambd": 0.3}),
+           ("HardSigmoid", {"alpha": 0.3}), ("ThresholdedRelu", {"alpha": 0.2}),
+           ("Hardmax", {"axis": 0}), ("Softsign", {}), ("Elu", {"alpha": 0.5})]
+    nodes = [helper.make_node(op, ["x"], [f"y{i}"], name=op.lower(), **attrs)
+             for i, (op, attrs) in enumerate(ops)]
+    nodes += [helper.make_node("PRelu", ["x", "slope"], ["pr"], name="prelu"),
+              helper.make_node("IsInf", ["x"], ["inf"], name="isinf", detect_negative=0)]
+    outs = [_vi(f"y{i}", F, [2, 3]) for i in range(len(ops))]
+    outs += [_vi("pr", F, [2, 3]), _vi("inf", TensorProto.BOOL, [2, 3])]
+    return _model(nodes, [_vi("x", F, [2, 3])], outs, [_init("slope", _w(rng, 3))])
+
+
+def _shape_misc(rng):
+    return _model(
+        [helper.make_node("Range", ["start", "limit", "delta"], ["r"], name="range"),
+         helper.make_node("EyeLike", ["x"], ["eye"], name="eye", k=1),
+         helper.make_node("Compress", ["x", "cond"], ["c"], name="compress", axis=1),
+         helper.make_node("CenterCropPad", ["x", "crop"], ["cc"], name="crop"),
+         helper.make_node("ReverseSequence", ["x", "lens"], ["rs"], name="revseq",
+                          time_axis=1, batch_axis=0),
+         helper.make_node("Shape", ["x"], ["sh"], name="shape", start=1),
+         helper.make_node("Size", ["x"], ["sz"], name="size")],
+        [_vi("x", F, [3, 4])],
+        [_vi("r", I64, [4]), _vi("eye", F, [3, 4]), _vi("c", F, [3, 2]), _vi("cc", F, [2, 5]),
+         _vi("rs", F, [3, 4]), _vi("sh", I64, [1]), _vi("sz", I64, [])],
+        [_init("start", np.array(1, np.int64)), _init("limit", np.array(9, np.int64)),
+         _init("delta", np.array(2, np.int64)), _init("cond", np.array([True, False, True])),
+         _init("crop", np.array([2, 5], np.int64)), _init("lens", np.array([4, 1, 3]))],
+        opset=18)
+
+
+def _split18(rng):
+    return _model(
+        [helper.make_node("Split", ["x"], ["a", "b", "c"], name="split", axis=1, num_outputs=3),
+         helper.make_node("Pad", ["x", "pads", "", "axes"], ["p"], name="pad", mode="reflect"),
+         helper.make_node("LpPool", ["x4"], ["lp"], name="lppool", kernel_shape=[2, 2], p=2),
+         helper.make_node("GlobalMaxPool", ["x4"], ["gm"], name="gmp")],
+        [_vi("x", F, [2, 7]), _vi("x4", F, [1, 2, 3, 3])],
+        [_vi("a", F, [2, 3]), _vi("b", F, [2, 3]), _vi("c", F, [2, 1]), _vi("p", F, [2, 9]),
+         _vi("lp", F, [1, 2, 2, 2]), _vi("gm", F, [1, 2, 1, 1])],
+        [_init("pads", np.array([1, 1], np.int64)), _init("axes", np.array([1], np.int64))],
+        opset=18)
+
+
+def _conv1d(rng):
+    return _model(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv1d", pads=[1, 1]),
+         helper.make_node("ConvTranspose", ["c", "wt"], ["y"], name="deconv1d", strides=[2],
+                          output_padding=[1])],
+        [_vi("x", F, [1, 2, 5])], [_vi("y", F, [1, 2, 12])],
+        [_init("w", _w(rng, 3, 2, 3)), _init("b", _w(rng, 3)), _init("wt", _w(rng, 3, 2, 3))])
+
+
+def _int_quant(rng):
+    return _model(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dql"),
+         helper.make_node("MatMulInteger", ["q", "w", "z", "wz"], ["y"], name="mmi")],
+        [_vi("x", F, [2, 3])],
+        [_vi("y", TensorProto.INT32, [2, 2]), _vi("s", F, []), _vi("z", TensorProto.UINT8, [])],
+        [_init("w", np.array([[1, 2], [3, 4], [5, 6]], np.uint8)),
+         _init("wz", np.array(3, np.uint8))])
+
+
 BASES: list[tuple[str, Callable]] = [
     ("mlp", _mlp), ("conv", _conv), ("conv_grouped", _conv_grouped),
     ("conv_transpose", _conv_transpose), ("gemm", _gemm), ("flatten_gemm", _flatten_gemm),
@@ -388,7 +475,9 @@ BASES: list[tuple[str, Callable]] = [
     ("instance_norm", _instance_norm), ("elementwise", _elementwise),
     ("expand_tile", _expand_tile), ("depth_to_space", _depth_to_space), ("einsum", _einsum),
     ("constants", _constants), ("quantize", _quantize), ("misc", _misc),
-    ("reduce18", _reduce18),
+    ("reduce18", _reduce18), ("norms", _norms), ("losses", _losses),
+    ("activations", _activations), ("shape_misc", _shape_misc), ("split18", _split18),
+    ("conv1d", _conv1d), ("int_quant", _int_quant),
 ]
 
 
@@ -997,6 +1086,18 @@ def shape_values(m, rng):
     return m
 
 
+def symbolic_dims(m, rng):
+    """Graph input dims made symbolic (dim_param), one or all: converters see names where
+    they may expect sizes."""
+    for vi in m.graph.input if rng.random() < 0.5 else m.graph.input[:1]:
+        dims = vi.type.tensor_type.shape.dim
+        chosen = range(len(dims)) if rng.random() < 0.5 else [rng.randrange(len(dims))] \
+            if len(dims) else []
+        for i in chosen:
+            dims[i].dim_param = rng.choice(["N", "S", f"d{i}"])
+    return m
+
+
 def huge_dims(m, rng):
     """A graph input of huge size, or an int initializer holding huge values."""
     g = m.graph
@@ -1029,7 +1130,7 @@ MUTATIONS: list[tuple[str, Callable, int]] = [  # (name, function, weight)
     ("output_shape", output_shape, 3), ("value_info", value_info, 2),
     ("init_declared", init_declared, 2), ("opset", opset, 4), ("truncate", truncate, 2),
     ("bitflip", bitflip, 3), ("garbage", garbage, 1), ("shape_values", shape_values, 5),
-    ("huge_dims", huge_dims, 3),
+    ("huge_dims", huge_dims, 3), ("symbolic_dims", symbolic_dims, 3),
 ]
 
 

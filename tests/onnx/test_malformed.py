@@ -190,6 +190,41 @@ def test_huge_sizes_are_refused_before_anything_is_allocated():
     refuses(m, ShapeError, "'up'", "interpolation matrix")
 
 
+def one_node(op: str, shape, inputs=(), inits=(), **attrs) -> onnx.ModelProto:
+    """A model of one ``op`` node named 'n' on input x of ``shape``."""
+    node = helper.make_node(op, ["x", *inputs], ["y"], name="n", **attrs)
+    return model([node], [vi("x", shape)], [vi("y", None)], inits)
+
+
+@pytest.mark.parametrize("m, error, fragment", [  # what earlier campaign runs found
+    (one_node("LRN", [1, 4, 2, 2], size=2**31 - 1), AttributeError_, "must be in [1, 65536]"),
+    (one_node("ConstantOfShape", None, inits=[init("s", np.array([2**62, 8]))]),
+     ShapeError, "holds 36893488147419103232 elements"),
+    (one_node("Hardmax", ["N", 3], axis=0), UnsupportedOpError, "Hardmax's axis must be static"),
+    (one_node("Resize", [1, 1, 0, 3], ["", "s"], [init("s", np.ones(4, np.float32) * 2)]),
+     ShapeError, "cannot resize an empty axis"),
+    (one_node("RNN", [0, 1, 2], ["w", "r"], [init("w", np.zeros((1, 3, 2), np.float32)),
+                                             init("r", np.zeros((1, 3, 3), np.float32))]),
+     ShapeError, "a sequence of 0 steps"),
+    (one_node("DepthToSpace", [1, 4, "H", 2], blocksize=2), UnsupportedOpError,
+     "the height must be static"),
+])
+def test_cases_the_campaign_found(m, error, fragment):
+    if m.graph.node[0].op_type == "ConstantOfShape":  # its input is the initializer itself
+        m.graph.node[0].input[:] = ["s"]
+        del m.graph.input[:]
+    refuses(m, error, "'n'", fragment)
+
+
+def test_celu_with_a_negative_alpha_matches_onnxruntime():
+    """Celu was alpha * elu(x / alpha), which is ONNX's formula only for alpha > 0."""
+    m = one_node("Celu", [2, 3], alpha=-1.5)
+    m.graph.output[0].CopyFrom(vi("y", [2, 3]))
+    x = np.linspace(-3, 3, 6, dtype=np.float32).reshape(2, 3)
+    got = kiln.interpret(kiln.from_onnx(m), {"x": x})
+    np.testing.assert_allclose(got[0], ort_run(m, {"x": x})[0], rtol=1e-6, atol=1e-6)
+
+
 # -- tensors, declared types, names ---------------------------------------------------------------
 
 

@@ -44,8 +44,13 @@ def selu(n: NodeContext) -> Ref:
 
 @converter("Celu", 12, 28, spec=Spec(attrs={"alpha": nonzero}))
 def celu(n: NodeContext) -> Ref:
-    alpha = float(n.attr("alpha", 1.0))  # alpha * elu(x / alpha)
-    return n.op("mul", n.op("elu", n.op("div", n.x, alpha), alpha=1.0), alpha)
+    """max(0, x) + min(0, alpha * (exp(x / alpha) - 1)), which is alpha * elu(x / alpha)
+    when alpha > 0."""
+    x, alpha = n.x, float(n.attr("alpha", 1.0))
+    if alpha > 0:
+        return n.op("mul", n.op("elu", n.op("div", x, alpha), alpha=1.0), alpha)
+    tail = n.op("mul", n.op("sub", n.op("exp", n.op("div", x, alpha)), 1.0), alpha)
+    return n.op("add", n.op("relu", x), n.op("minimum", tail, n.const_like(0, x)))
 
 
 @converter("Gelu", 20, spec=Spec(attrs={"approximate": one_of("none", "tanh")}))

@@ -12,6 +12,7 @@ from kiln.frontend.onnx.validate import (
     at_least,
     axes,
     axis,
+    between,
     finite,
     flag,
     one_of,
@@ -101,7 +102,9 @@ def layer_norm(n: NodeContext) -> list[Ref]:
 
 def _groups_divide_channels(n: NodeContext) -> str | None:
     c, groups = n.x.shape[1], int(n.attr("num_groups"))
-    if isinstance(c, int) and c % groups:
+    if not isinstance(c, int):
+        return f"GroupNormalization needs static channels, got {n.x.type}"
+    if c % groups:
         return f"num_groups={groups} does not divide the {c} channels of {n.x.type}"
     want = groups if n.version < 21 else c
     for i in (1, 2):
@@ -155,9 +158,13 @@ def mean_variance_norm(n: NodeContext) -> Ref:
     return n.op("div", n.op("sub", x, mean), n.op("add", n.op("sqrt", var), 1e-9))
 
 
+# the widest LRN window kiln compiles (its bounds are 32-bit ints in the kernel)
+MAX_LRN_SIZE = 1 << 16
+
+
 @converter("LRN", 13, spec=Spec(ranks={0: (3, None)},
-                                attrs={"size": at_least(1), "alpha": finite, "beta": finite,
-                                       "bias": finite}))
+                                attrs={"size": between(1, MAX_LRN_SIZE), "alpha": finite,
+                                       "beta": finite, "bias": finite}))
 def lrn(n: NodeContext) -> Ref:
     """kiln's lrn sums channels c - size//2 .. c + (size-1)//2 (PyTorch's window); ONNX's
     even-size window is shifted one channel up, which is kiln's on the channels reversed."""

@@ -19,6 +19,8 @@ def _spread(n: NodeContext, p: Ref, x: Ref) -> Ref:
         return p if p.rank == 0 else n.op("reshape", p, shape=())
     axis = int(n.attr("axis", 1)) % x.rank
     block = int(n.attr("block_size", 0))
+    if not p.type.is_static:
+        raise n.unsupported(f"a scale or zero point of symbolic shape {p.type}")
     if not block:  # per axis: [D] -> [1, .., D, .., 1]
         return n.op("reshape", p, shape=tuple(p.shape[0] if a == axis else 1
                                               for a in range(x.rank)))

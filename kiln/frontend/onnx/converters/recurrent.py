@@ -191,6 +191,8 @@ def _shapes(kind: str) -> Check:
 
     def check(n: NodeContext) -> str | None:
         x, w, r = n.inputs[:3]
+        if not (w.type.is_static and r.type.is_static):
+            return f"the weights W {w.type} and R {r.type} must have static shapes"
         dirs = 2 if n.attr("direction", "forward") == "bidirectional" else 1
         hidden = n.attr("hidden_size", r.shape[-1])
         gates = _GATES[kind] * hidden

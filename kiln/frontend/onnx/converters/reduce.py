@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.frontend.onnx.context import NodeContext, Ref
+from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.registry import converter
 from kiln.frontend.onnx.validate import Spec, axes, axis, flag, one_of
 from kiln.ir.types import is_float, to_numpy_dtype
@@ -98,7 +99,7 @@ def _arg(n: NodeContext, op: str) -> Ref:
     if not n.attr("select_last_index", 0):
         return n.op(op, x, axis=axis, keepdims=keepdims)
     # the last extreme: the first one of the reversed axis, counted from the end
-    size = x.shape[axis]
+    size = static(n, x.shape[axis], "the axis of select_last_index")
     flipped = n.op("slice", x, starts=(-1,), ends=(-(2**63),), axes=(axis,), steps=(-1,))
     idx = n.op(op, flipped, axis=axis, keepdims=keepdims)
     return n.op("sub", n.const_like(size - 1, idx), idx)
@@ -141,7 +142,8 @@ def along(values: np.ndarray, axis: int, rank: int) -> np.ndarray:
 def hardmax(n: NodeContext) -> Ref:
     x, axis = n.x, int(n.attr("axis", -1))
     best = n.op("argmax", x, axis=axis, keepdims=True)
-    positions = along(np.arange(x.shape[axis], dtype=np.int64), axis, x.rank)
+    size = static(n, x.shape[axis], "Hardmax's axis")
+    positions = along(np.arange(size, dtype=np.int64), axis, x.rank)
     return n.cast(n.op("equal", best, positions), x.dtype)
 
 

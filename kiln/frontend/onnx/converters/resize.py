@@ -185,18 +185,21 @@ def _roi(values: list, n: NodeContext) -> str | None:
 
 
 def _output_fits(n: NodeContext) -> str | None:
-    """Each resized axis's interpolation matrix, [out, in], within MAX_MATRIX entries."""
+    """No empty axis resized, and each resized axis's interpolation matrix, [out, in],
+    within MAX_MATRIX entries."""
     x, scales, sizes = n.x, n.input(2), n.input(3)
+    dims = [x.shape[a % x.rank] for a in n.attr("axes", range(x.rank))]
     if sizes is not None and sizes.const is not None and sizes.const.size:
         outs = [int(v) for v in sizes.const.reshape(-1)]
+        factors = [None] * len(outs)
     elif scales is not None and scales.const is not None and scales.const.size:
-        dims = [x.shape[a % x.rank] for a in n.attr("axes", range(x.rank))]
-        outs = [math.floor(d * float(s)) if isinstance(d, int) else 0
-                for d, s in zip(dims, scales.const.reshape(-1))]
+        factors = [float(s) for s in scales.const.reshape(-1)]
+        outs = [math.floor(d * s) if isinstance(d, int) else 0 for d, s in zip(dims, factors)]
     else:
         return None
-    dims = [x.shape[a % x.rank] for a in n.attr("axes", range(x.rank))]
-    for d, out in zip(dims, outs):
+    for d, out, factor in zip(dims, outs, factors):
+        if d == 0 and (out or factor not in (None, 1.0)):
+            return f"cannot resize an empty axis of {x.type}"
         if isinstance(d, int) and out * d > MAX_MATRIX:
             return (f"resizing an axis of {d} to {out} needs a {out} x {d} interpolation "
                     f"matrix; kiln builds at most {MAX_MATRIX} entries per axis")

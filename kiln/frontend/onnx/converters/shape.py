@@ -359,7 +359,8 @@ _BLOCKS = {"blocksize": at_least(1), "mode": one_of("DCR", "CRD")}
 def depth_to_space(n: NodeContext) -> Ref:
     x, bs = n.x, int(n.attr("blocksize"))
     batch, c, h, w = x.shape
-    c = static(n, c, "the channels")
+    c, h, w = (static(n, d, what) for d, what in ((c, "the channels"), (h, "the height"),
+                                                  (w, "the width")))
     if n.attr("mode", "DCR") == "DCR":
         parts, perm = (batch, bs, bs, c // (bs * bs), h, w), (0, 3, 4, 1, 5, 2)
     else:
@@ -374,7 +375,8 @@ def space_to_depth(n: NodeContext) -> Ref:
     """The inverse of DepthToSpace; opset 28 adds the CRD mode."""
     x, bs = n.x, int(n.attr("blocksize"))
     batch, c, h, w = x.shape
-    h, w = static(n, h, "the height"), static(n, w, "the width")
+    c, h, w = (static(n, d, what) for d, what in ((c, "the channels"), (h, "the height"),
+                                                  (w, "the width")))
     y = n.op("reshape", x, shape=(batch, c, h // bs, bs, w // bs, bs))
     crd = n.attr("mode", "DCR") == "CRD"
     y = n.op("transpose", y, perm=(0, 1, 3, 5, 2, 4) if crd else (0, 3, 5, 1, 2, 4))

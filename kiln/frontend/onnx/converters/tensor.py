@@ -12,7 +12,9 @@ from kiln.frontend.onnx.context import (
     MAX_ELEMENTS,
     NodeContext,
     Ref,
+    check_size,
     const_ref,
+    elements,
     fill_ref,
 )
 from kiln.frontend.onnx.converters.reduce import along
@@ -71,7 +73,8 @@ def constant_of_shape(n: NodeContext) -> Ref:
     value = np.asarray(n.attr("value", np.zeros(1, np.float32)))
     dtype = to_kiln_dtype(_onnx_dtype(value), "ConstantOfShape's value")
     t = TensorType(shape, dtype)
-    if not t.is_static or t.size > FOLD_LIMIT:  # a fill, made only if needed (context.Ref)
+    check_size(t, "its output")
+    if not t.is_static or elements(t) > FOLD_LIMIT:  # a fill, made only if needed (Ref)
         return fill_ref(t, value)
     return const_ref(np.full(shape, value.reshape(-1)[0], value.dtype))
 
