@@ -332,6 +332,9 @@ def trace(model: Callable, name: str | None = None, **inputs: TensorSpec | Tenso
         tr.module_names = {id(m): n for n, m in model.named_modules()}
         for pname, obj in model.named_tensors():
             tr.lifted[id(obj)] = tr.builder.param(pname, obj.data)
+    if not callable(model):
+        raise TraceError(f"{user_line()}: kiln.trace takes a kiln.nn.Module or a function, "
+                         f"not {type(model).__name__}")
     problem = input_problem(model, list(args))
     if problem:
         raise TraceError(f"{user_line()}: kiln.trace: {problem}; give one TensorSpec per "
@@ -343,8 +346,9 @@ def trace(model: Callable, name: str | None = None, **inputs: TensorSpec | Tenso
         except KilnError:
             raise
         except Exception as e:  # the user's code failed: say where, keep the error as cause
-            raise TraceError(f"{raising_line(e.__traceback__)}: tracing {graph_name} failed: "
-                             f"{type(e).__name__}: {e}") from e
+            where = raising_line(e.__traceback__) or user_line()
+            raise TraceError(f"{where}: tracing {graph_name} failed: {type(e).__name__}: "
+                             f"{e}") from e
         outputs = _flatten_outputs(result, "output")
         if not outputs:
             raise TraceError(f"{graph_name} returned no tensors")

@@ -91,3 +91,10 @@ def test_a_correct_model_still_traces_and_runs():
     graph = kiln.trace(Tiny(), x=kiln.TensorSpec((2, 3)))
     (out,) = kiln.interpret(graph, {"x": np.ones((2, 3), np.float32)})
     assert out.shape == (2, 4)
+
+
+def test_tracing_something_that_is_not_a_model():
+    with pytest.raises(TraceError) as info:
+        kiln.trace(3, x=kiln.TensorSpec((2,)))  # NOT A MODEL
+    assert str(info.value) == (f"{line_of('NOT A MODEL')}: kiln.trace takes a kiln.nn.Module "
+                               "or a function, not int")
