@@ -26,9 +26,10 @@ def _identity(op: str, dtype: str):
         return const(0, dtype)
     if op == "prod":
         return const(1, dtype)
+    largest = op in ("max", "shift")
     if is_float(dtype):
-        return const(float("-inf") if op == "max" else float("inf"), dtype)
-    return tirx.min_value(dtype) if op == "max" else tirx.max_value(dtype)
+        return const(float("-inf") if largest else float("inf"), dtype)
+    return tirx.min_value(dtype) if largest else tirx.max_value(dtype)
 
 
 _COMBINE = {
@@ -36,6 +37,10 @@ _COMBINE = {
     "prod": lambda a, b: a * b,
     "max": c.maximum,  # a NaN anywhere makes the result NaN (te.max would drop it)
     "min": c.minimum,
+    # the shift of softmax, log_softmax and logsumexp: a NaN of the row reaches their result
+    # through the sum of exp(x - shift) whether the shift kept it or not, so the shift may
+    # drop it (one max instruction; the NaN-propagating max made a softmax 1.16x slower)
+    "shift": lambda a, b: tirx.max(a, b),
 }
 
 
@@ -173,7 +178,7 @@ def logsumexp(inputs, attrs, out_types):
     x = inputs[0]
     shape, dt, lanes = shape_of(x), dtype_of(x), c.target_lanes(attrs)
     axes = normalize_axes(attrs["axes"], len(shape))
-    m = reduce_rows(lambda i: x[tuple(i)], shape, axes, "max", dt, lanes, "lse_max")
+    m = reduce_rows(lambda i: x[tuple(i)], shape, axes, "shift", dt, lanes, "lse_max")
     m0 = te.compute(m.shape, _shift(m), name="lse_shift")
 
     def kept(i):
@@ -199,7 +204,7 @@ def _softmax(log: bool):
         def kept(i):
             return tuple(0 if a == axis else v for a, v in enumerate(i))
 
-        m = reduce_rows(lambda i: x[tuple(i)], shape, (axis,), "max", dt, lanes, "sm_max")
+        m = reduce_rows(lambda i: x[tuple(i)], shape, (axis,), "shift", dt, lanes, "sm_max")
         if log or shape[axis] > ROW_IN_CACHE:
             s = reduce_rows(lambda i: c.exp(x[tuple(i)] - m[kept(i)]), shape, (axis,), "sum",
                             dt, lanes, "sm_sum")
