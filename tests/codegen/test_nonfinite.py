@@ -150,6 +150,47 @@ def test_pools_propagate_nan():
     check(cases)
 
 
+def _sprinkled(rng, shape, scale=0.5) -> np.ndarray:
+    """Normal values with a few NaN, +-inf, -0.0 and denormals; no huge finite ones: a sum
+    of those overflows in one order and not in another (docs/ops.md)."""
+    a = (rng.standard_normal(shape) * scale).astype(F32)
+    flat = a.reshape(-1)
+    picks = rng.choice(flat.size, size=max(1, flat.size // 25), replace=False)
+    flat[picks] = rng.choice(np.array([np.nan, np.inf, -np.inf, -0.0, 1e-42], F32), picks.size)
+    return a
+
+
+def test_convolutions_matmuls_and_normalizations_on_special_values():
+    """Sums of products, inputs and weights holding NaN and inf: zero padding multiplies
+    the weights (0 * inf is NaN, as numpy, onnxruntime and PyTorch's conv2d), a transposed
+    convolution multiplies only the taps it scatters (as PyTorch)."""
+    rng = np.random.default_rng(4)
+    x = _sprinkled(rng, (1, 8, 9, 9))
+    conv = [({"pads": (1, 1, 1, 1)}, (16, 8, 3, 3)), ({}, (16, 8, 1, 1)),
+            ({"pads": (1, 1, 1, 1), "groups": 8}, (8, 1, 3, 3)),
+            ({"pads": (1, 1, 1, 1), "groups": 2}, (6, 4, 3, 3)),
+            ({"strides": (2, 2), "pads": (2, 2, 2, 2), "dilations": (2, 2)}, (4, 8, 3, 3))]
+    cases = [Case("conv2d", [x, _sprinkled(rng, w), _sprinkled(rng, w[:1])], attrs, tol=GEMM,
+                  consts=(1, 2)) for attrs, w in conv]
+    cases.append(Case("conv1d", [x[:, :, 0], _sprinkled(rng, (5, 8, 3))], {"pads": (1, 1)},
+                      tol=GEMM, consts=(1,)))
+    cases.append(Case("conv_transpose2d", [x, _sprinkled(rng, (8, 3, 3, 3))],
+                      {"strides": (2, 2), "pads": (1, 1, 1, 1)}, tol=GEMM, consts=(1,)))
+    a, b = _sprinkled(rng, (2, 5, 40)), _sprinkled(rng, (40, 33))
+    cases += [Case("matmul", [a, b], tol=GEMM, consts=(1,)),
+              Case("matmul", [a, b], tol=GEMM),
+              Case("matmul", [a[0], b[:, :1]], tol=GEMM),
+              Case("matmul", [a, _sprinkled(rng, (2, 40, 7))], tol=GEMM)]
+    ch = [_sprinkled(rng, (8,)) for _ in range(4)]
+    ch[3] = np.abs(ch[3])  # a variance
+    cases += [Case("batch_norm", [x, *ch], tol=REDUCE),
+              Case("layer_norm", [a, _sprinkled(rng, (40,)), _sprinkled(rng, (40,))],
+                   tol=REDUCE),
+              Case("lrn", [x], {"size": 3}, tol=REDUCE),
+              Case("mean", [a], {"axes": (2,)}, tol=REDUCE)]
+    check(cases)
+
+
 def _cnn(channels: int = 16):
     """conv + bias + relu -> max pool -> 1x1 conv + clip -> max pool -> spatial max and argmax."""
     rng = np.random.default_rng(1)

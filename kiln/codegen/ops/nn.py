@@ -179,8 +179,10 @@ def conv_transpose2d(inputs, attrs, out_types):
         ok = tirx.all(ty >= 0, tx >= 0, tirx.floormod(ty, sh) == 0, tirx.floormod(tx, sw) == 0,
                       yi < h, xi < wd)
         cin = (oo // og) * cg + rc
-        v = tirx.if_then_else(ok, x[b, cin, _clamped(yi, h), _clamped(xi, wd)], const(0, dt))
-        return te.sum(v * w[cin, oo % og, ry, rx], axis=[rc, ry, rx])
+        # only the taps an input pixel scatters to are products (as the reference and
+        # PyTorch): 0 * w would make an inf or NaN weight's zero taps NaN
+        tap = x[b, cin, _clamped(yi, h), _clamped(xi, wd)] * w[cin, oo % og, ry, rx]
+        return te.sum(tirx.if_then_else(ok, tap, const(0, dt)), axis=[rc, ry, rx])
 
     out = te.compute(tuple(out_types[0].shape), fn, name="conv_transpose2d",
                      attrs={"kiln.row": 2, "kiln.outer": 1})
