@@ -347,7 +347,7 @@ def mismatch(want: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> str
     ``rtol``/``atol``, everything else equal."""
     if want.shape != got.shape or want.dtype != got.dtype:
         return f"{got.dtype}{list(got.shape)} instead of {want.dtype}{list(want.shape)}"
-    if want.dtype.kind != "f":
+    if want.dtype.kind != "f" and want.dtype.name != "bfloat16":  # (ml_dtypes' kind is V)
         bad = want != got
     else:
         w, g = want.astype(np.float64), got.astype(np.float64)
