@@ -208,6 +208,9 @@ def one_node(op: str, shape, inputs=(), inits=(), **attrs) -> onnx.ModelProto:
      ShapeError, "a sequence of 0 steps"),
     (one_node("DepthToSpace", [1, 4, "H", 2], blocksize=2), UnsupportedOpError,
      "the height must be static"),
+    (one_node("OneHot", [2], ["d", "v"], [init("d", np.array(2**31 - 1)),
+                                          init("v", np.array([0.0, 1.0], np.float32))]),
+     UnsupportedOpError, "OneHot's positions would be a constant of 2147483647 elements"),
 ])
 def test_cases_the_campaign_found(m, error, fragment):
     if m.graph.node[0].op_type == "ConstantOfShape":  # its input is the initializer itself

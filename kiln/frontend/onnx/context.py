@@ -223,6 +223,14 @@ FOLD_MAX = 1 << 24
 MAX_ELEMENTS = 2**31 - 1
 
 
+def check_constant(count: int, what: str) -> None:
+    """An UnsupportedOpError if a constant a converter builds at import (positions, a
+    triangular matrix, an identity) would hold more than FOLD_MAX elements."""
+    if count > FOLD_MAX:
+        raise UnsupportedOpError(f"{what} would be a constant of {count} elements; kiln builds "
+                                 f"constants of at most {FOLD_MAX} at import")
+
+
 def elements(t: TensorType) -> int | None:
     """The number of elements of a static type (exact, however big), None if symbolic."""
     return math.prod(t.shape) if t.is_static else None

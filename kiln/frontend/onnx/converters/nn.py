@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
 
-from kiln.frontend.onnx.context import NodeContext, Ref
+from kiln.frontend.onnx.context import NodeContext, Ref, check_constant
 from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.registry import converter
 from kiln.frontend.onnx.validate import (
@@ -197,8 +198,9 @@ def _pool(n: NodeContext, op: str) -> Ref:
         wide = (0, 0) + pads[:2] + (0, 0) + pads[2:]
         if op == "avg_pool2d" and not attrs["count_include_pad"]:
             # the mean over the cells inside the input: sums over counts, both as means
-            ones = np.ones((1, 1) + tuple(static(n, d, "a pooled dimension")
-                                          for d in x.shape[2:]), to_numpy_dtype(x.dtype))
+            spatial = tuple(static(n, d, "a pooled dimension") for d in x.shape[2:])
+            check_constant(math.prod(spatial), "the divisor of the padded average")
+            ones = np.ones((1, 1) + spatial, to_numpy_dtype(x.dtype))
             divisor = n.op(op, n.op("pad", ones, pads=wide), pads=(0, 0, 0, 0), **attrs)
         x = n.op("pad", x, pads=wide, value=fill)
         pads = (0, 0, 0, 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.frontend.onnx.context import NodeContext, Ref
+from kiln.frontend.onnx.context import NodeContext, Ref, check_constant
 from kiln.frontend.onnx.converters.shape import static
 from kiln.frontend.onnx.registry import converter
 from kiln.frontend.onnx.validate import Spec, axes, axis, flag, one_of
@@ -143,6 +143,7 @@ def hardmax(n: NodeContext) -> Ref:
     x, axis = n.x, int(n.attr("axis", -1))
     best = n.op("argmax", x, axis=axis, keepdims=True)
     size = static(n, x.shape[axis], "Hardmax's axis")
+    check_constant(size, "Hardmax's positions")
     positions = along(np.arange(size, dtype=np.int64), axis, x.rank)
     return n.cast(n.op("equal", best, positions), x.dtype)
 
@@ -168,6 +169,7 @@ def cumsum(n: NodeContext) -> Ref:
     size = x.shape[axis]
     if not isinstance(size, int):
         raise n.unsupported(f"CumSum needs a static size along axis {axis}, got {x.type}")
+    check_constant(size * size, f"CumSum's [{size}, {size}] triangular matrix")
     i, j = np.arange(size)[:, None], np.arange(size)[None, :]
     exclusive, reverse = n.attr("exclusive", 0), n.attr("reverse", 0)
     keep = (i >= j) if reverse else (i <= j)  # out[j] = sum of x[i] over the kept i

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from kiln.errors import ShapeError
-from kiln.frontend.onnx.context import NodeContext, Ref
+from kiln.frontend.onnx.context import NodeContext, Ref, check_constant
 from kiln.frontend.onnx.registry import converter
 from kiln.frontend.onnx.validate import (
     Check,
@@ -327,6 +327,7 @@ def gather_nd(n: NodeContext) -> Ref:
         rest = tuple(static(n, d, "an indices dimension") for d in idx.shape[:-1])
         linear = n.op("full", shape=rest, value=0, dtype="int64")
     if b:
+        check_constant(math.prod(lead[:b]), "GatherND's batch offsets")
         batch = np.arange(math.prod(lead[:b]), dtype=np.int64) * math.prod(inner)
         linear = n.op("add", linear, batch.reshape(lead[:b] + (1,) * (idx.rank - 1 - b)))
     flat = n.op("reshape", data, shape=(math.prod(lead),) + data.shape[b + k:])
@@ -445,6 +446,7 @@ def reverse_sequence(n: NodeContext) -> Ref:
     x, lens = n.x, n.const(1, "sequence_lens").reshape(-1)
     t_axis, b_axis = int(n.attr("time_axis", 0)), int(n.attr("batch_axis", 1))
     steps = static(n, x.shape[t_axis], "the time axis")
+    check_constant(steps * len(lens), "ReverseSequence's indices")
     t = np.arange(steps)[:, None]
     idx = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)  # [time, batch]
     if t_axis > b_axis:

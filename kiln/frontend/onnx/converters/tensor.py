@@ -12,6 +12,7 @@ from kiln.frontend.onnx.context import (
     MAX_ELEMENTS,
     NodeContext,
     Ref,
+    check_constant,
     check_size,
     const_ref,
     elements,
@@ -127,6 +128,7 @@ def eye_like(n: NodeContext) -> Ref:
     if x.rank != 2 or not x.type.is_static:
         raise n.unsupported(f"EyeLike needs a static 2-D input, got {x.type}")
     dtype = to_kiln_dtype(n.attr("dtype"), "EyeLike's dtype") if "dtype" in n.attrs else x.dtype
+    check_constant(x.type.size, "EyeLike's output")
     eye = np.eye(*x.shape, k=int(n.attr("k", 0)), dtype=to_numpy_dtype(dtype))
     return const_ref(eye)
 
@@ -139,6 +141,7 @@ def one_hot(n: NodeContext) -> Ref:
     off values, as ONNX says (kiln's one_hot would raise)."""
     idx, values = n.inputs[0], n.inputs[2]
     depth = int(n.scalar_input(1))
+    check_constant(depth, "OneHot's positions")
     rank = idx.rank + 1
     axis = int(n.attr("axis", -1)) % rank
     idx = n.cast(idx, "int64")
@@ -184,6 +187,7 @@ _WINDOWS = {  # cosine-sum windows: w[n] = sum_k c_k cos(2 pi k n / N)
 
 def _window(n: NodeContext) -> Ref:
     size = int(n.scalar_input(0))
+    check_constant(size, f"{n.node.op_type}'s values")
     period = size if n.attr("periodic", 1) else size - 1
     k = np.arange(size, dtype=np.float64)
     w = sum(c * np.cos(2 * np.pi * j * k / period) for j, c in enumerate(_WINDOWS[n.node.op_type]))
