@@ -39,8 +39,8 @@ from kiln.runtime.format import ALIGNMENT, split_args, value_nbytes
 #: inputs and outputs at least this big bypass the per-model buffers (see module docstring)
 ZERO_COPY_BYTES = 1 << 16
 #: a kernel's own input checks (indices in range, integer divisors nonzero) start the message
-#: of a failure with this; the message holds {value} and {at} for the offending element and
-#: ends with the checked input's "(in dtype[shape])" (kiln/codegen/ops/checks.py)
+#: of a failure with this and "[op] "; the message holds {value} and {at} for the offending
+#: element and ends with the checked input's "(in dtype[shape])" (kiln/codegen/ops/checks.py)
 KERNEL_CHECK = "kiln check: "
 
 
@@ -406,15 +406,24 @@ def kernel_check_error(error: Exception, sources: Sequence[str], inputs: Sequenc
     if not text.startswith(KERNEL_CHECK):
         return None
     message = text[len(KERNEL_CHECK):].splitlines()[0]
+    op = _OP.match(message)
+    if op:
+        message = message[op.end():]
+        # the nodes of the op that checked (a fused kernel lists all of its nodes)
+        sources = [s for s in sources if f"({op.group(1)})" in s or f"({op.group(1)} " in s
+                   ] or sources
     checked = _CHECKED.search(message)
     found = _offending_element(message, checked, inputs) if checked else None
     if checked:
         message = message[:checked.start()].rstrip()
-    value, at = found if found else ("?", "?")
-    message = message.replace("{value}", str(value)).replace("{at}", str(at))
+    if found:
+        message = message.replace("{value}", str(found[0])).replace("{at}", str(found[1]))
+    else:  # the checked tensor was computed in the kernel: no input to point into
+        message = message.replace(" {value}", "").replace(" at {at}", "")
     return InputError(f"{'; '.join(sources) or 'a kernel'}: {message}")
 
 
+_OP = re.compile(r"\[(\w+)\] ")
 _CHECKED = re.compile(r"\(in (\w+)\[([\d, ]*)\]\)$")
 _SIZE = re.compile(r"out of range for size (\d+)")
 

@@ -316,6 +316,22 @@ def test_embedding_lookup_with_an_epilogue_checks_its_ids():
     np.testing.assert_array_equal(model.run(good)[0], interpret(graph, good)[0])  # still fine
 
 
+def test_an_index_computed_in_the_kernel_is_checked_too():
+    """A scalar index made by ``full`` is copied into the fused kernel: the kernel checks it,
+    and the error names the gather alone of the kernel's nodes."""
+    b = GraphBuilder("row")
+    x = b.input("x", TensorType((5, 4)))
+    (i,) = b.op("full", [], {"shape": (), "value": 7, "dtype": "int64"})
+    (g,) = b.op("gather", [x, i], {"axis": 0})
+    b.output(b.op("mul", [g, b.op("full", [], {"shape": (), "value": 2.0})[0]])[0])
+    graph = b.build()
+    assert [n.op for n in kiln.optimize(graph, 2).nodes] == ["fused"]
+    feeds = {"x": np.ones((5, 4), F32)}
+    with pytest.raises(InputError, match=r"^node %1 \(gather\): gather index is out of range "
+                                         r"for size 5 \(-5..4\)$"):
+        kiln.compile(graph, opt_level=2).run(feeds)
+
+
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int32", "int64"])
 def test_integer_division_by_zero_raises_input_error(dtype):
     a = np.array([7, 100, 5], dtype)

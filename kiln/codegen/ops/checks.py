@@ -28,16 +28,16 @@ def _describe(t) -> str:
     return f"{dtype_of(t)}{list(shape_of(t))}"
 
 
-def checked(t, ok: Callable, message: str, out: Callable | None = None,
+def checked(t, ok: Callable, op: str, message: str, out: Callable | None = None,
             dtype: str | None = None, kind: str = "ValueError", name: str = "check"):
     """A copy of ``t`` (``out(v)`` of each element ``v``, of ``dtype``) made after asserting
     ``ok(v)`` for each element; a failure raises ``kind`` with ``message``, in which the
     runtime fills ``{value}`` and ``{at}`` with the first offending element and its position
-    (found in the kernel input of ``t``'s dtype and shape) and names the node."""
+    (found in the kernel input of ``t``'s dtype and shape) and names the node of ``op``."""
     shape = shape_of(t)
     out = out or (lambda v: v)
     dtype = dtype or dtype_of(t)
-    text = f"{KERNEL_CHECK}{message} (in {_describe(t)})"
+    text = f"{KERNEL_CHECK}[{op}] {message} (in {_describe(t)})"
 
     def body(ins, outs):
         idx = [tirx.Var(f"i{a}", "int32") for a in range(len(shape))]
@@ -62,12 +62,12 @@ def checked_index(ind, size: int, what: str):
     n = const(size, dt)
     message = (f"{what} index {{value}} is out of range for size {size} "
                f"(-{size}..{size - 1}) at {{at}}")
-    return checked(ind, lambda v: tirx.all(v >= -n, v < n), message,
+    return checked(ind, lambda v: tirx.all(v >= -n, v < n), what, message,
                    out=lambda v: tirx.Select(v < const(0, dt), v + n, v), dtype="int32",
                    kind="IndexError", name="check_index")
 
 
 def checked_divisor(b):
     """The integer divisor ``b``, asserted nonzero (onnxruntime and PyTorch raise too)."""
-    return checked(b, lambda v: v != const(0, dtype_of(b)),
+    return checked(b, lambda v: v != const(0, dtype_of(b)), "div",
                    "integer division by zero: divisor {value} at {at}", name="check_divisor")
