@@ -320,3 +320,15 @@ def test_campaign_slice_has_no_bad_case(campaign):
         if cls in campaign.BAD:
             bad.append(f"case {case} ({desc}): {cls}: {detail}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_hardmax_before_opset_13_keeps_its_meaning(axis):
+    """Hardmax-11 works on its input flattened at axis; onnx's version converter keeps the
+    node unchanged, which made it Hardmax-13 along axis only (a wrong answer)."""
+    m = model([helper.make_node("Hardmax", ["x"], ["y"], axis=axis)], [vi("x", [2, 3, 4])],
+              [vi("y", [2, 3, 4])], opset=12)
+    x = np.random.default_rng(axis).standard_normal((2, 3, 4)).astype(np.float32)
+    with pytest.warns(UserWarning, match="converted to opset 13"):
+        graph = kiln.from_onnx(m)
+    np.testing.assert_array_equal(kiln.interpret(graph, {"x": x})[0], ort_run(m, {"x": x})[0])

@@ -165,11 +165,42 @@ def _upgrade(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnx import version_converter
 
-        return version_converter.convert_version(proto, MIN_OPSET)
+        return version_converter.convert_version(_flatten_old_hardmax(proto, opset), MIN_OPSET)
+    except KilnError:
+        raise
     except Exception as e:
         raise KilnError(f"converting the opset {opset} model to opset {MIN_OPSET} failed "
                         f"(onnx.version_converter: {_first_line(e)}); re-export the model with "
                         f"opset {MIN_OPSET} or newer") from None
+
+
+def _flatten_old_hardmax(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Hardmax before opset 13 works on its input flattened to 2-D at ``axis``, and the
+    version converter keeps the node as it is (Softmax and LogSoftmax it rewrites): write
+    that out, as Shape, Flatten, Hardmax over axis 1 and Reshape back."""
+    olds = [n for n in proto.graph.node if n.op_type == "Hardmax" and n.domain in
+            _DEFAULT_DOMAINS]
+    if not olds:
+        return proto
+    if opset < 5:  # Reshape took its shape as an attribute
+        raise UnsupportedOpError(f"Hardmax at opset {opset}: re-export the model with opset "
+                                 f"{MIN_OPSET} or newer")
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type != "Hardmax" or node.domain not in _DEFAULT_DOMAINS:
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        x, y = node.input[0], node.output[0]
+        shape, flat, hard = (f"{y}.hardmax_{part}" for part in ("shape", "flat", "2d"))
+        nodes += [onnx.helper.make_node("Shape", [x], [shape]),
+                  onnx.helper.make_node("Flatten", [x], [flat], axis=axis),
+                  onnx.helper.make_node("Hardmax", [flat], [hard], name=node.name, axis=1),
+                  onnx.helper.make_node("Reshape", [hard, shape], [y])]
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto
 
 
 # -- what kiln cannot import, all at once -------------------------------------------------------
