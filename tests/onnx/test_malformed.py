@@ -328,7 +328,7 @@ def test_hardmax_before_opset_13_keeps_its_meaning(axis):
     node unchanged, which made it Hardmax-13 along axis only (a wrong answer)."""
     m = model([helper.make_node("Hardmax", ["x"], ["y"], axis=axis)], [vi("x", [2, 3, 4])],
               [vi("y", [2, 3, 4])], opset=12)
-    x = np.random.default_rng(axis).standard_normal((2, 3, 4)).astype(np.float32)
+    x = np.random.default_rng(5).standard_normal((2, 3, 4)).astype(np.float32)
     with pytest.warns(UserWarning, match="converted to opset 13"):
         graph = kiln.from_onnx(m)
     np.testing.assert_array_equal(kiln.interpret(graph, {"x": x})[0], ort_run(m, {"x": x})[0])
