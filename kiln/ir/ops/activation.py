@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from kiln.ir.ops.elementwise import erf
+from kiln.ir.ops.elementwise import clip, erf
 from kiln.ir.ops.registry import ELEMENTWISE, elementwise_flops, fail, register, same_as_input
 
 _float = same_as_input(floats=True)
@@ -88,7 +88,7 @@ def heaviside(x, value_at_zero):
 @register("hardswish", kind=ELEMENTWISE, infer=_float, flops=elementwise_flops(4))
 def hardswish(x):
     """x * relu6(x + 3) / 6 (MobileNetV3; PyTorch's formula, ONNX HardSwish)."""
-    return x * np.clip(x + _c(3, x), _c(0, x), _c(6, x)) / _c(6, x)
+    return x * clip(x + _c(3, x), 0, 6) / _c(6, x)
 
 
 def _hardtanh_infer(types, attrs):
@@ -101,4 +101,6 @@ def _hardtanh_infer(types, attrs):
           attrs={"min_val": -1.0, "max_val": 1.0},
           flops=elementwise_flops(2))
 def hardtanh(x, min_val, max_val):
-    return np.clip(x, _c(min_val, x), _c(max_val, x))
+    """clip's rule: NaN stays NaN, a value equal to a bound stays as it is (np.clip would
+    compute bfloat16 in float32)."""
+    return clip(x, min_val, max_val)
