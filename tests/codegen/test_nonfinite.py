@@ -196,6 +196,11 @@ def test_convolutions_matmuls_and_normalizations_on_special_values():
             ({"strides": (2, 2), "pads": (2, 2, 2, 2), "dilations": (2, 2)}, (4, 8, 3, 3))]
     cases = [Case("conv2d", [x, _sprinkled(rng, w), _sprinkled(rng, w[:1])], attrs, tol=GEMM,
                   consts=(1, 2)) for attrs, w in conv]
+    # 8 groups of 2 -> 4 channels: blocks of 16 output channels hold 4 groups, whose weight
+    # is zero between them (an inf of one group must not make the others NaN)
+    x16 = _sprinkled(rng, (1, 16, 6, 6))
+    cases.append(Case("conv2d", [x16, _sprinkled(rng, (32, 2, 3, 3))],
+                      {"pads": (1, 1, 1, 1), "groups": 8}, tol=GEMM, consts=(1,)))
     cases.append(Case("conv1d", [x[:, :, 0], _sprinkled(rng, (5, 8, 3))], {"pads": (1, 1)},
                       tol=GEMM, consts=(1,)))
     cases.append(Case("conv_transpose2d", [x, _sprinkled(rng, (8, 3, 3, 3))],

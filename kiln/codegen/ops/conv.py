@@ -317,8 +317,11 @@ def grouped_nchwc(x, w, bias, out_shape, strides, pads, dilations, groups, tiles
     per_group = og // ocb if og > ocb else 1
 
     def conv_fn(b, ob, i, j, co):
-        return te.sum(xp[b, ob // per_group, i * sh + ry * dh, j * sw + rx * dw, ri]
-                      * wpk[ob, ry, rx, ri, co], axis=[ry, rx, ri])
+        tap = (xp[b, ob // per_group, i * sh + ry * dh, j * sw + rx * dw, ri]
+               * wpk[ob, ry, rx, ri, co])
+        if ocb > og:  # the block holds several groups: see _own_group
+            tap = _own_group(tap, ob, ri, co, blocks, og, cg, dtype_of(x))
+        return te.sum(tap, axis=[ry, rx, ri])
 
     acc = te.compute((n, o // ocb, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc",
                      attrs={"kiln.sched": "conv2d", "kiln.reg_h": reg_h, "kiln.reg_n": reg_n})
@@ -328,6 +331,16 @@ def grouped_nchwc(x, w, bias, out_shape, strides, pads, dilations, groups, tiles
         return v + bias[oo] if bias is not None else v
 
     return te.compute(tuple(out_shape), unpack, name="grouped_conv2d")
+
+
+def _own_group(tap, ob, ri, co, blocks, og: int, cg: int, dtype: str):
+    """``tap`` where input channel ``ri`` of block ``ob`` is in output channel ``co``'s group,
+    else -0.0 (adding it changes no sum): the block-diagonal weight's zeros would otherwise
+    turn an inf or NaN input of another group into a NaN product."""
+    icb, ocb = blocks
+    cin = _grouped_input_block(ob, ocb, og, cg) * icb + ri
+    same = cin // cg == (ob * ocb + co) // og
+    return tirx.Select(same, tap, const(-0.0, dtype))  # (if_then_else would not vectorize)
 
 
 def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
