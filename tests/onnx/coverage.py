@@ -198,7 +198,8 @@ _REASONS = [
      "the kiln runtime cannot hold {0} tensors"),
     (r"Mismatched \w+\.strides .*compact array|`k\w*\(.*Tensor\(\[[^]]*\b0\b",
      "a 0-size tensor: numpy gives it zero strides, which TVM's compact-array check rejects"),
-    (r"power only applies to float", "integer pow: TVM's power lowers floats only"),
+    (r"power only applies to float|kiln cannot compile pow on int",
+     "integer pow: TVM's power lowers floats only"),
     (r"\(reshape, .* on \w+\[0, .*Divide by zero",
      "reshape of a 0-size tensor: its lowering divides by the zero dim"),
 ]
