@@ -87,7 +87,7 @@ def _non_utf8(msg: Any, path: str) -> Iterator[tuple[str, bytes]]:
 
 
 def _where(path: str) -> str:
-    """'.graph.node[3].attribute[0].s' -> "ONNX node #3: attribute[0].s"."""
+    """'.graph.node[3].attribute[0].s' -> "ONNX node #3: field attribute[0].s"."""
     head, sep, rest = path.partition(".graph.node[")
     if sep and not head:
         index, _, tail = rest.partition("]")
