@@ -24,15 +24,12 @@ SIGNED_ZERO = {"relu", "clip", "hardtanh", "neg", "abs", "identity", "floor", "c
                "sign", "leaky_relu", "where"}
 
 
-def check(cases: list[Case], opt_level: int | None = None) -> None:
-    """Run ``cases`` as one graph, built (in process) or compiled at ``opt_level`` (runtime),
-    and compare each output with the interpreter: NaN and inf exactly."""
+def check(cases: list[Case]) -> None:
+    """Build ``cases`` as one graph, run it and compare each output with the interpreter: NaN
+    and inf exactly, the sign of zeros too for SIGNED_ZERO ops."""
     graph, feeds, counts = case_graph(cases)
     want = interpret(graph, feeds)
-    if opt_level is None:
-        got = build(graph).run(feeds)
-    else:
-        got = kiln.compile(graph, opt_level=opt_level, layout_budget=0).run(feeds)
+    got = build(graph).run(feeds)
     k = 0
     for case, count in zip(cases, counts):
         for _ in range(count):
@@ -56,7 +53,7 @@ WITH_ATTRS = [
 
 
 def test_unary_ops_and_activations_on_special_values():
-    # 20 values: one full 16-lane vector and a tail, each value in both
+    # 40 values: two 16-lane vectors and a tail of 8 (the non-finite values are in both)
     x = np.concatenate([SPECIAL, SPECIAL[::-1]])[None, :]
     cases = [Case(op, [x], tol=FAST_MATH) for op in UNARY]
     cases += [Case(op, [x], attrs, tol=FAST_MATH) for op, attrs in WITH_ATTRS]
