@@ -48,7 +48,8 @@ def reducer(op: str, test_value: bool = True):
     """The comm_reducer of ``op`` (sum, prod, max, min); max and min propagate NaN.
 
     Their combiner tests the new value for NaN (``test_value``): off the accumulator's chain
-    of dependent instructions (a row max of softmax 1.57x -> 1.16x the time of te.max). A
+    of dependent instructions (the max of 1536 rows of 128: 1.57x -> 1.16x the time of
+    te.max, measured as a softmax's shift). A
     value that is an expensive expression (the masked strided load of a pool's window) is
     better tested through the accumulator: it then appears twice, not three times, and LLVM
     does not merge the repeated masked loads (an NCHW max pool 4.8x -> 0.93x)."""
