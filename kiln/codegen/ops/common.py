@@ -119,12 +119,12 @@ def isfinite(x):
 
 def at_least(x, lo):
     """max(x, lo) for a bound ``lo`` that is not NaN; a NaN ``x`` stays NaN."""
-    return tirx.Select(x < lo, lo, x)
+    return tirx.max(lo, x)  # TVM: lo > x ? lo : x, one read of x (chains stay linear)
 
 
 def at_most(x, hi):
     """min(x, hi) for a bound ``hi`` that is not NaN; a NaN ``x`` stays NaN."""
-    return tirx.Select(x > hi, hi, x)
+    return tirx.min(hi, x)  # hi < x ? hi : x
 
 
 def clamp(x, lo, hi):
