@@ -148,6 +148,34 @@ def test_argmax_of_a_row_holding_nan_is_its_first_nan():
         assert got[0].tolist() == [1, 0, 3] and got[1].tolist() == [1, 0, 3]
 
 
+def _clamp_chain(n: int):
+    """x through n fused maximum/relu/minimum/clip ops, each max/min with the input y."""
+    b = GraphBuilder("chain")
+    v, y = b.input("x", TensorType((20, 20))), b.input("y", TensorType((20, 20)))
+    steps = [lambda v: b.op("maximum", [v, y]), lambda v: b.op("relu", [v]),
+             lambda v: b.op("minimum", [y, v]), lambda v: b.op("clip", [v], {"min": -1e38})]
+    for i in range(n):
+        (v,) = steps[i % 4](v)
+    b.output(v)
+    return b.build()
+
+
+def test_a_chain_of_fused_clamps_reads_its_input_once():
+    """Each NaN test reads its operand once more: the operand computed in the fused kernel
+    must not be the tested one, or a chain of k ops holds 2**k copies of its input (the
+    compile fuzzer stalled on one such graph)."""
+    feeds = {"x": np.repeat(SPECIAL[:, None], 20, 1), "y": np.repeat(SPECIAL[None, :], 20, 0)}
+    reads = {}
+    for n in (4, 8):
+        graph = kiln.optimize(_clamp_chain(n), 2)
+        res = build(graph)
+        (script,) = [f.script() for f in res.module.functions.values()]
+        reads[n] = script.count("x[")
+        why = mismatch(interpret(graph, feeds)[0], res.run(feeds)[0], *EXACT)
+        assert why is None, f"{n} ops: {why}"
+    assert reads[8] == reads[4]
+
+
 def _image(c: int, h: int, seed: int = 0) -> np.ndarray:
     """[1, c, h, h] with NaN, +inf and -inf at scattered positions (window starts, middles,
     ends and the borders)."""

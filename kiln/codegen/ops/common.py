@@ -133,17 +133,20 @@ def clamp(x, lo, hi):
 
 
 def maximum(a, b):
-    """numpy's maximum: NaN if either is NaN, else ``a > b ? a : b``."""
+    """numpy's maximum: NaN if either is NaN, else the larger. ``a`` is tested for NaN and
+    ``b`` read once (``a > b ? a : b`` passes a NaN ``b``): an operand that is an inlined
+    expression belongs in ``b``, or a chain of k fused maxima holds 2**k copies of it."""
     if not is_float(dtype_of(a)):
         return tirx.max(a, b)
-    return tirx.Select(tirx.Or(a > b, isnan(a)), a, b)
+    return tirx.Select(isnan(a), a, tirx.max(a, b))
 
 
 def minimum(a, b):
-    """numpy's minimum: NaN if either is NaN, else ``a < b ? a : b``."""
+    """numpy's minimum: NaN if either is NaN, else the smaller; ``b`` read once, as in
+    ``maximum``."""
     if not is_float(dtype_of(a)):
         return tirx.min(a, b)
-    return tirx.Select(tirx.Or(a < b, isnan(a)), a, b)
+    return tirx.Select(isnan(a), a, tirx.min(a, b))
 
 
 def _via_f32(fn, x):

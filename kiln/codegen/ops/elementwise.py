@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import tvm_ffi
-from tvm import tirx
+from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
@@ -56,6 +56,24 @@ def _read_of(x):
     return None
 
 
+def _computed(x) -> bool:
+    """Whether ``x`` reads a computed stage (one that fusion inlines), not a group input."""
+    read = _read_of(x)
+    return read is not None and isinstance(read[0].op, te.ComputeOp)
+
+
+def _inlined_read_once(fn):
+    """``fn(a, b)`` (maximum, minimum) reads ``b`` once and ``a`` twice: an operand computed in
+    the same fused group goes to ``b``, so a chain of fused ops stays linear in size."""
+
+    def wrapped(a, b):
+        if _computed(a) and not _computed(b):
+            return fn(b, a)
+        return fn(a, b)
+
+    return wrapped
+
+
 def _same_load(a, b) -> bool:
     """Whether ``a`` and ``b`` read the same tensor at the same indices."""
     ra, rb = _read_of(a), _read_of(b)
@@ -80,8 +98,8 @@ _BINARY = {
     "sub": lambda a, b: a - b,
     "mul": lambda a, b: a * b,
     "pow": lambda a, b: tirx.power(a, b),
-    "maximum": c.maximum,
-    "minimum": c.minimum,
+    "maximum": _inlined_read_once(c.maximum),
+    "minimum": _inlined_read_once(c.minimum),
     "equal": _nan_aware(_ints_if_bool(lambda a, b: a == b), tirx.Not),
     "not_equal": _nan_aware(_ints_if_bool(_not_equal), lambda nan: nan),
     "less": _ints_if_bool(lambda a, b: a < b),
