@@ -506,14 +506,19 @@ def _all_names(m: onnx.ModelProto) -> list[str]:
     return names + [o for n in g.node for o in n.output if o]
 
 
+def _drop_one(names, rng) -> None:
+    """Delete one of a node's input or output names, or blank it ("" = an omitted optional)."""
+    i = rng.randrange(len(names))
+    if rng.random() < 0.5:
+        del names[i]
+    else:
+        names[i] = ""
+
+
 def drop_input(m, rng):
     n = _pick_node(m, rng)
     if n is not None and n.input:
-        i = rng.randrange(len(n.input))
-        if rng.random() < 0.5:
-            del n.input[i]
-        else:
-            n.input[i] = ""
+        _drop_one(n.input, rng)
     return m
 
 
@@ -528,11 +533,7 @@ def extra_input(m, rng):
 def drop_output(m, rng):
     n = _pick_node(m, rng)
     if n is not None and n.output:
-        i = rng.randrange(len(n.output))
-        if rng.random() < 0.5:
-            del n.output[i]
-        else:
-            n.output[i] = ""
+        _drop_one(n.output, rng)
     return m
 
 
