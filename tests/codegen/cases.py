@@ -5,7 +5,7 @@ interpreter, within the case's stated tolerance."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -55,23 +55,26 @@ def case_graph(cases: list[Case]):
     return b.build(), feeds, outs_per_case
 
 
-def check_cases(cases: list[Case]) -> None:
-    """Build all ``cases`` at once and compare compiled results with the interpreter."""
+def compiled_and_interpreted(cases: list[Case]) -> Iterator[tuple[Case, np.ndarray, np.ndarray]]:
+    """Build all ``cases`` as one graph and run it: (case, compiled, interpreted) per output."""
     graph, feeds, counts = case_graph(cases)
     want = interpret(graph, feeds)
-    got = build(graph).run(feeds)
-    k = 0
+    got = iter(zip(build(graph).run(feeds), want))
     for case, count in zip(cases, counts):
         for _ in range(count):
-            g, w = got[k], want[k]
-            k += 1
-            assert g.dtype == w.dtype and g.shape == w.shape, case.label()
-            rtol, atol = case.tol
-            if np.issubdtype(w.dtype, np.floating):
-                np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, equal_nan=True,
-                                           err_msg=case.label())
-            else:
-                np.testing.assert_array_equal(g, w, err_msg=case.label())
+            yield (case, *next(got))
+
+
+def check_cases(cases: list[Case]) -> None:
+    """Build all ``cases`` at once and compare compiled results with the interpreter."""
+    for case, g, w in compiled_and_interpreted(cases):
+        assert g.dtype == w.dtype and g.shape == w.shape, case.label()
+        rtol, atol = case.tol
+        if np.issubdtype(w.dtype, np.floating):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=atol, equal_nan=True,
+                                       err_msg=case.label())
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=case.label())
 
 
 def randn(rng, shape, dtype="float32", scale=1.0) -> np.ndarray:

@@ -13,7 +13,16 @@ from kiln.codegen.build import build
 from kiln.errors import InputError
 from kiln.fuzz import mismatch
 from kiln.ir import GraphBuilder, TensorType, interpret
-from tests.codegen.cases import ELEMWISE, EXACT, FAST_MATH, GEMM, REDUCE, Case, case_graph
+from tests.codegen.cases import (
+    ELEMWISE,
+    EXACT,
+    FAST_MATH,
+    GEMM,
+    REDUCE,
+    Case,
+    case_graph,
+    compiled_and_interpreted,
+)
 
 F32 = np.float32
 SPECIAL = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1e38, -1e38, 3e38, 1e-38, 1e-42,
@@ -27,19 +36,12 @@ SIGNED_ZERO = {"relu", "clip", "hardtanh", "neg", "abs", "identity", "floor", "c
 def check(cases: list[Case]) -> None:
     """Build ``cases`` as one graph, run it and compare each output with the interpreter: NaN
     and inf exactly, the sign of zeros too for SIGNED_ZERO ops."""
-    graph, feeds, counts = case_graph(cases)
-    want = interpret(graph, feeds)
-    got = build(graph).run(feeds)
-    k = 0
-    for case, count in zip(cases, counts):
-        for _ in range(count):
-            g, w = got[k], want[k]
-            k += 1
-            why = mismatch(w, g, *case.tol)
-            assert why is None, f"{case.label()}: {why}"
-            if case.op in SIGNED_ZERO and w.dtype.kind == "f":
-                zeros = (w == 0) & (g == 0)
-                assert np.array_equal(np.signbit(w[zeros]), np.signbit(g[zeros])), case.label()
+    for case, g, w in compiled_and_interpreted(cases):
+        why = mismatch(w, g, *case.tol)
+        assert why is None, f"{case.label()}: {why}"
+        if case.op in SIGNED_ZERO and w.dtype.kind == "f":
+            zeros = (w == 0) & (g == 0)
+            assert np.array_equal(np.signbit(w[zeros]), np.signbit(g[zeros])), case.label()
 
 
 UNARY = ["neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "erf",
