@@ -112,11 +112,12 @@ class BoundState:
             array = model._slot_array(sig, is_input, feeds)
             dyn[k] = (array, tvm_ffi.from_dlpack(array))
         for i, (func, args, dynamic) in enumerate(self._calls[parity]):
+            call_args = _with_slots(args, dynamic, dyn) if dynamic else args
             try:
-                func(*(_with_slots(args, dynamic, dyn) if dynamic else args))
+                func(*call_args)
             except Exception as e:
                 k = model.manifest["kernels"][i]
-                raise model._kernel_error(i, k, e) from e
+                raise model._kernel_error(i, k, e, call_args) from e
         for k, source in self._copies:
             self.buffers[k][1 - parity][...] = self._value(source, feeds, dyn)
         results = [self._value(source, feeds, dyn).copy() for source in self._collect]

@@ -241,3 +241,18 @@ def test_kiln_train_backend_compiled(capsys):
         assert f"backend {backend}" in out
         results.append([line for line in out.splitlines() if line.startswith("test accuracy")])
     assert results[0] == results[1] and len(results[0]) == 1
+
+
+def test_a_bad_index_in_a_step_names_its_value():
+    """step() reports a kernel's failed index check as run() does: the index and where."""
+    b = GraphBuilder("lookup")
+    ids = b.input("ids", TensorType((3,), "int64"))
+    s = b.input("s", TensorType((6, 2), "float32"))
+    (rows,) = b.op("gather", [s, ids], {"axis": 0})
+    (nxt,) = b.op("mul", [s, b.param("two", np.full((6, 2), 2, np.float32))])
+    b.output(rows, nxt)
+    m = kiln.compile(b.build()).model
+    m.bind_state([(m.outputs[1].name, "s")], {"s": np.ones((6, 2), np.float32)})
+    assert m.step({"ids": np.array([0, 5, -6])})[0].shape == (3, 2)
+    with pytest.raises(InputError, match=r"gather.*7 is out of range for size 6 .* at \[1\]"):
+        m.step({"ids": np.array([0, 7, 1])})
