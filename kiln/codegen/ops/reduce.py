@@ -10,6 +10,7 @@ the lanes. The stages carry annotations for the scheduler (``schedules/generic.p
 
 from __future__ import annotations
 
+from math import prod
 from typing import Callable, Sequence
 
 from tvm import te, tirx
@@ -71,6 +72,12 @@ def reducer(op: str, test_value: bool = True):
     return te.comm_reducer(combine, lambda t: _identity(op, str(t)), name=op)
 
 
+# A float32 sum over more elements than this accumulates in float64: its lane accumulators
+# would each add up ~n/16 values in sequence (an instance norm over a 3M-element plane was off
+# by 5e-3 relative); such rows are memory-bound, so the wider adds cost little
+LONG_SUM = 1 << 16
+
+
 def reduce_rows(
     read: Callable[[Sequence], object],
     in_shape: Sequence[int],
@@ -84,6 +91,11 @@ def reduce_rows(
     rank = len(in_shape)
     axes = tuple(axes)
     out_shape = tuple(1 if i in axes else d for i, d in enumerate(in_shape))
+    if op == "sum" and dtype == "float32" and prod(in_shape[a] for a in axes) > LONG_SUM:
+        wide = reduce_rows(lambda i: read(i).astype("float64"), in_shape, axes, op, "float64",
+                           max(1, lanes // 2), name + "_f64")
+        return te.compute(out_shape, lambda *i: wide[i].astype(dtype), name=name,
+                          attrs={"kiln.row": min(axes) if axes else rank})
     depth = min(axes) if axes else rank
     reduce_op = reducer(op)
     ann = {"kiln.row": depth}
