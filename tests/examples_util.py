@@ -6,19 +6,26 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 import types
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
+def module_at(path: str | os.PathLike, name: str) -> types.ModuleType:
+    """The Python file at ``path`` as a module called ``name`` (an example, a campaign script),
+    registered in ``sys.modules`` (dataclasses look their module up there)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @functools.cache
 def example(name: str) -> types.ModuleType:
     """examples/NAME.py as a module."""
-    path = os.path.join(EXAMPLES, f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_kiln_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(os.path.join(EXAMPLES, f"{name}.py"), f"_kiln_example_{name}")
 
 
 def torch_port(name: str, ops: types.SimpleNamespace | None = None) -> types.ModuleType:

@@ -16,6 +16,7 @@ import kiln
 from kiln import nn
 from kiln.cli.train import ProgressBar, add_parser, load_digits
 from kiln.errors import CLIError, KilnError
+from tests.examples_util import module_at
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_MLP = f"{ROOT / 'examples' / 'training' / 'digits_mlp.py'}:make_model"
@@ -135,12 +136,8 @@ def test_npz_without_a_test_split_reports_training_accuracy(files, capsys):
 
 
 def test_cli_digits_split_is_the_examples_split():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "_kiln_example_digits_mlp_split", ROOT / "examples" / "training" / "digits_mlp.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = module_at(ROOT / "examples" / "training" / "digits_mlp.py",
+                        "_kiln_example_digits_mlp_split")
     data = load_digits()
     for ours, theirs in zip((data.x_train, data.y_train, data.x_test, data.y_test),
                             example.load_digits()):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,17 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.examples_util import module_at
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "training"
 
 
 @functools.cache
 def example(name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_kiln_training_example_{name}",
-                                                  EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(EXAMPLES / f"{name}.py", f"_kiln_training_example_{name}")
 
 
 def test_linear_regression_finds_slope_2_intercept_0(capsys):

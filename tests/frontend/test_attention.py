@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -15,6 +14,7 @@ from kiln.errors import KilnError, ShapeError, UnsupportedOpError
 from kiln.frontend.dsl import TensorSpec, trace
 from kiln.ir.interpreter import interpret
 from kiln.ir.verifier import verify
+from tests.examples_util import module_at
 
 RTOL, ATOL = 1e-4, 1e-5
 E, HEADS, N, L, S = 8, 2, 2, 4, 3
@@ -338,11 +338,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def example(name: str):
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", ROOT / "examples" /
-                                                  f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(ROOT / "examples" / f"{name}.py", f"_example_{name}")
 
 
 class TorchEmbeddings(tnn.Module):

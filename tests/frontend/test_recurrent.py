@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import pathlib
 
@@ -25,6 +24,7 @@ from kiln.frontend.nn import (
 )
 from kiln.ir.interpreter import interpret
 from kiln.ir.verifier import verify
+from tests.examples_util import module_at
 
 RTOL, ATOL = 1e-4, 1e-5
 L, N, I, H = 3, 2, 4, 5
@@ -236,11 +236,8 @@ def test_bad_options(make, match):
 
 
 def example_module():
-    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "lstm.py"
-    spec = importlib.util.spec_from_file_location("_example_lstm", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(pathlib.Path(__file__).resolve().parents[2] / "examples" / "lstm.py",
+                     "_example_lstm")
 
 
 class TorchClassifier(torch.nn.Module):

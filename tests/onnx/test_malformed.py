@@ -4,7 +4,6 @@ generates thousands of them, on a fixed slice of its cases."""
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -15,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import kiln
 from kiln.errors import AttributeError_, KilnError, ShapeError, UnsupportedOpError
 from kiln.frontend.onnx.registry import CONVERTERS, SPECS
+from tests.examples_util import module_at
 from tests.onnx.util import ort_run
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
@@ -298,11 +298,7 @@ def test_a_valid_model_still_matches_onnxruntime():
 
 @pytest.fixture(scope="module")
 def campaign():
-    spec = importlib.util.spec_from_file_location("onnx_models",
-                                                  ROOT / "campaigns" / "onnx_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(ROOT / "campaigns" / "onnx_models.py", "onnx_models")
 
 
 def test_campaign_cases_are_deterministic(campaign):

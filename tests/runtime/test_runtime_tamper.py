@@ -10,7 +10,6 @@ process with a timeout.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import os
 import subprocess
@@ -36,6 +35,7 @@ from kiln.errors import ArtifactError
 from kiln.runtime import format as fmt
 from kiln.runtime import load, pack, sign_artifact
 from kiln.runtime.elf import _parse, defined_symbols
+from tests.examples_util import module_at
 
 ROOT = Path(kiln.__file__).resolve().parent.parent
 KEY = b"0123456789abcdef-test-key"
@@ -219,17 +219,8 @@ def members_of(art: Path, top: str = "m.kiln/") -> list[tuple[tarfile.TarInfo, b
     return [(tarfile.TarInfo(top + n), (art / n).read_bytes()) for n in names]
 
 
-def _campaign():
-    """campaigns/artifacts.py as a module: its tar writer and member maker serve here too."""
-    spec = importlib.util.spec_from_file_location("artifacts_campaign",
-                                                  ROOT / "campaigns" / "artifacts.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-CAMPAIGN = _campaign()
+# campaigns/artifacts.py: its tar writer and member maker serve here too
+CAMPAIGN = module_at(ROOT / "campaigns" / "artifacts.py", "artifacts_campaign")
 
 
 def write_tar(path: Path, members) -> Path:
