@@ -531,8 +531,10 @@ def run_child(item: str, args) -> dict[str, Any]:
                "--repeat", str(args.repeat), "--levels", ",".join(map(str, args.levels)),
                "--engines", ",".join(args.engines), "--cache", str(args.cache),
                "--tol", str(args.tol)]
+        # TMPDIR: the compiled models' directories land in ``tmp``, removed here; the child
+        # ends with os._exit (or is killed), so their own cleanup never runs (~0.5 GB a model)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+                   TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore", TMPDIR=tmp)
         t0 = time.perf_counter()
         # the child's stdout (TVM, exporter chatter) goes to stderr: stdout keeps the table
         proc = subprocess.Popen(cmd, stdout=sys.stderr.fileno(), env=env,
