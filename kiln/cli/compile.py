@@ -45,6 +45,12 @@ def cmd_compile(args) -> int:
     kernels = len(compiled.build.kernels)
     print(f"compiled {graph.name}: {len(graph.nodes)} nodes -> {kernels} kernels "
           f"(O{args.opt_level}) in {seconds:.1f} s; wrote {path}")
+    gpu = compiled.build.gpu
+    if gpu:
+        launches = sum(len(gpu["kernels"].get(k.func, {}).get("launches", []))
+                       for k in compiled.build.kernels)
+        print(f"  CUDA code for {', '.join(gpu['archs'])}: {launches} kernel launches per run; "
+              "it runs where there is an NVIDIA GPU (`kiln run` there)")
     if args.verbose:
         for r in records:
             print(f"  pass {r.name:<16} {r.seconds * 1e3:8.1f} ms  {r.nodes_before:>5} -> "
@@ -121,7 +127,9 @@ def add_parsers(sub) -> None:
     sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]")
     sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
     sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3))
-    sp.add_argument("--target", default="llvm", help="llvm (this CPU), portable, x86-64-v3...")
+    sp.add_argument("--target", default="llvm",
+                    help="llvm (this CPU), portable, x86-64-v3..., or cuda (NVIDIA GPUs: "
+                         "'cuda -arch=sm_90'; built here, run on the GPU machine)")
     sp.add_argument("--layout-budget", type=float, default=30.0, metavar="SECONDS",
                     help="O3: seconds to spend timing conv block sizes (0: cache + heuristic)")
     sp.add_argument("--dump-ir", action="append", default=[], metavar="after=PASS",

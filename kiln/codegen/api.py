@@ -31,6 +31,7 @@ def manifest(result: BuildResult) -> dict[str, Any]:
         "constants": sorted(result.constants),
         "kernels": [k.to_json() for k in result.kernels],
         **({"tuning": result.tuning} if result.tuning else {}),
+        **({"gpu": result.gpu} if result.gpu else {}),
     }
 
 
@@ -42,7 +43,20 @@ def write(result: BuildResult, path: str | os.PathLike) -> Path:
         lib = export(result, tmp)
         weights = {n: np.ascontiguousarray(a) if a.ndim else np.array(a)
                    for n, a in result.constants.items()}
-        return write_artifact(path, manifest(result), lib, weights)
+        return write_artifact(path, manifest(result), lib, weights,
+                              target_files=target_files(result))
+
+
+def target_files(result: BuildResult) -> dict[str, Any]:
+    """The files a target kind adds to the artifact: a CUDA build's device code and TVM's
+    CUDA runtime library (its device API and module loader)."""
+    if result.target.kind != "cuda":
+        return {}
+    from kiln.runtime import format as fmt
+    from kiln.runtime.buildtime import find_tvm_runtime_library
+
+    return {fmt.DEVICE_CODE: result.device_code,
+            fmt.CUDA_RUNTIME_LIB: find_tvm_runtime_library(fmt.CUDA_RUNTIME_LIB)}
 
 
 @contextlib.contextmanager
@@ -65,7 +79,17 @@ class CompiledModel:
         self.build = result
         self.artifact = artifact
         self._workdir = workdir
-        self.model = load(artifact)
+        # a GPU artifact is built anywhere, loaded where it runs (on first use)
+        self._model = load(artifact) if result.target.kind != "cuda" else None
+
+    @property
+    def model(self):
+        """The artifact loaded with the runtime (a GPU one: an ArtifactError without a GPU)."""
+        if self._model is None:
+            from kiln.runtime import load
+
+            self._model = load(self.artifact)
+        return self._model
 
     @property
     def inputs(self):
@@ -132,7 +156,8 @@ def compile(
 
     ``pass_options`` go to ``kiln.passes.manager.optimize`` (``verify``, ``disable``,
     ``dump_after``, ``dump``, ``records``). ``target``: "llvm" (this machine), "portable",
-    an x86-64 level, or a dict (see ``kiln.targets.resolve_target``).
+    an x86-64 level, "cuda" (``"cuda -arch=sm_90"``; built without a GPU, run on one), or
+    a dict (see ``kiln.targets.resolve_target``).
     At O3 the layout pass measures conv block sizes on the target for at most
     ``layout_budget`` seconds (0: the heuristic and cached measurements only), cached in
     ``layout_cache`` (default ``~/.cache/kiln/layout.json``; False: no cache); the choices

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from kiln.codegen.nvcc import device_module
 from kiln.codegen.lower import (
     check_lowerable,
     flatten_nodes,
@@ -102,6 +103,9 @@ class BuildResult:
     build_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     tuning: dict[str, Any] = field(default_factory=dict)  # measured choices (the manifest's)
+    gpu: dict[str, Any] = field(default_factory=dict)  # GPU kernels: launches, ptxas figures
+    device_code: bytes = b""  # a GPU build's device module (fat binary + function table)
+    device_source: str = ""  # the CUDA C of a GPU build
 
     def signature(self, names: list[str]) -> list[dict[str, Any]]:
         return [{"name": n, "shape": list(self.values[n].shape), "dtype": self.values[n].dtype}
@@ -226,9 +230,14 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
            f"{tgt.to_dict()} with LLVM")
     t0 = time.perf_counter()
     if not funcs:  # every output is an input or a constant: still ship a (trivial) library
-        funcs["kiln_noop"] = _noop()
+        funcs["kiln_noop"] = _noop() if tgt.kind != "cuda" else \
+            schedule(_noop(), tgt).with_attr("global_symbol", "kiln_noop")
     module = tvm.IRModule(funcs)
     executable = _compile(funcs, tgt, kernels)
+    device, source, ptxas = b"", "", {}
+    if tgt.kind == "cuda":
+        report(f"compiling the CUDA kernels for {', '.join(tgt.archs)} with nvcc")
+        device, source, ptxas = device_module(executable.mod, tgt.archs)
     report(f"compiled in {time.perf_counter() - t0:.1f} s")
     used = {a for k in kernels for a in k.args} | set(graph.input_names) | set(graph.output_names)
     return BuildResult(
@@ -242,7 +251,23 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         inputs=graph.input_names,
         outputs=graph.output_names,
         build_seconds=time.perf_counter() - t_start,
+        gpu=gpu_report(tgt, list(funcs), source, ptxas) if tgt.kind == "cuda" else {},
+        device_code=device,
+        device_source=source,
     )
+
+
+def gpu_report(target: Target, funcs: list[str], source: str, ptxas: dict) -> dict[str, Any]:
+    """The manifest's ``gpu``: per kernel function, its CUDA kernels (``__global__``s, one
+    launch each) and what ptxas said of each on each architecture."""
+    kernels = sorted(set(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(",
+                                    source)))
+    per_func: dict[str, Any] = {}
+    for name in funcs:
+        mine = [k for k in kernels if re.fullmatch(re.escape(name) + r"_kernel(_\d+)?", k)]
+        per_func[name] = {"launches": mine,
+                          "ptxas": {k: ptxas.get(k, {}) for k in mine}}
+    return {"archs": list(target.archs), "kernels": per_func}
 
 
 @contextlib.contextmanager

@@ -32,7 +32,12 @@ class Tiling:
     output dtype per vector, GEMM register tiles of ``gemm_rows`` rows x ``gemm_cols(n)``
     columns swept over row blocks of A of at most ``gemm_block_bytes`` (and at least
     ``tasks`` blocks x column panels, for the threads), and about ``conv_pixels`` output
-    pixels per convolution register tile."""
+    pixels per convolution register tile. ``blocked`` False (GPU targets) asks for the plain
+    computes instead: matmuls and convolutions as sums over their inputs as they lie, no
+    weights re-laid out at compile time, reductions in one stage; the GPU schedules tile
+    those themselves. ``raises`` False (GPU kernels, which cannot return an error): a
+    failed input check (an index out of range, an integer division by zero) traps the
+    device instead (``ops/checks.py``)."""
 
     lanes: int
     gemm_rows: int
@@ -40,6 +45,8 @@ class Tiling:
     conv_pixels: int
     gemm_block_bytes: int
     tasks: int
+    blocked: bool = True
+    raises: bool = True
 
     def gemm_cols(self, n: int) -> int:
         """Columns of a GEMM register tile (and of a packed B panel) for N = ``n``."""

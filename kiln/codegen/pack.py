@@ -53,8 +53,8 @@ def pack_gemm_b(b: np.ndarray, nb: int) -> np.ndarray:
 
 @packer("matmul", 1)
 def _matmul_b(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    if array.ndim < 2 or array.shape[-1] == 1:
-        return None  # matrix-vector: a reduction reads the vector as is
+    if array.ndim < 2 or array.shape[-1] == 1 or not tiling(attrs).blocked:
+        return None  # matrix-vector (a reduction reads the vector as is), or plain computes
     nb = tiling(attrs).gemm_cols(array.shape[-1])
     return PackPlan(f"packed{nb}", pack_gemm_b(array, nb), {"_packed_b": nb})
 

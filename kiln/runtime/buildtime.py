@@ -18,8 +18,9 @@ from kiln.errors import ArtifactError
 from kiln.runtime.format import RUNTIME_LIB
 
 
-def find_tvm_runtime_library() -> Path:
-    """Path of the installed TVM's ``libtvm_runtime.so`` (TVM's thread pool)."""
+def find_tvm_runtime_library(name: str = RUNTIME_LIB) -> Path:
+    """Path of the installed TVM's ``libtvm_runtime.so`` (TVM's thread pool), or of another
+    of its runtime libraries (``libtvm_runtime_cuda.so``)."""
     spec = importlib.util.find_spec("tvm")
     if spec is None or not spec.submodule_search_locations:
         raise ArtifactError("cannot find the tvm package, whose libtvm_runtime.so an artifact "
@@ -29,11 +30,11 @@ def find_tvm_runtime_library() -> Path:
         package = Path(location)
         for folder in (package / "lib", package.parent.parent / "build" / "lib",
                        package.parent.parent / "lib"):
-            candidate = folder / RUNTIME_LIB
+            candidate = folder / name
             if candidate.is_file():
                 return candidate.resolve()
             tried.append(str(candidate))
-    raise ArtifactError(f"cannot find {RUNTIME_LIB} in the tvm package (tried {tried})")
+    raise ArtifactError(f"cannot find {name} in the tvm package (tried {tried})")
 
 
 def build_versions() -> dict[str, str]:

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from kiln.errors import ArtifactError
 
 FORMAT_NAME = "kiln-artifact"
-#: 2: manifest.sha256 covers manifest.json; "files" lists exactly REQUIRED_FILES
+#: 2: manifest.sha256 covers manifest.json; "files" lists exactly ``files_of`` the manifest
 FORMAT_VERSION = 2
 
 MANIFEST = "manifest.json"
@@ -36,6 +36,10 @@ WEIGHTS = "weights.npz"
 RUNTIME_LIB = "libtvm_runtime.so"
 #: files every artifact carries besides the manifest (all checksummed in manifest["files"])
 REQUIRED_FILES = (KERNELS, WEIGHTS, RUNTIME_LIB)
+DEVICE_CODE = "kernels.cuda"  # the GPU kernels: a fat binary and TVM's function table
+CUDA_RUNTIME_LIB = "libtvm_runtime_cuda.so"  # TVM's CUDA device API and module loader
+#: what an artifact of each target kind carries besides REQUIRED_FILES
+TARGET_FILES = {"llvm": (), "cuda": (DEVICE_CODE, CUDA_RUNTIME_LIB)}
 
 #: every buffer handed to generated code is aligned to this many bytes (TVM assumes it)
 ALIGNMENT = 64
@@ -51,6 +55,13 @@ DTYPE_SIZES = {
 UNSUPPORTED_DTYPES = {"bfloat16": 2}
 
 TARGET_KINDS = ("llvm", "cuda")
+
+
+def files_of(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files (besides the manifest) that an artifact with ``manifest`` carries."""
+    target = manifest.get("target")
+    kind = target.get("kind") if isinstance(target, dict) else None
+    return REQUIRED_FILES + TARGET_FILES.get(kind, ())
 
 # Limits on what a loader reads before it trusts anything: a manifest is kilobytes to a few
 # megabytes; values stay far below int64 so that no size computed from them overflows.
@@ -317,7 +328,7 @@ def validate_manifest(manifest: Any, *, with_files: bool = True) -> None:
         if name not in written and name not in fixed:
             raise _bad(f"graph output {name!r} is produced by no kernel")
     if with_files:
-        _check_file_digests(m["files"])
+        _check_file_digests(m["files"], files_of(m))
     _check_memory(m["memory"], written - set(output_names))
     from kiln.runtime.planner import check_plan  # planner imports this module
 
@@ -337,6 +348,8 @@ def _check_metadata(m: dict[str, Any]) -> None:
     features = m.get("cpu_features", [])
     if not isinstance(features, list) or not all(_is_name(f) for f in features):
         raise _bad("'cpu_features' is not a list of strings")
+    if not isinstance(m.get("gpu", {}), dict):
+        raise _bad("'gpu' is not an object")
     target = m["target"]
     if target.get("kind") not in TARGET_KINDS:
         raise _bad(f"target kind {_show(target.get('kind'))} is not one of {TARGET_KINDS}")
@@ -442,10 +455,10 @@ def _check_kernel_info(i: int, kernel: dict[str, Any]) -> None:
                    "non-negative int")
 
 
-def _check_file_digests(files: dict[str, Any]) -> None:
-    if sorted(files) != sorted(REQUIRED_FILES):
+def _check_file_digests(files: dict[str, Any], expected: tuple[str, ...]) -> None:
+    if sorted(files) != sorted(expected):
         raise _bad(f"'files' lists {sorted(files, key=str)[:8]}, not exactly "
-                   f"{list(REQUIRED_FILES)}")
+                   f"{list(expected)}")
     for name, digest in files.items():
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
             raise _bad(f"the checksum of {name} is not a SHA-256 in lowercase hex")

@@ -37,7 +37,9 @@ from kiln.runtime.threads import set_thread_defaults
 #: before the manifest is read (the weights are then bounded by the manifest's constants)
 _ARCHIVE_LIMITS = {fmt.MANIFEST: fmt.MAX_MANIFEST_BYTES, fmt.MANIFEST_DIGEST: fmt.MAX_DIGEST_BYTES,
                    fmt.SIGNATURE: fmt.MAX_DIGEST_BYTES, fmt.KERNELS: fmt.MAX_LIBRARY_BYTES,
-                   fmt.RUNTIME_LIB: fmt.MAX_LIBRARY_BYTES, fmt.WEIGHTS: 1 << 62}
+                   fmt.RUNTIME_LIB: fmt.MAX_LIBRARY_BYTES, fmt.WEIGHTS: 1 << 62,
+                   fmt.DEVICE_CODE: fmt.MAX_LIBRARY_BYTES,
+                   fmt.CUDA_RUNTIME_LIB: fmt.MAX_LIBRARY_BYTES}
 #: leading bytes of compressed or foreign archives (refused with a message that says so)
 _MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed",
           b"\xfd7zXZ\x00": "xz-compressed", b"\x28\xb5\x2f\xfd": "zstd-compressed",
@@ -182,7 +184,7 @@ def _has_nvidia_gpu() -> bool:
 
 
 def _check_files(folder: Path, manifest: dict[str, Any], shown: Path) -> None:
-    for name in fmt.REQUIRED_FILES:
+    for name in fmt.files_of(manifest):
         expected = manifest["files"][name]
         try:
             actual = fmt.sha256_file(folder / name)
@@ -350,7 +352,7 @@ def _extract(archive: Path, dest: Path, key: bytes | None) -> None:
                 _copy_members(tar, members, (fmt.MANIFEST, fmt.MANIFEST_DIGEST, fmt.SIGNATURE),
                               dest)
                 manifest = read_manifest(dest, archive, key)
-                for name in fmt.REQUIRED_FILES:
+                for name in fmt.files_of(manifest):
                     if name not in members:
                         raise ArtifactError(f"{archive} lacks {name}: the artifact is "
                                             f"incomplete; {fmt.REBUILD_HINT}")
@@ -358,7 +360,7 @@ def _extract(archive: Path, dest: Path, key: bytes | None) -> None:
                     raise ArtifactError(f"{archive} holds a {fmt.WEIGHTS} of "
                                         f"{members[fmt.WEIGHTS].size} bytes, more than the "
                                         f"manifest's constants take; {fmt.REBUILD_HINT}")
-                _copy_members(tar, members, fmt.REQUIRED_FILES, dest)
+                _copy_members(tar, members, fmt.files_of(manifest), dest)
     except KilnError:
         raise
     except tarfile.ReadError as e:

@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -32,6 +32,7 @@ def write_artifact(
     weights: dict[str, np.ndarray],
     runtime_lib_path: str | os.PathLike | None = None,
     sign_key: bytes | None = None,
+    target_files: Mapping[str, bytes | str | os.PathLike] | None = None,
 ) -> Path:
     """Write the artifact directory ``path`` and return it.
 
@@ -39,8 +40,10 @@ def write_artifact(
     "format_version", "kiln_version", "build" (package versions), "constants" (the names of
     ``weights``) and "memory" (``plan_memory``) are filled in when absent. ``library_path`` is
     the exported kernel library, ``weights`` the constants, ``runtime_lib_path`` TVM's
-    ``libtvm_runtime.so`` (default: the installed TVM's, see ``buildtime``). The caller's
-    manifest is not modified. Raises ArtifactError for an inconsistent manifest or weights.
+    ``libtvm_runtime.so`` (default: the installed TVM's, see ``buildtime``),
+    ``target_files`` the files of the target kind (``fmt.TARGET_FILES``: a CUDA artifact's
+    device code and CUDA runtime library), as bytes or paths. The caller's manifest is not
+    modified. Raises ArtifactError for an inconsistent manifest or weights.
     """
     path = Path(path)
     if runtime_lib_path is None:
@@ -54,7 +57,16 @@ def write_artifact(
         shutil.copyfile(library_path, tmp / fmt.KERNELS)
         _write_npz(tmp / fmt.WEIGHTS, {name: weights[name] for name in m["constants"]})
         shutil.copyfile(runtime_lib_path, tmp / fmt.RUNTIME_LIB)
-        m["files"] = {name: fmt.sha256_file(tmp / name) for name in fmt.REQUIRED_FILES}
+        extra = dict(target_files or {})
+        if sorted(extra) != sorted(fmt.files_of(m)[len(fmt.REQUIRED_FILES):]):
+            raise ArtifactError(f"a {m['target'].get('kind')} artifact carries "
+                                f"{list(fmt.files_of(m))}; got the extra files {sorted(extra)}")
+        for name, content in extra.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                shutil.copyfile(content, tmp / name)
+        m["files"] = {name: fmt.sha256_file(tmp / name) for name in fmt.files_of(m)}
         fmt.validate_manifest(m)
         raw = (json.dumps(m, indent=1) + "\n").encode()
         fmt.parse_manifest(raw, str(path))  # what the loader will parse, limits included
@@ -116,8 +128,8 @@ def pack(artifact_dir: str | os.PathLike, out: str | os.PathLike | None = None) 
     equal bytes. An artifact whose manifest does not match its digest is refused.
     """
     src = Path(artifact_dir)
-    _sealed_manifest(src)
-    names = [fmt.MANIFEST, fmt.MANIFEST_DIGEST, *sorted(fmt.REQUIRED_FILES)]
+    manifest = fmt.parse_manifest(_sealed_manifest(src), str(src))
+    names = [fmt.MANIFEST, fmt.MANIFEST_DIGEST, *sorted(fmt.files_of(manifest))]
     if (src / fmt.SIGNATURE).exists():
         names.insert(2, fmt.SIGNATURE)
     dest = Path(out) if out is not None else src.with_name(src.name + ".tar")

@@ -4,7 +4,8 @@ A target is a plug-in. It tells the passes which of them apply (``uses_pass``: N
 tuning is a CPU choice), tells code generation its vector width (``lanes``) and, through its
 ``kind``, which schedule strategies lower each op (``kiln/codegen/schedules/<kind>``), and
 gives TVM its target (``tvm_target``) and the manifest its description (``to_dict``).
-``CpuTarget`` (``kiln/targets/cpu.py``) is the one kiln has today. This package imports
+``CpuTarget`` (``kiln/targets/cpu.py``) and ``CudaTarget`` (``kiln/targets/cuda.py``) are
+the two kiln has. This package imports
 nothing of kiln but its errors, and TVM only when ``tvm_target`` is called.
 """
 
@@ -14,6 +15,7 @@ import json
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from kiln.errors import KilnError
+from kiln.targets.cuda import CudaTarget, cuda_target_of
 from kiln.targets.cpu import (
     MCPU_FEATURES,
     CpuTarget,
@@ -23,7 +25,7 @@ from kiln.targets.cpu import (
     portable_target,
 )
 
-__all__ = ["MCPU_FEATURES", "CpuTarget", "Target", "cpu_flags", "host_target",
+__all__ = ["MCPU_FEATURES", "CpuTarget", "CudaTarget", "Target", "cpu_flags", "host_target",
            "portable_target", "resolve_target"]
 
 
@@ -31,7 +33,7 @@ __all__ = ["MCPU_FEATURES", "CpuTarget", "Target", "cpu_flags", "host_target",
 class Target(Protocol):
     """What the passes and code generation ask of a target."""
 
-    kind: str  # names the schedule strategy set: "cpu"
+    kind: str  # names the schedule strategy set: "cpu" or "cuda"
     num_cores: int
     features: tuple[str, ...]  # what the generated code needs from the machine
 
@@ -55,12 +57,15 @@ class Target(Protocol):
 def resolve_target(target: Any = None) -> Target:
     """A Target from what a user writes: None/"llvm"/"host" (this machine), "portable",
     "x86-64-v3"-style levels, a dict like ``{"kind": "llvm", "mcpu": "znver4"}`` (or that
-    dict as JSON text), TVM's text form ``"llvm -mcpu=znver4 -num-cores=4"``, a
+    dict as JSON text), TVM's text form ``"llvm -mcpu=znver4 -num-cores=4"``, ``"cuda"``
+    (``"cuda -arch=sm_90"``, ``{"kind": "cuda", "archs": ["sm_80", "sm_90"]}``), a
     ``tvm.target.Target``, or a Target."""
     if target is None or target in ("llvm", "host", "native"):
         return host_target()
     if isinstance(target, str) and target.lstrip().startswith("{"):
         return resolve_target(_json_target(target))
+    if isinstance(target, str) and target.split()[:1] == ["cuda"]:
+        return cuda_target_of(target)
     if isinstance(target, str) and " " in target.strip() and target.split()[0] == "llvm":
         return resolve_target(_text_target(target))
     if isinstance(target, Target) and not isinstance(target, (str, Mapping)):
@@ -68,17 +73,22 @@ def resolve_target(target: Any = None) -> Target:
     if target == "portable":
         return portable_target()
     if hasattr(target, "export") and not isinstance(target, Mapping):  # a tvm.target.Target
-        return resolve_target(dict(target.export()))
+        spec = dict(target.export())
+        if spec.get("kind") == "cuda":  # TVM lists every device attribute: keep the arch
+            spec = {"kind": "cuda", "arch": spec.get("arch", "sm_80")}
+        return resolve_target(spec)
     if isinstance(target, str) and target.startswith("x86-64"):
         return portable_target(target)
     if isinstance(target, Mapping):
+        if target.get("kind") == "cuda":
+            return cuda_target_of(target)
         if target.get("kind", "llvm") != "llvm":
-            raise KilnError(f"codegen supports llvm (CPU) targets only, got {target!r}")
+            raise KilnError(f"codegen supports llvm (CPU) and cuda targets, got {target!r}")
         return cpu_target_of(target)
     raise KilnError(
-        f"cannot make a CPU target of {target!r}: use 'llvm' (this machine), 'portable', "
-        "'x86-64-v3'-style levels, 'llvm -mcpu=NAME', or a dict like {'kind': 'llvm', "
-        "'mcpu': 'znver4'}"
+        f"cannot make a target of {target!r}: use 'llvm' (this machine), 'portable', "
+        "'x86-64-v3'-style levels, 'llvm -mcpu=NAME', 'cuda' ('cuda -arch=sm_90'), or a dict "
+        "like {'kind': 'llvm', 'mcpu': 'znver4'}"
     )
 
 

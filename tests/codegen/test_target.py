@@ -34,8 +34,8 @@ def test_host_target_from_cpuinfo(monkeypatch, vendor, flags, mcpu, bits):
 def test_resolve_target_forms():
     assert resolve_target("x86-64-v3").mcpu == "x86-64-v3"
     assert resolve_target({"kind": "llvm", "mcpu": "znver4", "num-cores": 4}).num_cores == 4
-    with pytest.raises(KilnError, match="llvm"):
-        resolve_target({"kind": "cuda"})
+    with pytest.raises(KilnError, match="llvm .CPU. and cuda"):
+        resolve_target({"kind": "opencl"})
 
 
 def test_portable_target_code_is_correct():

@@ -11,6 +11,11 @@ structurally identical kernels still compile once.
 
 The cost is one compare per checked element, outside the kernel's main loops: an embedding
 lookup checks its ids, not the rows it copies.
+
+GPU kernels cannot return an error (``raises`` False): there the check is an elementwise stage
+whose failing element calls ``kiln_trap_<dtype>()``, a device function that executes
+``__trap()`` (``codegen/nvcc.py`` defines it): the launch fails, and the runtime reports the
+kernel. A trapped CUDA context stays unusable, so the process must load the model again.
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ def _describe(t) -> str:
     return f"{dtype_of(t)}{list(shape_of(t))}"
 
 
+TRAP = "kiln_trap_"  # + dtype: the device function a failed GPU check calls
+
+
 def checked(t, ok: Callable, op: str, message: str, out: Callable | None = None,
-            dtype: str | None = None, kind: str = "ValueError", name: str = "check"):
+            dtype: str | None = None, kind: str = "ValueError", name: str = "check",
+            raises: bool = True):
     """A copy of ``t`` (``out(v)`` of each element ``v``, of ``dtype``) made after asserting
     ``ok(v)`` for each element; a failure raises ``kind`` with ``message``, in which the
     runtime fills ``{value}`` and ``{at}`` with the first offending element and its position
@@ -38,6 +47,13 @@ def checked(t, ok: Callable, op: str, message: str, out: Callable | None = None,
     out = out or (lambda v: v)
     dtype = dtype or dtype_of(t)
     text = f"{KERNEL_CHECK}[{op}] {message} (in {_describe(t)})"
+    if not raises:
+        def trap_or_value(*idx):
+            v = t[idx] if idx else t[()]
+            return tirx.if_then_else(ok(v), out(v).astype(dtype),
+                                     tirx.call_extern(dtype, TRAP + dtype))
+
+        return te.compute(shape, trap_or_value, name=name)
 
     def body(ins, outs):
         idx = [tirx.Var(f"i{a}", "int32") for a in range(len(shape))]
@@ -54,7 +70,7 @@ def checked(t, ok: Callable, op: str, message: str, out: Callable | None = None,
     return te.extern(shape, [t], body, name=name, dtype=dtype)
 
 
-def checked_index(ind, size: int, what: str):
+def checked_index(ind, size: int, what: str, raises: bool = True):
     """``ind`` (int32/int64) as int32 indices into an axis of ``size``: negatives count from
     the end (ONNX, numpy); any index outside [-size, size) raises an IndexError worded as
     the interpreter's."""
@@ -64,10 +80,11 @@ def checked_index(ind, size: int, what: str):
                f"(-{size}..{size - 1}) at {{at}}")
     return checked(ind, lambda v: tirx.all(v >= -n, v < n), what, message,
                    out=lambda v: tirx.Select(v < const(0, dt), v + n, v), dtype="int32",
-                   kind="IndexError", name="check_index")
+                   kind="IndexError", name="check_index", raises=raises)
 
 
-def checked_divisor(b):
+def checked_divisor(b, raises: bool = True):
     """The integer divisor ``b``, asserted nonzero (onnxruntime and PyTorch raise too)."""
     return checked(b, lambda v: v != const(0, dtype_of(b)), "div",
-                   "integer division by zero: divisor {value} at {at}", name="check_divisor")
+                   "integer division by zero: divisor {value} at {at}", name="check_divisor",
+                   raises=raises)

@@ -134,6 +134,8 @@ def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
 
 @packer("conv2d", 1)
 def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
+    if not tiling(attrs).blocked:
+        return None  # the plain compute reads the weight as it lies
     lanes = tiling(attrs).lanes
     if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
         cb = largest_divisor(array.shape[0], lanes)
@@ -344,7 +346,8 @@ def _own_group(tap, ob, ri, co, blocks, og: int, cg: int, dtype: str):
 
 
 def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
-    """Grouped convolution straight from the NCHW formula (generic schedule)."""
+    """Convolution straight from the NCHW formula: the CPU's fallback for group widths that
+    fit no block, and every convolution of the plain (GPU) computes."""
     n, ch, h, wd = shape_of(x)
     o, cg, kh, kw = shape_of(w)
     og = o // groups
@@ -376,6 +379,8 @@ def conv2d(inputs, attrs, out_types):
     bias = inputs[2] if len(inputs) > 2 else None
     out_shape = tuple(out_types[0].shape)
     args = (attrs["strides"], attrs["pads"], attrs["dilations"])
+    if not tiling(attrs).blocked:
+        return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
     if attrs.get("_packed_dw") or _depthwise(attrs, shape_of(x)[1], out_shape[1]):
         return depthwise_nchwc(x, w, bias, out_shape, *args, tiling(attrs),
                                attrs.get("_packed_dw"))
@@ -405,7 +410,7 @@ def conv1d(inputs, attrs, out_types):
     out4 = (o_shape[0], o_shape[1], 1, o_shape[2])
     s, p, d = attrs["strides"], attrs["pads"], attrs["dilations"]
     args = ((1, s[0]), (0, p[0], 0, p[1]), (1, d[0]))
-    if attrs["groups"] != 1:
+    if attrs["groups"] != 1 or not tiling(attrs).blocked:
         y = conv2d_direct(x4, w, bias, out4, *args, attrs["groups"])
     else:
         y = conv2d_nchwc(x4, w, bias, out4, *args, tiling(attrs), packed)

@@ -146,7 +146,8 @@ def div(inputs, attrs, out_types):
     a, b = inputs
     if is_float(dtype_of(a)):
         return elementwise(out_types[0], lambda x, y: x / y, a, b, name="div")
-    return elementwise(out_types[0], _int_div, a, checked_divisor(b), name="div")
+    return elementwise(out_types[0], _int_div, a, checked_divisor(b, c.tiling(attrs).raises),
+                       name="div")
 
 
 def _int_div(a, b):

@@ -22,7 +22,9 @@ from kiln.ir.ops.registry import normalize_axes
 from kiln.ir.types import is_float
 
 
-def _identity(op: str, dtype: str):
+def identity(op: str, dtype: str):
+    """The identity of ``op``'s reducer for ``dtype`` (-inf for a float max: a finite stand-in
+    would be the result of an all -inf row)."""
     if op == "sum":
         return const(0, dtype)
     if op == "prod":
@@ -65,11 +67,15 @@ def reducer(op: str, test_value: bool = True):
     value that is an expensive expression (the masked strided load of a pool's window) is
     better tested through the accumulator: it then appears twice, not three times, and LLVM
     does not merge the repeated masked loads (an NCHW max pool 4.8x -> 0.93x)."""
-    combine = _COMBINE[op]
+    return te.comm_reducer(combiner(op, test_value), lambda t: identity(op, str(t)), name=op)
+
+
+def combiner(op: str, test_value: bool = True) -> Callable:
+    """``(accumulator, value) -> combined`` of ``reducer(op, test_value)``."""
     if test_value and op in ("max", "min"):
-        def combine(acc, value):
-            return _COMBINE[op](value, acc)
-    return te.comm_reducer(combine, lambda t: _identity(op, str(t)), name=op)
+        return lambda acc, value: _COMBINE[op](value, acc)
+    return _COMBINE[op]
+
 
 
 # A float32 sum over more elements than this accumulates in float64: its lane accumulators
@@ -99,7 +105,7 @@ def reduce_rows(
         return te.compute(out_shape, lambda *i: wide[i].astype(dtype), name=name, attrs=ann)
     reduce_op = reducer(op)
     last = rank - 1
-    if rank and last in axes and in_shape[last] >= 2 * lanes:
+    if rank and last in axes and lanes > 1 and in_shape[last] >= 2 * lanes:
         return _reduce_lanes(read, in_shape, axes, op, lanes, name, out_shape, ann)
     raxes = [te.reduce_axis((0, in_shape[a]), name=f"r{a}") for a in axes]
 
@@ -284,13 +290,13 @@ def _arg(op: str):
             take = take_rhs(lhs, rhs)
             return (tirx.Select(take, rhs[0], lhs[0]), tirx.Select(take, rhs[1], lhs[1]))
 
-        def identity(t0, t1):
+        def arg_identity(t0, t1):
             # the worst value at an index after every real one: a row of only that value
             # (all -inf for argmax) still gives its first index
-            worst = _identity("max" if op == "argmax" else "min", str(t1))
+            worst = identity("max" if op == "argmax" else "min", str(t1))
             return (tirx.max_value(str(t0)), worst)
 
-        reducer = te.comm_reducer(combine, identity, name=op)
+        reducer = te.comm_reducer(combine, arg_identity, name=op)
         r = te.reduce_axis((0, shape[axis]), name="r")
 
         def fn(*idx):

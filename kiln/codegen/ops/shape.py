@@ -144,7 +144,7 @@ def gather(inputs, attrs, out_types):
     dshape = shape_of(data)
     axis = attrs["axis"] % len(dshape)
     k = len(shape_of(ind))
-    ids = checked_index(ind, dshape[axis], "gather")
+    ids = checked_index(ind, dshape[axis], "gather", c.tiling(attrs).raises)
 
     def fn(*idx):
         pre, mid, post = idx[:axis], idx[axis:axis + k], idx[axis + k:]
@@ -159,7 +159,8 @@ def take_along_axis(inputs, attrs, out_types):
     shape = tuple(out_types[0].shape)
     dshape = shape_of(data)
     axis = attrs["axis"] % len(dshape)
-    read_ind = c.bcast(checked_index(ind, dshape[axis], "take_along_axis"), shape)
+    read_ind = c.bcast(checked_index(ind, dshape[axis], "take_along_axis",
+                                      c.tiling(attrs).raises), shape)
 
     def fn(*idx):
         src = [0 if d == 1 else i for i, d in zip(idx, dshape)]
@@ -172,7 +173,7 @@ def take_along_axis(inputs, attrs, out_types):
 @lowering("one_hot")
 def one_hot(inputs, attrs, out_types):
     depth, dtype = attrs["depth"], attrs["dtype"]
-    ids = checked_index(inputs[0], depth, "one_hot")
+    ids = checked_index(inputs[0], depth, "one_hot", c.tiling(attrs).raises)
 
     def fn(*idx):
         v = ids[idx[:-1]] if idx[:-1] else ids[()]

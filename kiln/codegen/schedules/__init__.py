@@ -1,4 +1,5 @@
-"""Schedule strategies, one per target kind (``Target.kind``): ``cpu`` today.
+"""Schedule strategies, one per target kind (``Target.kind``): ``cpu`` and ``cuda``
+(``schedules/gpu``).
 
 A strategy is a module with two functions:
 - ``tiling(node, target) -> Tiling``: the vector width and register tiles that the node's
@@ -20,7 +21,7 @@ from kiln.errors import KilnError
 from kiln.ir.graph import Node
 from kiln.targets import Target
 
-STRATEGIES = {"cpu": "kiln.codegen.schedules.cpu"}
+STRATEGIES = {"cpu": "kiln.codegen.schedules.cpu", "cuda": "kiln.codegen.schedules.gpu"}
 
 
 def strategy(target: Target) -> ModuleType:
