@@ -10,6 +10,8 @@ intrinsics (float16/bfloat16 computing in float32).
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 from tvm import te, tirx
@@ -106,13 +108,18 @@ _FLOAT_BITS = {
 def isnan(x):
     """x is NaN, as a compare of its bits (|bits| > the bits of inf): ``tirx.isnan`` makes TVM's
     vectorizer fall back to a scalar loop, and ``x != x`` is folded to false by its
-    simplifier; this form stays two vector instructions."""
+    simplifier; this form stays two vector instructions. A constant is tested here (CUDA C
+    cannot take the address of a literal to reinterpret it)."""
+    if isinstance(x, tirx.FloatImm):
+        return tirx.const(math.isnan(x.value), "bool")
     bits, inf, magnitude = _FLOAT_BITS[dtype_of(x)]
     return (tirx.reinterpret(bits, x) & tirx.const(magnitude, bits)) > tirx.const(inf, bits)
 
 
 def isfinite(x):
     """x is neither NaN nor +-inf (bits compared as in ``isnan``, for the same reasons)."""
+    if isinstance(x, tirx.FloatImm):
+        return tirx.const(math.isfinite(x.value), "bool")
     bits, inf, magnitude = _FLOAT_BITS[dtype_of(x)]
     return (tirx.reinterpret(bits, x) & tirx.const(magnitude, bits)) < tirx.const(inf, bits)
 

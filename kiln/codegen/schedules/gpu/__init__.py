@@ -6,8 +6,8 @@ re-laid out at compile time. ``schedule`` hands each PrimFunc (a node or a fused
 dlight's GPU rules, first match wins: ``Matmul`` (shared-memory tiled GEMM, epilogue fused),
 ``GEMV``, ``Reduction`` and ``GeneralReduction`` (softmax, norms: a thread block per row,
 cross-thread reductions), then ``Fallback`` (each stage flattened onto blocks x threads, a
-reduction serial in each thread). Reductions TVM cannot split across threads (kiln's
-NaN-propagating max/min, arg-reductions) take ``Fallback`` alone.
+reduction serial in each thread). kiln's NaN-propagating max/min are registered with TVM
+(``register_reducers``); its arg-reductions, which TVM cannot split, take ``Fallback`` alone.
 A function that comes out with a stage not bound to GPU threads fails the build with a
 KilnError naming the stage: it would otherwise run as a serial loop, or not at all.
 """
@@ -28,6 +28,42 @@ def tiling(node: Node, target: Target) -> Tiling:
     return PLAIN
 
 
+_REGISTERED: list[bool] = []
+
+
+def register_reducers() -> None:
+    """Teach TVM's reducer registry kiln's float max/min reducers, once per process: its
+    cross-thread reductions need the combiner and identity matched there, and TVM knows
+    max/min only with a finite identity and no NaN test (kiln's start from -inf/+inf, so an
+    all -inf row reduces to -inf, and propagate NaN).
+
+    The registry is a static C++ vector that outlives the interpreter: the Python functions
+    it holds get one extra reference that is never dropped, or their release at process exit
+    would call into a finalized Python (a crash).
+    """
+    if _REGISTERED:
+        return
+    import ctypes
+
+    import tvm_ffi
+
+    from kiln.codegen.ops.reduce import combiner, identity
+
+    ffi = ctypes.CDLL(tvm_ffi.libinfo.find_libtvm_ffi(), mode=ctypes.RTLD_GLOBAL)
+    register = tvm_ffi.get_global_func("s_tir.schedule.RegisterReducer")
+
+    def kept(fn):
+        f = tvm_ffi.convert(fn)
+        ffi.TVMFFIObjectIncRef(ctypes.c_void_p(f.__chandle__()))
+        return f
+
+    for op in ("max", "min", "shift"):
+        for test_value in (True, False):
+            register(1, kept(lambda x, y, f=combiner(op, test_value): [f(x[0], y[0])]),
+                     kept(lambda values, op=op: [identity(op, str(values[0].ty))]))
+    _REGISTERED.append(True)
+
+
 def _rules(func):
     from tvm.s_tir import dlight as dl
 
@@ -38,25 +74,15 @@ def _rules(func):
 
 
 def _reducers_tvm_knows(func) -> bool:
-    """Are all of ``func``'s reductions ones that TVM can split across threads? Its cross-
-    thread reduction needs a reducer it recognizes: a sum, or a max/min whose identity is the
-    dtype's finite limit. kiln's float max/min start from -inf/+inf and propagate NaN (an all
-    -inf row reduces to -inf), and its arg-reductions carry (index, value) pairs: those are
-    reduced by one thread per output instead (``Fallback``)."""
-    import math
-
+    """Are all of ``func``'s reductions ones that TVM can split across threads (its own and
+    ``register_reducers``')? kiln's arg-reductions carry (index, value) pairs, which it does
+    not know: those are reduced by one thread per output instead (``Fallback``)."""
     from tvm import s_tir, tirx
 
     sch = s_tir.Schedule(func)
     for block in _all_blocks(sch):
         init = sch.get(block).init
-        if init is None:
-            continue
-        stores = list(init.seq) if isinstance(init, tirx.SeqStmt) else [init]
-        if len(stores) != 1:
-            return False
-        value = getattr(stores[0], "value", None)
-        if isinstance(value, tirx.FloatImm) and not math.isfinite(value.value):
+        if isinstance(init, tirx.SeqStmt) and len(init.seq) > 1:
             return False
     return True
 
@@ -77,7 +103,8 @@ def schedule(func, target: Target) -> object:
     import tvm
     from tvm.s_tir import dlight as dl
 
-    mod = tvm.IRModule({"main": func})
+    register_reducers()
+    mod = tvm.IRModule({"main": _thread_local_tuples(func)})
     with target.tvm_target():
         mod = dl.ApplyDefaultSchedule(*_rules(func))(mod)
     scheduled = mod["main"]
@@ -86,6 +113,25 @@ def schedule(func, target: Target) -> object:
         raise KilnError(f"no GPU schedule binds the stage(s) {', '.join(unbound)} to threads "
                         "(they would run as one serial thread)")
     return scheduled
+
+
+def _thread_local_tuples(func):
+    """A reduction over (index, value) pairs (argmax) writes both, but only the index leaves
+    the function: the values become thread-local (a GPU kernel cannot allocate global
+    memory, and each thread reduces its own output elements)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    if not _has_root(sch):
+        return func
+    made_here = {b.name for b in sch.get(sch.get_sblock("root")).alloc_buffers}
+    for block in _all_blocks(sch):
+        writes = sch.get(block).writes
+        if len(writes) > 1:
+            for i, region in enumerate(writes):
+                if region.source.name in made_here:
+                    sch.set_scope(block, i, "local")
+    return sch.mod["main"]
 
 
 def unbound_stages(func) -> list[str]:
