@@ -162,20 +162,26 @@ def _reporter(progress: Progress | bool | None) -> Progress:
     return lambda msg: None
 
 
-def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None
-          ) -> BuildResult:
-    """Lower, schedule and compile every node of ``graph`` into one library.
+@dataclass
+class Scheduled:
+    """A graph lowered and scheduled, not compiled yet: one scheduled PrimFunc per distinct
+    kernel, the calls, and the constants and value types they use."""
 
-    ``target``: None/"llvm" (this machine), "portable", or see ``target.resolve_target``.
-    ``progress``: True prints progress lines on stderr; a callable receives them.
-    """
-    import tvm
+    target: Target
+    funcs: dict[str, Any]
+    kernels: list[KernelCall]
+    constants: dict[str, np.ndarray]
+    values: dict[str, TensorType]
+
+
+def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _: None
+                   ) -> Scheduled:
+    """Lower every node of ``graph`` (a fused node being one group) and schedule it for
+    ``target``; structurally identical kernels are scheduled once."""
     import tvm_ffi
 
     from kiln.codegen.schedules import schedule, tiling_for
 
-    t_start = time.perf_counter()
-    report = _reporter(progress)
     tgt = resolve_target(target)
     tiling = tiling_for(tgt)
     _check_static(graph)
@@ -225,13 +231,29 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     for v in graph.outputs:
         if v.name in weights:
             constants.setdefault(v.name, weights[v.name])
-
-    report(f"compiling {len(funcs)} kernels ({len(kernels)} calls) for "
-           f"{tgt.to_dict()} with LLVM")
-    t0 = time.perf_counter()
     if not funcs:  # every output is an input or a constant: still ship a (trivial) library
         funcs["kiln_noop"] = _noop() if tgt.kind != "cuda" else \
             schedule(_noop(), tgt).with_attr("global_symbol", "kiln_noop")
+    return Scheduled(tgt, funcs, kernels, constants, values)
+
+
+def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None
+          ) -> BuildResult:
+    """Lower, schedule and compile every node of ``graph`` into one library.
+
+    ``target``: None/"llvm" (this machine), "portable", "cuda", or see
+    ``target.resolve_target``. ``progress``: True prints progress lines on stderr; a
+    callable receives them.
+    """
+    import tvm
+
+    t_start = time.perf_counter()
+    report = _reporter(progress)
+    done = schedule_graph(graph, target, report)
+    tgt, funcs, kernels = done.target, done.funcs, done.kernels
+    report(f"compiling {len(funcs)} kernels ({len(kernels)} calls) for "
+           f"{tgt.to_dict()} with LLVM")
+    t0 = time.perf_counter()
     module = tvm.IRModule(funcs)
     executable = _compile(funcs, tgt, kernels)
     device, source, ptxas = b"", "", {}
@@ -246,8 +268,8 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         module=module,
         executable=executable,
         kernels=kernels,
-        constants=constants,
-        values={k: v for k, v in values.items() if k in used},
+        constants=done.constants,
+        values={k: v for k, v in done.values.items() if k in used},
         inputs=graph.input_names,
         outputs=graph.output_names,
         build_seconds=time.perf_counter() - t_start,

@@ -116,8 +116,8 @@ def split(inputs, attrs, out_types):
         return fn
 
     outs, start = [], 0
-    for t in out_types:
-        outs.append(te.compute(tuple(t.shape), part(start), name="split"))
+    for i, t in enumerate(out_types):  # distinct names: the parts' buffers, and kernel params
+        outs.append(te.compute(tuple(t.shape), part(start), name=f"split{i}"))
         start += t.shape[axis]
     return outs
 

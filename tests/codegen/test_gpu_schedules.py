@@ -1,0 +1,70 @@
+"""kiln's GPU schedules checked without a GPU: the kernels the cuda strategy schedules, run
+through TVM's OpenCL code generator on PoCL (``kiln/codegen/opencl_check.py``), against the
+interpreter, for every op and every example model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kiln
+from kiln.ir import interpret
+from tests.codegen.cases import case_graph
+from tests.codegen.test_cuda import every_op_cases
+from tests.codegen.test_examples_compiled import CASES as EXAMPLES
+from tests.codegen.test_examples_compiled import _trace
+
+cl = pytest.importorskip("pyopencl", reason="pyopencl and PoCL (the test extra) run the check")
+from kiln.codegen import opencl_check  # noqa: E402  (needs pyopencl at run time only)
+
+RTOL, ATOL = 1e-4, 1e-4  # sums in another order than numpy's; fast exp/erf/tanh
+
+
+def _compare(got: list, want: list, labels: list[str]) -> list[str]:
+    bad = []
+    for g, w, label in zip(got, want, labels):
+        if g.shape != w.shape or g.dtype != w.dtype:
+            bad.append(f"{label}: {g.dtype}{list(g.shape)} != {w.dtype}{list(w.shape)}")
+        elif np.issubdtype(w.dtype, np.floating):
+            if not np.allclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True):
+                bad.append(f"{label}: max error {np.nanmax(np.abs(g - w))}")
+        elif not np.array_equal(g, w):
+            bad.append(f"{label}: {int(np.sum(g != w))} elements differ")
+    return bad
+
+
+def _op_run():
+    cases = every_op_cases()
+    graph, feeds, counts = case_graph(cases)
+    labels = [c.label() for c, n in zip(cases, counts) for _ in range(n)]
+    return graph, feeds, labels
+
+
+def test_every_op_through_the_gpu_schedules():
+    graph, feeds, labels = _op_run()
+    got = opencl_check.run_gpu_schedules(graph, feeds)
+    assert not _compare(got, interpret(graph, feeds), labels)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_example_through_the_gpu_schedules(name):
+    graph, inputs = _trace(name)
+    optimized = kiln.optimize(graph, 2, target="cuda")
+    got = opencl_check.run_gpu_schedules(optimized, inputs)
+    labels = [f"{name} output {i}" for i in range(len(got))]
+    assert not _compare(got, interpret(graph, inputs), labels)
+
+
+def test_the_check_catches_a_kernel_that_misses_elements(monkeypatch):
+    """Kernels launched with one thread per block (as a wrong bound would leave elements
+    unwritten) must show up as wrong outputs."""
+    real = opencl_check.kernel_dims
+
+    def one_thread(func):
+        return [(grid, (1, 1, 1)) for grid, _ in real(func)]
+
+    monkeypatch.setattr(opencl_check, "kernel_dims", one_thread)
+    graph, feeds, labels = _op_run()
+    bad = _compare(opencl_check.run_gpu_schedules(graph, feeds), interpret(graph, feeds),
+                   labels)
+    assert any(label.startswith("relu(") for label in bad) and len(bad) > 20
