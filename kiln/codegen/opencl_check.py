@@ -41,7 +41,11 @@ def run_gpu_schedules(graph: Graph, inputs: Mapping[str, np.ndarray],
                       target: Any = "cuda") -> list[np.ndarray]:
     """The outputs of ``graph`` (already optimized) on ``inputs``, computed by the kernels
     that the GPU strategy schedules for ``target``, run through OpenCL."""
-    import pyopencl as cl
+    try:
+        import pyopencl as cl
+    except ImportError:
+        raise KilnError("running GPU kernels on the CPU needs pyopencl and an OpenCL device: "
+                        "pip install pyopencl pocl-binary-distribution") from None
 
     scheduled = schedule_graph(graph, target)
     source = opencl_source(scheduled)

@@ -17,6 +17,8 @@ from kiln.errors import KilnError
 #: what ``"cuda"`` builds for: Ampere (A100) and Hopper (H100/H200)
 DEFAULT_ARCHS = ("sm_80", "sm_90")
 _ARCH = re.compile(r"sm_[1-9][0-9]+[a-z]?")
+#: shared memory a block may use without opting in: 48 KiB on every architecture since sm_70
+SHARED_MEMORY_BYTES = 48 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class CudaTarget:
         try:
             return tvm.target.Target({"kind": "cuda", "arch": self.arch,
                                       "max_num_threads": self.max_threads_per_block,
+                                      "max_shared_memory_per_block": SHARED_MEMORY_BYTES,
                                       "host": host})
         except Exception as e:  # noqa: BLE001  (TVM's errors for a malformed target)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -4,6 +4,8 @@ interpreter, for every op and every example model."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,14 @@ def test_the_check_catches_a_kernel_that_misses_elements(monkeypatch):
     bad = _compare(opencl_check.run_gpu_schedules(graph, feeds), interpret(graph, feeds),
                    labels)
     assert any(label.startswith("relu(") for label in bad) and len(bad) > 20
+
+
+def test_compile_for_cuda_checks_on_the_cpu_from_the_command_line(tmp_path, capsys):
+    from kiln.cli import main
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "mlp.py"
+    code = main(["compile", f"{example}:MLP", "--input", "x=2x784", "--target", "cuda",
+                 "-o", str(tmp_path / "mlp.kiln"), "--check-on-cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "kernel launches per run" in out and "GPU kernels match the interpreter" in out
