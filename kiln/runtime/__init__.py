@@ -20,6 +20,7 @@ import threading
 _LAZY = {
     "load": "kiln.runtime.loader",
     "Model": "kiln.runtime.executor",
+    "GpuModel": "kiln.runtime.gpu",
     "TensorInfo": "kiln.runtime.executor",
     "KernelProfile": "kiln.runtime.executor",
     "write_artifact": "kiln.runtime.writer",

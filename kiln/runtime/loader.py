@@ -31,6 +31,7 @@ from kiln.errors import ArtifactError, KilnError
 from kiln.runtime import format as fmt
 from kiln.runtime.elf import check_kernels_library, check_runtime_library
 from kiln.runtime.executor import Model
+from kiln.runtime.gpu import GpuModel, device_module, load_cuda_runtime
 from kiln.runtime.threads import set_thread_defaults
 
 #: the files an archive may hold (a top folder aside), each with the most bytes it may take
@@ -46,7 +47,7 @@ _MAGIC = {b"\x1f\x8b": "gzip-compressed", b"BZh": "bzip2-compressed",
           b"PK\x03\x04": "a zip archive, not a tar"}
 
 
-def load(path: str | os.PathLike, key: bytes | None = None) -> Model:
+def load(path: str | os.PathLike, key: bytes | None = None) -> Model | GpuModel:
     """Load a compiled artifact (a ``NAME.kiln`` directory or ``NAME.kiln.tar``) to run it.
 
     With ``key`` (the bytes of the key the artifact was signed with, see ``sign_artifact``),
@@ -118,18 +119,28 @@ def _explain_missing_digest(raw: bytes, shown: Path) -> None:
                         f"artifact is incomplete; {fmt.REBUILD_HINT}")
 
 
-def _load_dir(folder: Path, shown: Path, key: bytes | None) -> Model:
+def _load_dir(folder: Path, shown: Path, key: bytes | None) -> Model | GpuModel:
     manifest = read_manifest(folder, shown, key)
     notes = check_host(manifest)
-    _check_memory_needs(manifest, shown)
+    gpu = manifest["target"]["kind"] == "cuda"
+    if not gpu:
+        _check_memory_needs(manifest, shown)
     _check_files(folder, manifest, shown)
     check_runtime_library(folder / fmt.RUNTIME_LIB)
     check_kernels_library(folder / fmt.KERNELS, [k["func"] for k in manifest["kernels"]])
     constants = _read_weights(folder / fmt.WEIGHTS, manifest)
     notes += _ensure_thread_pool(folder / fmt.RUNTIME_LIB)
     notes += _version_notes(manifest)
+    if gpu:
+        load_cuda_runtime(folder / fmt.CUDA_RUNTIME_LIB)
     library = _load_library(folder / fmt.KERNELS, shown)
     try:
+        if gpu:
+            import tvm_ffi
+
+            code = fmt.read_limited(folder / fmt.DEVICE_CODE, fmt.MAX_LIBRARY_BYTES)
+            tvm_ffi.get_global_func("ffi.ModuleImportModule")(library, device_module(code))
+            return GpuModel(manifest, library, constants, notes)
         return Model(manifest, library, constants, notes)
     except MemoryError:
         raise ArtifactError(f"{shown} needs more memory for its buffers than this process "
@@ -144,8 +155,7 @@ def check_host(manifest: dict[str, Any]) -> list[str]:
             raise ArtifactError("the artifact was built for a CUDA GPU and this machine has "
                                 "none: rebuild it for the CPU with `kiln compile` "
                                 "(target llvm)")
-        raise ArtifactError("CUDA artifacts cannot run in kiln's CPU runtime yet: rebuild "
-                            "it for the CPU with `kiln compile` (target llvm)")
+        return []
     needed = manifest.get("cpu_features", [])
     if not needed:
         return []

@@ -200,3 +200,20 @@ def test_nvcc_command_and_ptxas_figures():
             "ptxas info    : 8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n")
     assert parse_ptxas(text) == {"k0_relu_kernel": {"sm_90": {
         "registers": 12, "smem_bytes": 1024, "spill_bytes": 8}}}
+
+
+@needs_nvcc
+def test_with_a_gpu_but_no_driver_the_loader_says_what_is_missing(tmp_path, monkeypatch):
+    import kiln.runtime.gpu as gpu
+
+    b = GraphBuilder("r")
+    b.output(*b.op("relu", [b.input("x", TensorType((4, 8)))]))
+    path = kiln.compile(b.build(), target="cuda").save(tmp_path / "r.kiln")
+    monkeypatch.setattr("kiln.runtime.loader._has_nvidia_gpu", lambda: True)
+    monkeypatch.setattr(gpu, "_cuda_loaded", [])
+    try:
+        kiln.runtime.load(path)
+    except ArtifactError as e:  # this machine has no driver (or no CUDA 13 runtime)
+        assert "libcudart.so.13" in str(e) or "libcuda.so.1" in str(e), e
+    else:
+        pytest.skip("this machine has an NVIDIA driver: the GPU check covers loading")
