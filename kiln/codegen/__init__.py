@@ -1,8 +1,8 @@
 """Code generation: kiln Graph -> TVM TE -> scheduled TIR -> one compiled library.
 
 ``build`` lowers every node (a fused node being one group) to a PrimFunc, schedules it for the
-CPU target and compiles all of them with one ``tvm.compile``; ``compile`` also writes the
-artifact and loads it with the runtime. Imports TVM lazily, so ``import kiln.codegen`` is cheap.
+target (a CPU, or a CUDA GPU) and compiles all of them with one ``tvm.compile``; ``compile``
+also writes the artifact and loads it with the runtime (a GPU artifact: where it runs). Imports TVM lazily, so ``import kiln.codegen`` is cheap.
 """
 
 from __future__ import annotations
