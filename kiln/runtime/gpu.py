@@ -104,6 +104,7 @@ class GpuModel:
         self._alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
         self._to_device = tvm_ffi.get_global_func("runtime.TVMTensorCopyFromBytes")
         self._to_host = tvm_ffi.get_global_func("runtime.TVMTensorCopyToBytes")
+        self._sync = tvm_ffi.get_global_func("runtime.Device_StreamSync")
         self.inputs = tuple(TensorInfo(s["name"], tuple(s["shape"]), s["dtype"])
                             for s in manifest["inputs"])
         self.outputs = tuple(TensorInfo(s["name"], tuple(s["shape"]), s["dtype"])
@@ -134,14 +135,30 @@ class GpuModel:
         """Run on ``{input name: array}`` (numpy arrays, or DLPack tensors on this device);
         return the outputs as new numpy arrays, in order."""
         with self._lock:
-            args = self._bind(inputs)
-            for func, kernel in self._calls:
-                try:
-                    func(*(args.get(a, self._tensors[a]) for a in kernel["args"]))
-                except Exception as e:  # noqa: BLE001
-                    raise _kernel_failure(kernel, e) from None
+            args = self._launch(inputs)
             return [self._copy_out(args.get(o.name, self._tensors[o.name]), o)
                     for o in self.outputs]
+
+    def run_on_device(self, inputs: Mapping[str, Any]) -> list[Any]:
+        """Like ``run``, but return the model's own output buffers on the device (DLPack
+        tensors: ``torch.from_dlpack`` takes them), valid until the next run, once the
+        kernels have finished."""
+        with self._lock:
+            args = self._launch(inputs)
+            try:
+                self._sync(self._device, 0)  # the default stream
+            except Exception as e:  # noqa: BLE001  (a kernel's failure surfaces here)
+                raise _gpu_failure(e) from None
+            return [args.get(o.name, self._tensors[o.name]) for o in self.outputs]
+
+    def _launch(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        args = self._bind(inputs)
+        for func, kernel in self._calls:
+            try:
+                func(*(args.get(a, self._tensors[a]) for a in kernel["args"]))
+            except Exception as e:  # noqa: BLE001
+                raise _kernel_failure(kernel, e) from None
+        return args
 
     def _bind(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         import tvm_ffi
@@ -182,10 +199,7 @@ class GpuModel:
             try:
                 self._to_host(tensor, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
             except Exception as e:  # noqa: BLE001  (a kernel's failure surfaces here)
-                raise KilnError(f"the GPU failed while running the model: {_last_line(e)} "
-                                "(a failed input check traps the GPU: an index out of range "
-                                "or an integer division by zero; load the model again in a "
-                                "new process)") from None
+                raise _gpu_failure(e) from None
         return out
 
 
@@ -194,6 +208,12 @@ def _checked(array: np.ndarray, info: TensorInfo) -> np.ndarray:
         raise InputError(f"input {info.name!r} is {array.dtype}{list(array.shape)}, expected "
                          f"{info.dtype}{list(info.shape)}")
     return np.ascontiguousarray(array)
+
+
+def _gpu_failure(error: Exception) -> KilnError:
+    return KilnError(f"the GPU failed while running the model: {_last_line(error)} (a failed "
+                     "input check traps the GPU: an index out of range or an integer division "
+                     "by zero; load the model again in a new process)")
 
 
 def _kernel_failure(kernel: dict[str, Any], error: Exception) -> KilnError:

@@ -75,3 +75,11 @@ def test_a_cuda_artifact_needs_a_gpu_and_the_cuda_runtime(artifact, tmp_path, mo
 
 def _no_library(path, *args, **kwargs):
     raise OSError(f"{path}: cannot open shared object file")
+
+
+def test_outputs_can_stay_on_the_device(artifact):
+    model = _on_cpu(artifact)
+    inputs = {"x": np.ones((3, 8), "float32"), "ids": np.array([0, 1, 2, 0], "int64")}
+    on_device = model.run_on_device(inputs)
+    for got, want in zip(on_device, model.run(inputs)):
+        np.testing.assert_array_equal(torch.from_dlpack(got).numpy(), want)
