@@ -412,6 +412,22 @@ def check_compiled(graph: Graph, opt_level: int = 2) -> None:
                                  f"interpreter: {why}\n{graph}")
 
 
+def check_gpu_schedules(graph: Graph, opt_level: int = 2) -> None:
+    """The GPU property: the kernels the cuda strategy schedules, run through OpenCL on this
+    CPU (``kiln.codegen.opencl_check``), give the interpreter's results."""
+    from kiln.codegen.api import optimize
+    from kiln.codegen.opencl_check import run_gpu_schedules
+
+    inputs = random_inputs(graph, extremes=True)
+    want = interpret(graph, inputs)
+    got = run_gpu_schedules(optimize(graph, opt_level, target="cuda"), inputs)
+    for i, (a, b) in enumerate(zip(want, got)):
+        why = mismatch(a, b, rtol=1e-4, atol=1e-4)
+        if why:
+            raise AssertionError(f"GPU-scheduled O{opt_level} output {i} differs from the "
+                                 f"interpreter: {why}\n{graph}")
+
+
 def campaign(examples: int, seed: int, on_failure: Callable[[Graph, str], None],
              prop: Callable[[Graph], None] = check_passes) -> int:
     """Run ``prop`` on ``examples`` random graphs; report the shrunk failure through

@@ -3,7 +3,7 @@ graphs from ``kiln.fuzz``, some of them fed NaN, +-inf, -0.0, huge, tiny and den
 (NaN and inf positions must match exactly); a failing graph is shrunk and written to
 ``--out``.
 
-    kiln fuzz --examples 500 --seed 0 [--compile]
+    kiln fuzz --examples 500 --seed 0 [--compile] [--gpu-schedules]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    from kiln.fuzz import campaign, check_compiled, check_passes
+    from kiln.fuzz import campaign, check_compiled, check_gpu_schedules, check_passes
 
     def save(graph, message: str) -> None:
         os.makedirs(args.out, exist_ok=True)
@@ -33,9 +33,15 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         print(f"FAILED: {message.splitlines()[0]}\nminimal graph (also in {path}):\n{graph}")
 
     t0 = time.perf_counter()
-    check = (lambda g: (check_passes(g), check_compiled(g))) if args.compile else check_passes
+    checks = [check_passes] + [check_compiled] * args.compile + \
+        [check_gpu_schedules] * args.gpu_schedules
+
+    def check(graph) -> None:
+        for each in checks:
+            each(graph)
+
     tried = itertools.count(1)
-    every = 25 if args.compile else 250
+    every = 25 if args.compile or args.gpu_schedules else 250
 
     def prop(graph) -> None:  # progress on stderr: a 5000-graph campaign takes minutes
         n = next(tried)
@@ -60,5 +66,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     sp.add_argument("--out", default="fuzz-failures", help="where failing graphs are written")
     sp.add_argument("--compile", action="store_true",
                     help="also compile each graph (O2) against the interpreter (~1 s each)")
+    sp.add_argument("--gpu-schedules", action="store_true",
+                    help="also run each graph's CUDA kernels through OpenCL on this CPU "
+                         "against the interpreter (needs pyopencl and PoCL; ~1 s each)")
     sp.set_defaults(fn=cmd_fuzz, command="fuzz")
     return sp

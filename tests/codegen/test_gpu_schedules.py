@@ -81,3 +81,32 @@ def test_compile_for_cuda_checks_on_the_cpu_from_the_command_line(tmp_path, caps
     out = capsys.readouterr().out
     assert code == 0, out
     assert "kernel launches per run" in out and "GPU kernels match the interpreter" in out
+
+
+def test_reductions_over_one_element_keep_their_epilogue_out_of_the_init():
+    """Found by `kiln fuzz --gpu-schedules`: relu(x @ w + b) with K = 1 gave
+    relu(relu(b) + x * w + b) (TVM inlined the epilogue into the reduction's init)."""
+    from kiln.ir import GraphBuilder, TensorType
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("unit")
+    x = b.input("x", TensorType((3, 1)))
+    (y,) = b.op("matmul", [x, b.param("w", rng.standard_normal((1, 4)).astype("float32"))])
+    (y,) = b.op("add", [y, b.param("b", rng.standard_normal(4).astype("float32"))])
+    b.output(*b.op("relu", [y]))
+    (s,) = b.op("sum", [x], {"axes": (1,), "keepdims": True})
+    b.output(*b.op("exp", [s]))
+    (m,) = b.op("max", [x], {"axes": (1,), "keepdims": False})
+    b.output(*b.op("neg", [m]))
+    graph = kiln.optimize(b.build(), 2, target="cuda")
+    feeds = {"x": rng.standard_normal((3, 1)).astype("float32")}
+    got = opencl_check.run_gpu_schedules(graph, feeds)
+    assert not _compare(got, interpret(graph, feeds), ["relu", "exp", "neg"])
+
+
+def test_the_fuzzer_checks_gpu_schedules(tmp_path, capsys):
+    from kiln.cli import main
+
+    code = main(["fuzz", "--examples", "4", "--seed", "1", "--gpu-schedules",
+                 "--out", str(tmp_path)])
+    assert code == 0 and "no mismatch" in capsys.readouterr().out

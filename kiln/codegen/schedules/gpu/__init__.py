@@ -14,6 +14,8 @@ KilnError naming the stage: it would otherwise run as a serial loop, or not at a
 
 from __future__ import annotations
 
+import re
+
 from kiln.codegen.lower import Tiling
 from kiln.errors import KilnError
 from kiln.ir.graph import Node
@@ -104,7 +106,7 @@ def schedule(func, target: Target) -> object:
     from tvm.s_tir import dlight as dl
 
     register_reducers()
-    mod = tvm.IRModule({"main": _thread_local_tuples(func)})
+    mod = tvm.IRModule({"main": _no_unit_reductions(_thread_local_tuples(func))})
     with target.tvm_target():
         mod = dl.ApplyDefaultSchedule(*_rules(func))(mod)
     scheduled = mod["main"]
@@ -132,6 +134,62 @@ def _thread_local_tuples(func):
                 if region.source.name in made_here:
                     sch.set_scope(block, i, "local")
     return sch.mod["main"]
+
+
+def _no_unit_reductions(func):
+    """A reduction over a single element (a matmul with K = 1, a sum over a unit axis) made
+    an assignment of ``combine(identity, value)``. Left a reduction, dlight drops its unit
+    axis and TVM then takes it for a plain elementwise block and inlines the consumer into it,
+    initialization included: relu(x * w + b) became relu(relu(b) + x * w + b).
+
+    TVM's Python API cannot rebuild a statement, so the rewrite goes through the function's
+    TVMScript text, one block at a time: the ``T.init()`` store's value replaces the block's
+    reads of its own output, the init goes, and the unit axes become spatial.
+    """
+    import tvm
+    from tvm import s_tir, tirx
+
+    sch = s_tir.Schedule(func)
+    names = []
+    for block in _all_blocks(sch):
+        stmt = sch.get(block)
+        reduce_ivs = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+        if stmt.init is not None and isinstance(stmt.init, tirx.BufferStore) and \
+                reduce_ivs and all(int(iv.dom.extent) == 1 for iv in reduce_ivs):
+            names.append(stmt.name_hint)
+    if not names:
+        return func
+    lines = func.script().splitlines()
+    for name in names:
+        lines = _assign_unit_reduction(lines, name)
+    rewritten = tvm.script.from_source("\n".join(lines))
+    return rewritten.with_attrs(func.attrs) if func.attrs is not None else rewritten
+
+
+def _assign_unit_reduction(lines: list[str], name: str) -> list[str]:
+    """``_no_unit_reductions`` on the block called ``name`` of a TVMScript listing."""
+    head = next(i for i, ln in enumerate(lines) if ln.strip() == f'with T.sblock("{name}"):')
+    indent = len(lines[head]) - len(lines[head].lstrip())
+    end = next((i for i in range(head + 1, len(lines))
+                if lines[i].strip() and len(lines[i]) - len(lines[i].lstrip()) <= indent),
+               len(lines))
+    body = lines[head + 1:end]
+    at = next(i for i, ln in enumerate(body) if ln.strip() == "with T.init():")
+    init_store = body[at + 1].strip()
+    target, _, identity = init_store.partition(" = ")
+    kept = body[:at] + body[at + 2:]
+    out = []
+    for ln in kept:
+        stripped = ln.strip()
+        if stripped.startswith(target + " = "):
+            lhs, _, rhs = ln.partition(" = ")
+            ln = f"{lhs} = {rhs.replace(target, f'({identity})')}"
+        elif "T.axis.remap(" in stripped:
+            kinds = re.search(r'T\.axis\.remap\("([SR]+)"', ln)
+            ln = ln.replace(f'"{kinds.group(1)}"', '"' + kinds.group(1).replace("R", "S") + '"')
+        ln = ln.replace("T.axis.reduce(", "T.axis.spatial(")
+        out.append(ln)
+    return lines[:head + 1] + out + lines[end:]
 
 
 def unbound_stages(func) -> list[str]:
