@@ -100,8 +100,11 @@ def compile_fatbin(code: str, archs: tuple[str, ...]) -> tuple[bytes, str, dict]
 
 
 #: device functions the generated code may call: a failed input check (``ops/checks.py``)
-#: calls ``kiln_trap_<dtype>()``, which aborts the kernel (the launch then fails)
+#: calls ``kiln_trap_<dtype>()``, which aborts the kernel (the launch then fails);
+#: ``kiln_keep(v)`` is ``v``, opaque to TVM's simplifier (``schedules/gpu``)
 PRELUDE = "".join(
+    f"__device__ __forceinline__ {t} kiln_keep({t} v) {{ return v; }}\n"
+    for t in ("float", "double")) + "".join(
     f"__device__ __noinline__ {ctype} kiln_trap_{dtype}() {{ __trap(); return 0; }}\n"
     for dtype, ctype in (("int8", "signed char"), ("int16", "short"), ("int32", "int"),
                          ("int64", "long long"), ("uint8", "unsigned char"),

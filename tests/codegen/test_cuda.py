@@ -38,6 +38,41 @@ CPU_LAYOUT_OPS = {"layout_transform", "conv2d_nchwc", "depthwise_conv2d_nchwc",
 MULTI_LAUNCH_OPS = {"split"}
 
 
+def zoo_cases() -> dict:
+    """The zoo's other examples at small sizes: name -> (model maker, inputs)."""
+    from tests.examples_util import example
+
+    rng = np.random.default_rng(5)
+    f32 = np.float32
+    return {
+        "googlenet": (lambda: example("inception").googlenet_tiny(),
+                      {"x": rng.standard_normal((2, 3, 32, 32)).astype(f32)}),
+        "generator": (lambda: example("gan").generator_tiny(),
+                      {"z": rng.standard_normal((2, 16, 1, 1)).astype(f32)}),
+        "discriminator": (lambda: example("gan").discriminator_tiny(),
+                          {"x": np.tanh(rng.standard_normal((3, 1, 16, 16))).astype(f32)}),
+        "dqn": (lambda: example("dqn").dqn_small(),
+                {"x": rng.uniform(0, 255, (2, 4, 44, 44)).astype(f32)}),
+        "denoiser": (lambda: example("diffusion").denoiser_tiny(),
+                     {"x": rng.standard_normal((2, 1, 16, 16)).astype(f32),
+                      "t": np.array([999, 17], f32)}),
+        "vgg": (lambda: example("vgg").vgg_tiny(),
+                {"x": rng.standard_normal((2, 3, 32, 32)).astype(f32)}),
+        "alexnet": (lambda: example("alexnet").AlexNet(num_classes=10, lrn=True),
+                    {"x": rng.standard_normal((1, 3, 224, 224)).astype(f32)}),
+    }
+
+
+ZOO = zoo_cases()
+
+
+def trace_zoo(name: str):
+    """(graph, inputs) of a zoo example."""
+    make, inputs = ZOO[name]
+    specs = {k: kiln.TensorSpec(v.shape, v.dtype.name) for k, v in inputs.items()}
+    return kiln.trace(make(), name=name, **specs), inputs
+
+
 def every_op_cases() -> list[Case]:
     """One case (or a few) per op that has a lowering, at small shapes."""
     rng = np.random.default_rng(0)
@@ -94,6 +129,9 @@ def every_op_cases() -> list[Case]:
         Case("matmul", [randn(rng, (2, 6, 33)), randn(rng, (33, 17))], consts=(1,)),
         Case("matmul", [randn(rng, (2, 6, 33)), randn(rng, (2, 33, 17))]),
         Case("matmul", [randn(rng, (6, 33)), randn(rng, (33,))]),
+        # reductions over one element (made assignments for the GPU: schedules/gpu)
+        Case("matmul", [randn(rng, (3, 1)), randn(rng, (1, 4))]),
+        Case("layer_norm", [np.array([[np.inf], [1.5], [np.nan]], "float32")]),
         Case("random_uniform", [], {"shape": (4, 5), "seed": 3}),
         Case("random_normal", [], {"shape": (4, 5), "seed": 3}),
         Case("dropout", [randn(rng, (4, 5))], {"p": 0.3, "training": True, "seed": 7}),
@@ -125,9 +163,9 @@ def test_every_op_compiles_for_cuda():
 
 
 @needs_nvcc
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted(EXAMPLES) + sorted(ZOO))
 def test_every_example_compiles_for_cuda(name):
-    graph, _ = _trace(name)
+    graph, _ = _trace(name) if name in EXAMPLES else trace_zoo(name)
     compiled = kiln.compile(graph, target="cuda", opt_level=2)
     gpu = compiled.build.gpu["kernels"]
     assert set(gpu) == {k.func for k in compiled.build.kernels}

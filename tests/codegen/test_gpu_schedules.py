@@ -12,7 +12,7 @@ import pytest
 import kiln
 from kiln.ir import interpret
 from tests.codegen.cases import case_graph
-from tests.codegen.test_cuda import every_op_cases
+from tests.codegen.test_cuda import ZOO, every_op_cases, trace_zoo
 from tests.codegen.test_examples_compiled import CASES as EXAMPLES
 from tests.codegen.test_examples_compiled import _trace
 
@@ -48,9 +48,9 @@ def test_every_op_through_the_gpu_schedules():
     assert not _compare(got, interpret(graph, feeds), labels)
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
+@pytest.mark.parametrize("name", sorted(EXAMPLES) + sorted(ZOO))
 def test_every_example_through_the_gpu_schedules(name):
-    graph, inputs = _trace(name)
+    graph, inputs = _trace(name) if name in EXAMPLES else trace_zoo(name)
     optimized = kiln.optimize(graph, 2, target="cuda")
     got = opencl_check.run_gpu_schedules(optimized, inputs)
     labels = [f"{name} output {i}" for i in range(len(got))]

@@ -21,6 +21,8 @@ from kiln.errors import KilnError
 from kiln.ir.graph import Node
 from kiln.targets import Target
 
+KEEP = "kiln_keep"  # an identity function the device code defines (codegen/nvcc.py)
+KEEP_DTYPES = ("float32", "float64")
 PLAIN = Tiling(lanes=1, gemm_rows=1, gemm_vectors=1, conv_pixels=1,
                gemm_block_bytes=1 << 62, tasks=1, blocked=False, raises=False)
 
@@ -106,15 +108,30 @@ def schedule(func, target: Target) -> object:
     from tvm.s_tir import dlight as dl
 
     register_reducers()
-    mod = tvm.IRModule({"main": _no_unit_reductions(_thread_local_tuples(func))})
+    func = _no_unit_reductions(_thread_local_tuples(func))
     with target.tvm_target():
-        mod = dl.ApplyDefaultSchedule(*_rules(func))(mod)
+        mod = dl.ApplyDefaultSchedule(*_rules(func))(tvm.IRModule({"main": func}))
+        if not _lowers(mod):  # dlight split a reduction TVM then cannot lower: keep it serial
+            mod = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(tvm.IRModule({"main": func}))
     scheduled = mod["main"]
     unbound = unbound_stages(scheduled)
     if unbound:
         raise KilnError(f"no GPU schedule binds the stage(s) {', '.join(unbound)} to threads "
                         "(they would run as one serial thread)")
     return scheduled
+
+
+def _lowers(mod) -> bool:
+    """Does TVM's cross-thread reduction lowering accept ``mod``? (dlight's reduction rules
+    sometimes bind a reduction whose loops TVM then refuses: a transposed convolution of a
+    1x1 input.)"""
+    from tvm import s_tir
+
+    try:
+        s_tir.transform.LowerCrossThreadReduction()(mod)
+    except Exception:  # noqa: BLE001  (TVM's check failures)
+        return False
+    return True
 
 
 def _thread_local_tuples(func):
@@ -144,7 +161,10 @@ def _no_unit_reductions(func):
 
     TVM's Python API cannot rebuild a statement, so the rewrite goes through the function's
     TVMScript text, one block at a time: the ``T.init()`` store's value replaces the block's
-    reads of its own output, the init goes, and the unit axes become spatial.
+    reads of its own output, the init goes, and the unit axes become spatial. A float value
+    is wrapped in ``kiln_keep`` (an identity the device code defines, ``codegen/nvcc.py``):
+    inlined as it is, a layer norm over one element read ``x - x``, which TVM's simplifier
+    folds to 0 (wrong for inf and NaN).
     """
     import tvm
     from tvm import s_tir, tirx
@@ -156,18 +176,20 @@ def _no_unit_reductions(func):
         reduce_ivs = [iv for iv in stmt.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
         if stmt.init is not None and isinstance(stmt.init, tirx.BufferStore) and \
                 reduce_ivs and all(int(iv.dom.extent) == 1 for iv in reduce_ivs):
-            names.append(stmt.name_hint)
+            dtype = str(stmt.init.value.ty)
+            names.append((stmt.name_hint, dtype if dtype in KEEP_DTYPES else None))
     if not names:
         return func
     lines = func.script().splitlines()
-    for name in names:
-        lines = _assign_unit_reduction(lines, name)
+    for name, keep in names:
+        lines = _assign_unit_reduction(lines, name, keep)
     rewritten = tvm.script.from_source("\n".join(lines))
     return rewritten.with_attrs(func.attrs) if func.attrs is not None else rewritten
 
 
-def _assign_unit_reduction(lines: list[str], name: str) -> list[str]:
-    """``_no_unit_reductions`` on the block called ``name`` of a TVMScript listing."""
+def _assign_unit_reduction(lines: list[str], name: str, keep: str | None) -> list[str]:
+    """``_no_unit_reductions`` on the block called ``name`` of a TVMScript listing; ``keep``:
+    the dtype whose value is wrapped in ``kiln_keep`` (None: not wrapped)."""
     head = next(i for i, ln in enumerate(lines) if ln.strip() == f'with T.sblock("{name}"):')
     indent = len(lines[head]) - len(lines[head].lstrip())
     end = next((i for i in range(head + 1, len(lines))
@@ -183,7 +205,10 @@ def _assign_unit_reduction(lines: list[str], name: str) -> list[str]:
         stripped = ln.strip()
         if stripped.startswith(target + " = "):
             lhs, _, rhs = ln.partition(" = ")
-            ln = f"{lhs} = {rhs.replace(target, f'({identity})')}"
+            rhs = rhs.replace(target, f"({identity})")
+            if keep:
+                rhs = f'T.call_pure_extern("{keep}", "{KEEP}", {rhs})'
+            ln = f"{lhs} = {rhs}"
         elif "T.axis.remap(" in stripped:
             kinds = re.search(r'T\.axis\.remap\("([SR]+)"', ln)
             ln = ln.replace(f'"{kinds.group(1)}"', '"' + kinds.group(1).replace("R", "S") + '"')
