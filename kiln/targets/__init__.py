@@ -65,7 +65,7 @@ def resolve_target(target: Any = None) -> Target:
     if isinstance(target, str) and target.lstrip().startswith("{"):
         return resolve_target(_json_target(target))
     if isinstance(target, str) and target.split()[:1] == ["cuda"]:
-        return cuda_target_of(target)
+        return cuda_target_of(_text_target(target))
     if isinstance(target, str) and " " in target.strip() and target.split()[0] == "llvm":
         return resolve_target(_text_target(target))
     if isinstance(target, Target) and not isinstance(target, (str, Mapping)):
@@ -103,7 +103,8 @@ def _json_target(text: str) -> dict:
 
 
 def _text_target(text: str) -> dict:
-    """TVM's text form 'llvm -mcpu=znver4 -mattr=+avx2,+fma -num-cores=4' as the dict."""
+    """TVM's text form 'llvm -mcpu=znver4 -mattr=+avx2,+fma -num-cores=4' (or 'cuda
+    -arch=sm_90') as the dict."""
     kind, *options = text.split()
     out: dict[str, Any] = {"kind": kind}
     for option in options:

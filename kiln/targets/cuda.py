@@ -83,18 +83,10 @@ def _arch_number(arch: str) -> int:
     return int(re.sub(r"\D", "", arch))
 
 
-def cuda_target_of(spec: Mapping[str, Any] | str) -> CudaTarget:
-    """A CudaTarget from ``"cuda"``, ``"cuda -arch=sm_90"`` (``-arch=sm_80,sm_90`` for
-    several) or a dict ``{"kind": "cuda", "arch": "sm_90"}`` / ``{"archs": [...]}``."""
-    if isinstance(spec, str):
-        kind, *options = spec.split()
-        d: dict[str, Any] = {"kind": kind}
-        for option in options:
-            key, eq, value = option.lstrip("-").partition("=")
-            if not option.startswith("-") or not eq or not key:
-                raise KilnError(f"target {spec!r}: expected -KEY=VALUE options, got {option!r}")
-            d[key] = value
-        spec = d
+def cuda_target_of(spec: Mapping[str, Any]) -> CudaTarget:
+    """A CudaTarget from a dict ``{"kind": "cuda", "arch": "sm_90"}`` (``"arch":
+    "sm_80,sm_90"`` or ``"archs": [...]`` for several; ``resolve_target`` makes this dict of
+    the text form ``"cuda -arch=sm_90"``)."""
     d = dict(spec)
     d.pop("kind", None)
     archs: Any = d.pop("archs", None)
