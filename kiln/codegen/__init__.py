@@ -2,7 +2,8 @@
 
 ``build`` lowers every node (a fused node being one group) to a PrimFunc, schedules it for the
 target (a CPU, or a CUDA GPU) and compiles all of them with one ``tvm.compile``; ``compile``
-also writes the artifact and loads it with the runtime (a GPU artifact: where it runs). Imports TVM lazily, so ``import kiln.codegen`` is cheap.
+also writes the artifact and loads it with the runtime (a GPU artifact: where it runs).
+Imports TVM lazily, so ``import kiln.codegen`` is cheap.
 """
 
 from __future__ import annotations

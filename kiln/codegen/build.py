@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from kiln.codegen.nvcc import device_module
 from kiln.codegen.lower import (
     check_lowerable,
     flatten_nodes,
@@ -25,6 +24,7 @@ from kiln.codegen.lower import (
     lower_group,
     node_context,
 )
+from kiln.codegen.nvcc import device_module
 from kiln.errors import InputError, KilnError, UnsupportedOpError
 from kiln.ir.graph import Graph, Node
 from kiln.ir.ops import get_op

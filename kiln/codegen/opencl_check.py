@@ -31,11 +31,12 @@ from kiln.ir.types import to_numpy_dtype
 
 #: OpenCL has no trap: a failed input check of a GPU kernel (``ops/checks.py``) yields 0;
 #: TVM's OpenCL code calls log1p by its CUDA name; ``kiln_keep`` as in ``codegen/nvcc.py``
+_INTS = (("int8", "char"), ("int16", "short"), ("int32", "int"), ("int64", "long"),
+         ("uint8", "uchar"), ("uint16", "ushort"), ("uint32", "uint"), ("uint64", "ulong"))
 PRELUDE = "#define log1pf log1p\n" + "".join(
     f"{t} __attribute__((overloadable)) kiln_keep({t} v) {{ return v; }}\n"
-    for t in ("float", "double")) + "".join(f"{ctype} kiln_trap_{dtype}() {{ return 0; }}\n" for dtype, ctype in (
-    ("int8", "char"), ("int16", "short"), ("int32", "int"), ("int64", "long"),
-    ("uint8", "uchar"), ("uint16", "ushort"), ("uint32", "uint"), ("uint64", "ulong")))
+    for t in ("float", "double")) + "".join(
+    f"{ctype} kiln_trap_{dtype}() {{ return 0; }}\n" for dtype, ctype in _INTS)
 _KERNEL = re.compile(r"__kernel void (\w+)\(([^)]*)\)\s*\{")
 
 

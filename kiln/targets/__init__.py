@@ -15,7 +15,6 @@ import json
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 from kiln.errors import KilnError
-from kiln.targets.cuda import CudaTarget, cuda_target_of
 from kiln.targets.cpu import (
     MCPU_FEATURES,
     CpuTarget,
@@ -24,6 +23,7 @@ from kiln.targets.cpu import (
     host_target,
     portable_target,
 )
+from kiln.targets.cuda import CudaTarget, cuda_target_of
 
 __all__ = ["MCPU_FEATURES", "CpuTarget", "CudaTarget", "Target", "cpu_flags", "host_target",
            "portable_target", "resolve_target"]

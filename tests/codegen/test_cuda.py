@@ -234,7 +234,8 @@ def test_nvcc_command_and_ptxas_figures():
     assert cmd[cmd.index("-gencode") + 1] == "arch=compute_80,code=sm_80"
     assert cmd[-1] == "arch=compute_90,code=compute_90"  # PTX for the newest
     text = ("ptxas info    : Compiling entry function 'k0_relu_kernel' for 'sm_90'\n"
-            "ptxas info    : Used 12 registers, used 0 barriers, 1024 bytes smem, 352 bytes cmem[0]\n"
+            "ptxas info    : Used 12 registers, used 0 barriers, 1024 bytes smem, "
+            "352 bytes cmem[0]\n"
             "ptxas info    : 8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n")
     assert parse_ptxas(text) == {"k0_relu_kernel": {"sm_90": {
         "registers": 12, "smem_bytes": 1024, "spill_bytes": 8}}}

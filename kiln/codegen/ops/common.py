@@ -11,7 +11,6 @@ intrinsics (float16/bfloat16 computing in float32).
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 from tvm import te, tirx
