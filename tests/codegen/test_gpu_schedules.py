@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 import kiln
+from kiln.codegen import opencl_check  # pyopencl and PoCL come with the test extra
 from kiln.ir import interpret
 from tests.codegen.cases import case_graph
 from tests.codegen.test_cuda import ZOO, every_op_cases, trace_zoo
 from tests.codegen.test_examples_compiled import CASES as EXAMPLES
 from tests.codegen.test_examples_compiled import _trace
-
-cl = pytest.importorskip("pyopencl", reason="pyopencl and PoCL (the test extra) run the check")
-from kiln.codegen import opencl_check  # noqa: E402  (needs pyopencl at run time only)
 
 RTOL, ATOL = 1e-4, 1e-4  # sums in another order than numpy's; fast exp/erf/tanh
 
