@@ -20,8 +20,10 @@ executor takes its device as an argument, so the same code runs a CPU artifact o
 from __future__ import annotations
 
 import ctypes
+import statistics
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from kiln.errors import ArtifactError, InputError, KilnError
 from kiln.runtime import format as fmt
-from kiln.runtime.executor import TensorInfo
+from kiln.runtime.executor import KernelProfile, TensorInfo
 
 CUDA_RUNTIME = "libcudart.so.13"
 #: where pip puts libcudart.so.13, below site-packages
@@ -151,6 +153,43 @@ class GpuModel:
                 raise _gpu_failure(e) from None
             return [args.get(o.name, self._tensors[o.name]) for o in self.outputs]
 
+    def benchmark(self, inputs: Mapping[str, Any], repeat: int = 100) -> float:
+        """Median seconds of a run whose outputs stay on the device (kernels finished), over
+        ``repeat`` runs after one warm-up run."""
+        self.run_on_device(inputs)
+        times = []
+        for _ in range(max(1, repeat)):
+            start = time.perf_counter()
+            self.run_on_device(inputs)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def profile(self, inputs: Mapping[str, Any], repeat: int = 20) -> list[KernelProfile]:
+        """Time each kernel call in order (launch and wait): median of ``repeat`` calls."""
+        records = []
+        with self._lock:
+            args = self._bind(inputs)
+            for func, kernel in self._calls:
+                call = [args.get(a, self._tensors[a]) for a in kernel["args"]]
+                times = []
+                for _ in range(max(1, repeat) + 1):  # the first call warms up
+                    start = time.perf_counter()
+                    func(*call)
+                    self._sync(self._device, 0)
+                    times.append(time.perf_counter() - start)
+                seconds = statistics.median(times[1:])
+                flops = int(kernel.get("flops", 0))
+                rate = flops / seconds / 1e9 if flops and seconds > 0 else None
+                records.append(KernelProfile(kernel["func"], tuple(kernel.get("sources", ())),
+                                             seconds, flops, rate))
+        return records
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of device memory: every value's buffer (no reuse yet), constants among them."""
+        nbytes = {n: _nbytes(t) for n, t in self._tensors.items()}
+        return {"device_bytes": sum(nbytes.values()),
+                "constant_bytes": sum(nbytes[n] for n in self._manifest["constants"])}
+
     def _launch(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         args = self._bind(inputs)
         for func, kernel in self._calls:
@@ -201,6 +240,11 @@ class GpuModel:
             except Exception as e:  # noqa: BLE001  (a kernel's failure surfaces here)
                 raise _gpu_failure(e) from None
         return out
+
+
+def _nbytes(tensor: Any) -> int:
+    return int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(str(tensor.dtype)).itemsize \
+        if str(tensor.dtype) != "bool" else int(np.prod(tensor.shape, dtype=np.int64))
 
 
 def _checked(array: np.ndarray, info: TensorInfo) -> np.ndarray:

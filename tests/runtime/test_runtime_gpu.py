@@ -83,3 +83,16 @@ def test_outputs_can_stay_on_the_device(artifact):
     on_device = model.run_on_device(inputs)
     for got, want in zip(on_device, model.run(inputs)):
         np.testing.assert_array_equal(torch.from_dlpack(got).numpy(), want)
+
+
+def test_bench_figures_of_the_gpu_executor(artifact):
+    model = _on_cpu(artifact)
+    inputs = {"x": np.ones((3, 8), "float32"), "ids": np.array([0, 1, 2, 0], "int64")}
+    assert model.benchmark(inputs, repeat=3) > 0
+    profile = model.profile(inputs, repeat=2)
+    assert [k.func for k in profile] == [k["func"] for k in model.manifest["kernels"]]
+    report = model.memory_report()
+    values = model.manifest["values"]
+    constant_bytes = sum(int(np.prod(values[n]["shape"])) * np.dtype(values[n]["dtype"]).itemsize
+                         for n in model.manifest["constants"])
+    assert report["device_bytes"] > report["constant_bytes"] == constant_bytes > 0
