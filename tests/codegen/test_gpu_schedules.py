@@ -108,3 +108,21 @@ def test_the_fuzzer_checks_gpu_schedules(tmp_path, capsys):
     code = main(["fuzz", "--examples", "4", "--seed", "1", "--gpu-schedules",
                  "--out", str(tmp_path)])
     assert code == 0 and "no mismatch" in capsys.readouterr().out
+
+
+def test_tanh_and_erf_saturate_to_exactly_one():
+    """Found by `kiln fuzz --gpu-schedules`: through OpenCL, erf(-4) came out -0.99999994,
+    so gelu(-1e30) was -6e22 and gelu(-inf) -inf (the interpreter: -0.0 and NaN)."""
+    from kiln.ir import GraphBuilder, TensorType
+
+    b = GraphBuilder("sat")
+    x = b.input("x", TensorType((6,)))
+    for op, attrs in (("gelu", {}), ("gelu", {"approximate": "tanh"}), ("erf", {}),
+                      ("tanh", {})):
+        b.output(*b.op(op, [x], attrs))
+    graph = b.build()
+    feeds = {"x": np.array([-np.inf, -1e30, -30.0, -4.0, 9.05, np.inf], "float32")}
+    want = interpret(graph, feeds)
+    for got in (opencl_check.run_gpu_schedules(kiln.optimize(graph, 2, target="cuda"), feeds),
+                kiln.compile(graph).run(feeds)):
+        assert not _compare(got, want, ["gelu", "gelu tanh", "erf", "tanh"])

@@ -188,7 +188,24 @@ def exp(x):
     return _via_f32(_fast_exp_f32, x) if dtype_of(x) in ("float16", "bfloat16") else tirx.exp(x)
 
 
+# Beyond these, float32 tanh and erf round to exactly +-1; the rational forms stop just
+# short of it on some devices (OpenCL without FMA contraction: erf(-4) = -0.99999994), and
+# then gelu(-inf) = -inf * 0.5 * (1 + erf) was -inf instead of NaN. Past them, +-1 exactly.
+TANH_ONE, ERF_ONE = 9.1, 3.9
+
+
+def _saturated(x, at: float, rational):
+    """``rational(x)`` inside (-at, at), exactly -1 / +1 beyond (NaN stays NaN)."""
+    c = lambda v: tirx.const(v, "float32")  # noqa: E731
+    inner = rational(clamp(x, c(-at), c(at)))
+    return tirx.Select(x >= c(at), c(1.0), tirx.Select(x <= c(-at), c(-1.0), inner))
+
+
 def _fast_tanh_f32(x):
+    return _saturated(x, TANH_ONE, _tanh_rational)
+
+
+def _tanh_rational(x):
     c = lambda v: tirx.const(v, "float32")  # noqa: E731
     x = clamp(x, c(-9.0), c(9.0))
     x2 = x * x
@@ -210,6 +227,10 @@ def tanh(x):
 
 
 def _fast_erf_f32(x):
+    return _saturated(x, ERF_ONE, _erf_rational)
+
+
+def _erf_rational(x):
     c = lambda v: tirx.const(v, "float32")  # noqa: E731
     x = clamp(x, c(-4.0), c(4.0))
     x2 = x * x
