@@ -63,6 +63,7 @@ def run_gpu_schedules(graph: Graph, inputs: Mapping[str, np.ndarray],
         func = scheduled.funcs[call.func]
         names = [re.sub(r"\W", "_", str(p.name)) for p in func.params]  # as C spells them
         by_param = dict(zip(names, call.args))
+        internal = _workspaces(cl, context, func)  # what the host side allocates
         if len(by_param) != len(names):
             raise KilnError(f"{call.func}: two buffers share the name that OpenCL gives "
                             f"their parameters ({names}); the launcher cannot tell them apart")
@@ -70,11 +71,13 @@ def run_gpu_schedules(graph: Graph, inputs: Mapping[str, np.ndarray],
             kernel_name = f"{call.func}_kernel" + (f"_{i}" if i else "")
             if kernel_name not in params:
                 raise KilnError(f"the OpenCL code has no kernel {kernel_name}")
-            unknown = [p for p in params[kernel_name] if _param_name(p) not in by_param]
+            unknown = [p for p in params[kernel_name]
+                       if _param_name(p) not in by_param and _param_name(p) not in internal]
             if unknown:
                 raise KilnError(f"{kernel_name} takes {unknown}, which are not buffers of "
                                 f"{call.func} ({names})")
-            args = [buffers[by_param[_param_name(p)]] for p in params[kernel_name]]
+            args = [buffers[by_param[_param_name(p)]] if _param_name(p) in by_param
+                    else internal[_param_name(p)] for p in params[kernel_name]]
             grid, block = dims
             kernels[kernel_name].set_args(*args)
             cl.enqueue_nd_range_kernel(queue, kernels[kernel_name],
@@ -150,6 +153,22 @@ def _thread_extents(stmt, tags: dict[str, int]) -> None:
         _thread_extents(stmt.block.body, tags)
     elif hasattr(stmt, "body"):  # SBlock, LetStmt, AttrStmt...
         _thread_extents(stmt.body, tags)
+
+
+def _workspaces(cl, context, func) -> dict[str, Any]:
+    """A device buffer for each buffer ``func`` allocates in global memory (TVM's host code
+    allocates those and passes them to its kernels), by the name OpenCL gives them."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    out = {}
+    for buf in sch.get(sch.get_sblock("root")).alloc_buffers:
+        if str(buf.scope()) in ("global", ""):
+            nbytes = int(np.prod([int(d) for d in buf.shape], dtype=np.int64)) * \
+                np.dtype(to_numpy_dtype(str(buf.dtype))).itemsize
+            out[re.sub(r"\W", "_", str(buf.name))] = cl.Buffer(
+                context, cl.mem_flags.READ_WRITE, max(nbytes, 64))
+    return out
 
 
 def _param_name(param: str) -> str:
