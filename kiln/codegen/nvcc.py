@@ -112,6 +112,26 @@ PRELUDE = "".join(
                          ("uint64", "unsigned long long")))
 
 
+#: TVM's LLVM code computes max(a, b) as ``a > b ? a : b`` (and min alike), and kiln's NaN
+#: rules build on it: relu is max(0, x), which keeps a NaN x (docs/ops.md). CUDA's max and
+#: min are fmaxf/fminf, which drop a NaN, so kernels get TVM's LLVM meaning instead. Put
+#: after TVM's #includes (the headers use max and min themselves).
+MIN_MAX = """
+template <typename T> __device__ __forceinline__ T kiln_max(T a, T b) { return a > b ? a : b; }
+template <typename T> __device__ __forceinline__ T kiln_min(T a, T b) { return a < b ? a : b; }
+#define max kiln_max
+#define min kiln_min
+"""
+
+
+def with_device_functions(source: str, first_code: str = 'extern "C"') -> str:
+    """``source`` with ``PRELUDE`` on top and ``MIN_MAX`` just before its first kernel."""
+    at = source.find(first_code)
+    if at < 0:
+        raise KilnError("the generated CUDA code declares no kernel (extern \"C\")")
+    return PRELUDE + source[:at] + MIN_MAX + source[at:]
+
+
 def _string(data: bytes) -> bytes:
     """A string as TVM's module serialization writes it: u64 length, then the bytes."""
     return struct.pack("<Q", len(data)) + data
@@ -153,6 +173,6 @@ def device_module(host, archs: tuple[str, ...]) -> tuple[bytes, str, dict]:
         raise KilnError("TVM's serialized CUDA module is not laid out as kiln expects (format, "
                         "function table, source): this TVM version is not supported for cuda")
     table = payload[len(head): len(payload) - len(tail)]
-    binary, _, ptxas = compile_fatbin(PRELUDE + source, archs)
+    binary, _, ptxas = compile_fatbin(with_device_functions(source), archs)
     tvm_ffi.get_global_func("ffi.ModuleClearImports")(host)
     return _string(b"fatbin") + table + _string(binary), source, ptxas

@@ -30,10 +30,16 @@ from kiln.ir.graph import Graph
 from kiln.ir.types import to_numpy_dtype
 
 #: OpenCL has no trap: a failed input check of a GPU kernel (``ops/checks.py``) yields 0;
-#: TVM's OpenCL code calls log1p by its CUDA name; ``kiln_keep`` as in ``codegen/nvcc.py``
+#: TVM's OpenCL code calls log1p by its CUDA name; ``kiln_keep``, max and min as in
+#: ``codegen/nvcc.py``
 _INTS = (("int8", "char"), ("int16", "short"), ("int32", "int"), ("int64", "long"),
          ("uint8", "uchar"), ("uint16", "ushort"), ("uint32", "uint"), ("uint64", "ulong"))
-PRELUDE = "#define log1pf log1p\n" + "".join(
+_MIN_MAX = "".join(  # max/min as TVM's LLVM code means them (see codegen/nvcc.py, MIN_MAX)
+    f"{t} __attribute__((overloadable)) kiln_max({t} a, {t} b) {{ return a > b ? a : b; }}\n"
+    f"{t} __attribute__((overloadable)) kiln_min({t} a, {t} b) {{ return a < b ? a : b; }}\n"
+    for t in ("float", "double", "char", "uchar", "short", "ushort", "int", "uint", "long",
+              "ulong")) + "#undef max\n#undef min\n#define max kiln_max\n#define min kiln_min\n"
+PRELUDE = _MIN_MAX + "#define log1pf log1p\n" + "".join(
     f"{t} __attribute__((overloadable)) kiln_keep({t} v) {{ return v; }}\n"
     for t in ("float", "double")) + "".join(
     f"{ctype} kiln_trap_{dtype}() {{ return 0; }}\n" for dtype, ctype in _INTS)

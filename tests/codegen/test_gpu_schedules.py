@@ -126,3 +126,19 @@ def test_tanh_and_erf_saturate_to_exactly_one():
     for got in (opencl_check.run_gpu_schedules(kiln.optimize(graph, 2, target="cuda"), feeds),
                 kiln.compile(graph).run(feeds)):
         assert not _compare(got, want, ["gelu", "gelu tanh", "erf", "tanh"])
+
+
+def test_relu_and_clip_keep_nan_on_the_gpu():
+    """Found by `kiln fuzz --gpu-schedules`: relu is max(0, x), which TVM's LLVM code computes
+    as 0 > x ? 0 : x (a NaN stays) but CUDA's and OpenCL's max drop the NaN."""
+    from kiln.ir import GraphBuilder, TensorType
+
+    b = GraphBuilder("nan")
+    x = b.input("x", TensorType((5,)))
+    b.output(*b.op("relu", [x]))
+    b.output(*b.op("clip", [x], {"min": -0.5, "max": 0.5}))
+    graph = b.build()
+    feeds = {"x": np.array([np.nan, -1, 0.2, np.inf, -np.inf], "float32")}
+    got = opencl_check.run_gpu_schedules(kiln.optimize(graph, 2, target="cuda"), feeds)
+    assert not _compare(got, interpret(graph, feeds), ["relu", "clip"])
+    assert np.isnan(got[0][0]) and np.isnan(got[1][0])
