@@ -35,10 +35,13 @@ from kiln.ir.types import to_numpy_dtype
 _INTS = (("int8", "char"), ("int16", "short"), ("int32", "int"), ("int64", "long"),
          ("uint8", "uchar"), ("uint16", "ushort"), ("uint32", "uint"), ("uint64", "ulong"))
 _MIN_MAX = "".join(  # max/min as TVM's LLVM code means them (see codegen/nvcc.py, MIN_MAX)
-    f"{t} __attribute__((overloadable)) kiln_max({t} a, {t} b) {{ return a > b ? a : b; }}\n"
-    f"{t} __attribute__((overloadable)) kiln_min({t} a, {t} b) {{ return a < b ? a : b; }}\n"
+    f"{t}{n} __attribute__((overloadable)) kiln_max({t}{n} a, {t}{n} b) "
+    f"{{ return a > b ? a : b; }}\n"
+    f"{t}{n} __attribute__((overloadable)) kiln_min({t}{n} a, {t}{n} b) "
+    f"{{ return a < b ? a : b; }}\n"
     for t in ("float", "double", "char", "uchar", "short", "ushort", "int", "uint", "long",
-              "ulong")) + "#undef max\n#undef min\n#define max kiln_max\n#define min kiln_min\n"
+              "ulong") for n in ("", "2", "3", "4", "8", "16")) + \
+    "#undef max\n#undef min\n#define max kiln_max\n#define min kiln_min\n"
 PRELUDE = _MIN_MAX + "#define log1pf log1p\n" + "".join(
     f"{t} __attribute__((overloadable)) kiln_keep({t} v) {{ return v; }}\n"
     for t in ("float", "double")) + "".join(
