@@ -142,3 +142,20 @@ def test_relu_and_clip_keep_nan_on_the_gpu():
     got = opencl_check.run_gpu_schedules(kiln.optimize(graph, 2, target="cuda"), feeds)
     assert not _compare(got, interpret(graph, feeds), ["relu", "clip"])
     assert np.isnan(got[0][0]) and np.isnan(got[1][0])
+
+
+def test_a_grouped_convolution_with_an_epilogue():
+    """Found by `kiln fuzz --gpu-schedules`: dlight's Reduction rule kept each thread's part
+    of a grouped 1x1 convolution in its own registers, then read it from other threads."""
+    from kiln.ir import GraphBuilder, TensorType
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("grouped")
+    x = b.input("x", TensorType((1, 4, 1, 2)))
+    w = b.param("w", rng.standard_normal((4, 2, 1, 1)).astype("float32"))
+    (y,) = b.op("conv2d", [x, w], {"groups": 2})
+    b.output(*b.op("relu", [y]))
+    graph = kiln.optimize(b.build(), 2, target="cuda")
+    feeds = {"x": rng.standard_normal((1, 4, 1, 2)).astype("float32")}
+    got = opencl_check.run_gpu_schedules(graph, feeds)
+    assert not _compare(got, interpret(graph, feeds), ["relu(conv2d)"])
