@@ -51,13 +51,11 @@ def cmd_compile(args) -> int:
                        for k in compiled.build.kernels)
         print(f"  CUDA code for {', '.join(gpu['archs'])}: {launches} kernel launches per run; "
               "it runs where there is an NVIDIA GPU (`kiln run` there)")
-    if args.check_on_cpu:
-        return _check_on_cpu(graph, args)
     if args.verbose:
         for r in records:
             print(f"  pass {r.name:<16} {r.seconds * 1e3:8.1f} ms  {r.nodes_before:>5} -> "
                   f"{r.nodes_after} nodes")
-    return 0
+    return _check_on_cpu(graph, args) if args.check_on_cpu else 0
 
 
 def _check_on_cpu(graph, args) -> int:
@@ -65,25 +63,26 @@ def _check_on_cpu(graph, args) -> int:
     from kiln.cli.common import random_inputs
     from kiln.codegen.api import optimize
     from kiln.codegen.opencl_check import run_gpu_schedules
+    from kiln.fuzz import mismatch
     from kiln.ir import interpret
+    from kiln.targets import resolve_target
 
-    if not str(args.target).startswith("cuda"):
+    if resolve_target(args.target).kind != "cuda":
         raise CLIError("--check-on-cpu checks GPU kernels: use it with --target cuda")
     inputs = random_inputs(graph, {}, seed=0)
     optimized = optimize(graph, args.opt_level, target=args.target)
     got = run_gpu_schedules(optimized, inputs, target=args.target)
     worst = 0.0
     for value, g, w in zip(graph.outputs, got, interpret(graph, inputs)):
-        ok = g.shape == w.shape and (np.allclose(g, w, rtol=1e-4, atol=1e-4, equal_nan=True)
-                                     if np.issubdtype(w.dtype, np.floating)
-                                     else np.array_equal(g, w))
-        err = float(np.nanmax(np.abs(g.astype(np.float64) - w))) if g.size and \
-            g.shape == w.shape else 0.0
-        worst = max(worst, err)
-        print(f"  %{value.name}: {'ok' if ok else 'MISMATCH'} (max error {err:.3g})")
-        if not ok:
-            print("GPU kernels (through OpenCL on this CPU) differ from the interpreter")
+        why = mismatch(w, g, rtol=1e-4, atol=1e-4)
+        if why:
+            print(f"  %{value.name}: MISMATCH, {why}\nGPU kernels (through OpenCL on this CPU) "
+                  "differ from the interpreter")
             return 1
+        finite = np.isfinite(w) & np.isfinite(g) if w.dtype.kind == "f" else np.ones(w.shape, bool)
+        err = float(np.abs(g[finite].astype(np.float64) - w[finite]).max(initial=0.0))
+        worst = max(worst, err)
+        print(f"  %{value.name}: ok (max error {err:.3g})")
     print(f"GPU kernels match the interpreter through OpenCL on this CPU (max error "
           f"{worst:.3g})")
     return 0

@@ -232,8 +232,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
         if v.name in weights:
             constants.setdefault(v.name, weights[v.name])
     if not funcs:  # every output is an input or a constant: still ship a (trivial) library
-        funcs["kiln_noop"] = _noop() if tgt.kind != "cuda" else \
-            schedule(_noop(), tgt).with_attr("global_symbol", "kiln_noop")
+        funcs["kiln_noop"] = schedule(_noop(), tgt).with_attr("global_symbol", "kiln_noop")
     return Scheduled(tgt, funcs, kernels, constants, values)
 
 

@@ -81,8 +81,8 @@ def parse_ptxas(text: str) -> dict[str, dict[str, dict[str, int]]]:
     return out
 
 
-def compile_fatbin(code: str, archs: tuple[str, ...]) -> tuple[bytes, str, dict]:
-    """(fat binary, the CUDA source, ptxas figures per kernel) of ``code``."""
+def compile_fatbin(code: str, archs: tuple[str, ...]) -> tuple[bytes, dict]:
+    """(fat binary, ptxas figures per kernel) of the CUDA C ``code``."""
     nvcc = find_nvcc()
     with tempfile.TemporaryDirectory(prefix="kiln-nvcc-") as tmp:
         source, output = os.path.join(tmp, "kernels.cu"), os.path.join(tmp, "kernels.fatbin")
@@ -96,7 +96,7 @@ def compile_fatbin(code: str, archs: tuple[str, ...]) -> tuple[bytes, str, dict]
             errors = [ln for ln in done.stderr.splitlines() if "error" in ln.lower()]
             first = (errors or done.stderr.strip().splitlines() or ["no output"])[0]
             raise KilnError(f"nvcc could not compile the generated CUDA code: {first[:400]}")
-        return Path(output).read_bytes(), code, parse_ptxas(done.stderr)
+        return Path(output).read_bytes(), parse_ptxas(done.stderr)
 
 
 #: device functions the generated code may call: a failed input check (``ops/checks.py``)
@@ -173,6 +173,6 @@ def device_module(host, archs: tuple[str, ...]) -> tuple[bytes, str, dict]:
         raise KilnError("TVM's serialized CUDA module is not laid out as kiln expects (format, "
                         "function table, source): this TVM version is not supported for cuda")
     table = payload[len(head): len(payload) - len(tail)]
-    binary, _, ptxas = compile_fatbin(with_device_functions(source), archs)
+    binary, ptxas = compile_fatbin(with_device_functions(source), archs)
     tvm_ffi.get_global_func("ffi.ModuleClearImports")(host)
     return _string(b"fatbin") + table + _string(binary), source, ptxas

@@ -66,17 +66,19 @@ def run_gpu_schedules(graph: Graph, inputs: Mapping[str, np.ndarray],
     context = cl.Context([_device(cl)])
     queue = cl.CommandQueue(context)
     program = cl.Program(context, source).build()
-    buffers = _buffers(cl, context, queue, graph, scheduled, inputs)
+    buffers = _buffers(cl, context, graph, scheduled, inputs)
+    workspaces = {name: _workspaces(cl, context, f) for name, f in scheduled.funcs.items()}
+    dims_of = {name: kernel_dims(f) for name, f in scheduled.funcs.items()}
     kernels = {name: cl.Kernel(program, name) for name in params}
     for call in scheduled.kernels:
         func = scheduled.funcs[call.func]
         names = [re.sub(r"\W", "_", str(p.name)) for p in func.params]  # as C spells them
         by_param = dict(zip(names, call.args))
-        internal = _workspaces(cl, context, func)  # what the host side allocates
+        internal = workspaces[call.func]  # what the host side allocates
         if len(by_param) != len(names):
             raise KilnError(f"{call.func}: two buffers share the name that OpenCL gives "
                             f"their parameters ({names}); the launcher cannot tell them apart")
-        for i, dims in enumerate(kernel_dims(func)):
+        for i, dims in enumerate(dims_of[call.func]):
             kernel_name = f"{call.func}_kernel" + (f"_{i}" if i else "")
             if kernel_name not in params:
                 raise KilnError(f"the OpenCL code has no kernel {kernel_name}")
@@ -192,7 +194,7 @@ def _device(cl):
     raise KilnError("no OpenCL device: install PoCL (pip install pocl-binary-distribution)")
 
 
-def _buffers(cl, context, queue, graph: Graph, scheduled: Scheduled,
+def _buffers(cl, context, graph: Graph, scheduled: Scheduled,
              inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """One device buffer per value a kernel touches: inputs and constants copied in."""
     known = dict(scheduled.constants)

@@ -28,7 +28,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tvm_ffi
@@ -222,13 +222,7 @@ class Model:
 
     def benchmark(self, inputs: dict[str, np.ndarray], repeat: int = 100) -> float:
         """Median seconds of ``run(inputs)`` over ``repeat`` runs, after one warm-up run."""
-        self.run(inputs)
-        times = []
-        for _ in range(max(1, repeat)):
-            start = time.perf_counter()
-            self.run(inputs)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return median_seconds(lambda: self.run(inputs), repeat)
 
     def profile(self, inputs: dict[str, np.ndarray], repeat: int = 20) -> list[KernelProfile]:
         """Time each kernel: one warm-up call, then the median of ``repeat`` calls.
@@ -361,6 +355,17 @@ def _collector(name: str, index: int, outputs: tuple[TensorInfo, ...], slots: di
     if name in slots:
         return "slot", slots[name]
     return "buffer", buffers[name]
+
+
+def median_seconds(call: Callable[[], Any], repeat: int) -> float:
+    """Median seconds of ``call()`` over ``repeat`` calls, after one warm-up call."""
+    call()
+    times = []
+    for _ in range(max(1, repeat)):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _with_slots(args: list[Any], dynamic: tuple, dyn: list[Any]) -> list[Any]:

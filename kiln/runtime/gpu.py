@@ -31,7 +31,7 @@ import numpy as np
 
 from kiln.errors import ArtifactError, InputError, KilnError
 from kiln.runtime import format as fmt
-from kiln.runtime.executor import KernelProfile, TensorInfo
+from kiln.runtime.executor import KernelProfile, TensorInfo, median_seconds
 
 CUDA_RUNTIME = "libcudart.so.13"
 #: where pip puts libcudart.so.13, below site-packages
@@ -156,13 +156,7 @@ class GpuModel:
     def benchmark(self, inputs: Mapping[str, Any], repeat: int = 100) -> float:
         """Median seconds of a run whose outputs stay on the device (kernels finished), over
         ``repeat`` runs after one warm-up run."""
-        self.run_on_device(inputs)
-        times = []
-        for _ in range(max(1, repeat)):
-            start = time.perf_counter()
-            self.run_on_device(inputs)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return median_seconds(lambda: self.run_on_device(inputs), repeat)
 
     def profile(self, inputs: Mapping[str, Any], repeat: int = 20) -> list[KernelProfile]:
         """Time each kernel call in order (launch and wait): median of ``repeat`` calls."""
@@ -243,8 +237,7 @@ class GpuModel:
 
 
 def _nbytes(tensor: Any) -> int:
-    return int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(str(tensor.dtype)).itemsize \
-        if str(tensor.dtype) != "bool" else int(np.prod(tensor.shape, dtype=np.int64))
+    return int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(str(tensor.dtype)).itemsize
 
 
 def _checked(array: np.ndarray, info: TensorInfo) -> np.ndarray:

@@ -11,6 +11,7 @@ import pytest
 
 import kiln
 from kiln.codegen import opencl_check  # pyopencl and PoCL come with the test extra
+from kiln.fuzz import mismatch
 from kiln.ir import interpret
 from tests.codegen.cases import case_graph
 from tests.codegen.test_cuda import ZOO, every_op_cases, trace_zoo
@@ -21,16 +22,9 @@ RTOL, ATOL = 1e-4, 1e-4  # sums in another order than numpy's; fast exp/erf/tanh
 
 
 def _compare(got: list, want: list, labels: list[str]) -> list[str]:
-    bad = []
-    for g, w, label in zip(got, want, labels):
-        if g.shape != w.shape or g.dtype != w.dtype:
-            bad.append(f"{label}: {g.dtype}{list(g.shape)} != {w.dtype}{list(w.shape)}")
-        elif np.issubdtype(w.dtype, np.floating):
-            if not np.allclose(g, w, rtol=RTOL, atol=ATOL, equal_nan=True):
-                bad.append(f"{label}: max error {np.nanmax(np.abs(g - w))}")
-        elif not np.array_equal(g, w):
-            bad.append(f"{label}: {int(np.sum(g != w))} elements differ")
-    return bad
+    """``label: why`` for each output that differs (kiln.fuzz's rule: NaN and inf exactly)."""
+    return [f"{label}: {why}" for g, w, label in zip(got, want, labels)
+            if (why := mismatch(w, g, RTOL, ATOL))]
 
 
 def _op_run():

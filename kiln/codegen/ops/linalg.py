@@ -102,7 +102,7 @@ def _ravel(idx, dims):
     return 0 if r is None else r
 
 
-def _plain_matmul(a_at, b, b_b, b_vec, b_batch, out_batch, k_dim, out_shape, dtype):
+def _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape):
     """``out[..., i, j] = sum_k a[..., i, k] * b[..., k, j]`` as it lies (GPU schedules tile
     it themselves); the caller has handled matrix-vector products."""
     k = te.reduce_axis((0, k_dim), name="k")
@@ -112,7 +112,7 @@ def _plain_matmul(a_at, b, b_b, b_vec, b_batch, out_batch, k_dim, out_shape, dty
         bidx = idx[:nbat]
         i = idx[nbat] if len(idx) > nbat + 1 else 0
         bv = b[k] if b_vec else b[(*b_b(bidx), k, idx[-1])]
-        return te.sum((a_at(bidx, i, k) * bv).astype(dtype), axis=k)
+        return te.sum(a_at(bidx, i, k) * bv, axis=k)
 
     return te.compute(out_shape, fn, name="matmul")
 
@@ -148,8 +148,7 @@ def matmul(inputs, attrs, out_types):
         return c.reshape(r, out_shape, name="gemv_out")
 
     if not tiles.blocked:
-        return _plain_matmul(a_at, b, b_b, b_vec, b_batch, out_batch, k_dim, out_shape,
-                             dtype_of(a))
+        return _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape)
     nb = packed or tiles.gemm_cols(n)
     # A[..., M, K] @ B[K, N] with batch axes: one GEMM over all prod(batch) * M rows, not
     # one per batch that each stream all of B ([S, 1, K] @ W of a seq-first attention

@@ -77,7 +77,6 @@ def combiner(op: str, test_value: bool = True) -> Callable:
     return _COMBINE[op]
 
 
-
 # A float32 sum over more elements than this accumulates in float64: its lane accumulators
 # would each add up ~n/16 values in sequence (a layer norm over a 1536x2048 plane was off by
 # 1.2e-4 from the float64 reference, 6.4e-7 so); such rows are memory-bound (1.02x the time)
