@@ -45,3 +45,8 @@ class ArtifactError(KilnError):
 
 class CLIError(KilnError):
     """A command-line argument is malformed."""
+
+
+class PrecisionWarning(UserWarning):
+    """A reduced precision was asked for where the target has no fast instructions for it
+    (kiln compiles in float32 then, rather than slower)."""

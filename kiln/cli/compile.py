@@ -22,8 +22,8 @@ from kiln.errors import CLIError
 
 def cmd_compile(args) -> int:
     from kiln.codegen.api import compile as kiln_compile
+    from kiln.codegen.api import optimize
     from kiln.passes.fusion import fuse_with_report
-    from kiln.passes.manager import optimize
 
     key = _key(args.sign_key_file)
     graph, _ = load_graph(args.model, args.input)
@@ -31,11 +31,12 @@ def cmd_compile(args) -> int:
     records: list = []
     t0 = time.perf_counter()
     if args.report_fusion:
-        print(fuse_with_report(optimize(graph, 1))[1])
+        print(fuse_with_report(optimize(graph, 1, target=args.target,
+                                        precision=args.precision))[1])
     compiled = kiln_compile(graph, target=args.target, opt_level=args.opt_level,
                             progress=sys.stderr.isatty(), verify=args.verify,
                             disable=args.disable, dump_after=dump, records=records,
-                            layout_budget=args.layout_budget)
+                            layout_budget=args.layout_budget, precision=args.precision)
     if key is not None:
         from kiln.runtime import sign_artifact
 
@@ -160,6 +161,10 @@ def add_parsers(sub) -> None:
     sp.add_argument("--target", default="llvm",
                     help="llvm (this CPU), portable, x86-64-v3..., or cuda (NVIDIA GPUs: "
                          "'cuda -arch=sm_90'; built here, run on the GPU machine)")
+    sp.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                    help="bf16/fp16: matmuls, convolutions and the elementwise ops between "
+                         "them in that type (float32 sums); float32 with a warning where "
+                         "the target has no fast instructions for it")
     sp.add_argument("--check-on-cpu", action="store_true",
                     help="cuda: also run the GPU kernels through OpenCL on this CPU (needs "
                          "pyopencl and PoCL) on random inputs; compare with the interpreter")

@@ -126,19 +126,20 @@ def optimize(
     progress: Progress | bool | None = None,
     layout_budget: float = 30.0,
     layout_cache: str | os.PathLike | bool | None = None,
+    precision: str = "fp32",
     **pass_options: Any,
 ) -> Graph:
     """The optimized graph that ``compile`` would build, with the same arguments: the
     ``O<opt_level>`` pipeline for ``target``, with the PassContext that ``compile`` makes."""
     return _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
-                     pass_options)[0]
+                     precision, pass_options)[0]
 
 
-def _optimize(graph, opt_level, target, progress, layout_budget, layout_cache, pass_options
-              ) -> tuple[Graph, PassContext]:
+def _optimize(graph, opt_level, target, progress, layout_budget, layout_cache, precision,
+              pass_options) -> tuple[Graph, PassContext]:
     from kiln.passes.manager import optimize as run_pipeline
 
-    ctx = pass_context(target, opt_level, layout_budget, layout_cache, progress)
+    ctx = pass_context(target, opt_level, layout_budget, layout_cache, progress, precision)
     return run_pipeline(graph, opt_level, ctx=ctx, **pass_options), ctx
 
 
@@ -149,6 +150,7 @@ def compile(
     progress: Progress | bool | None = None,
     layout_budget: float = 30.0,
     layout_cache: str | os.PathLike | bool | None = None,
+    precision: str = "fp32",
     **pass_options: Any,
 ) -> CompiledModel:
     """Optimize ``graph`` with the ``O<opt_level>`` pipeline, compile it for ``target`` and
@@ -162,9 +164,15 @@ def compile(
     ``layout_budget`` seconds (0: the heuristic and cached measurements only), cached in
     ``layout_cache`` (default ``~/.cache/kiln/layout.json``; False: no cache); the choices
     are in the manifest's ``tuning`` (``kiln/codegen/layout_tuning.py``).
+    ``precision``: "fp32", or "bf16"/"fp16" to run matmuls, convolutions and the
+    elementwise chains between them in that type (accumulating in float32; weights
+    converted once), keeping float32 for sums, statistics and softmax
+    (``kiln/passes/precision.py``); inputs and outputs keep their types. Where the target
+    has no fast instructions for it, a ``PrecisionWarning`` says so and it compiles in
+    float32.
     """
     graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
-                           pass_options)
+                           precision, pass_options)
     result = build(graph, target=ctx.target, progress=progress)
     layout = ctx.reports.get("layout")
     if layout is not None and layout.choices:

@@ -23,12 +23,14 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from kiln.errors import PrecisionWarning
 from kiln.ir.graph import GraphBuilder
 from kiln.ir.types import TensorType
 from kiln.passes.context import PassContext
@@ -257,15 +259,24 @@ def measuring_chooser(target: Target, budget: float,
 
 def pass_context(target: Any = None, opt_level: int | str = 2, layout_budget: float = 30.0,
                  layout_cache: str | os.PathLike | bool | None = None,
-                 progress: Any = None) -> PassContext:
+                 progress: Any = None, precision: str = "fp32") -> PassContext:
     """The PassContext of ``kiln.optimize`` and ``kiln.compile``: the resolved ``target``,
-    and a layout chooser that measures on it within ``layout_budget`` seconds (cached in
-    ``layout_cache``; see ``measuring_chooser``). Its notes go to the ``layout`` report."""
+    a layout chooser that measures on it within ``layout_budget`` seconds (cached in
+    ``layout_cache``; see ``measuring_chooser``; its notes go to the ``layout`` report), and
+    the ``precision`` policy, float32 with a warning where the target has no fast
+    instructions for it (``Target.slow_precision``)."""
     from kiln.codegen.build import _reporter
+    from kiln.passes.precision import precision_dtype
 
     tgt = resolve_target(target)
+    dtype = precision_dtype(precision)
+    why = tgt.slow_precision(dtype) if dtype != "float32" else None
+    if why:
+        warnings.warn(f"precision={precision!r}: {why}; compiling in float32 instead",
+                      PrecisionWarning, stacklevel=3)
+        dtype = "float32"
     report = LayoutReport()
     chooser = measuring_chooser(tgt, layout_budget, layout_cache, _reporter(progress),
                                 report.notes)
     return PassContext(target=tgt, opt_level=level_number(opt_level), layout_chooser=chooser,
-                       reports={"layout": report})
+                       reports={"layout": report}, precision=dtype)

@@ -13,7 +13,7 @@ import numpy as np
 from kiln.errors import InputError, KilnError
 from kiln.ir.graph import Graph, Value
 from kiln.ir.ops import get_op, infer_node
-from kiln.ir.types import TensorType
+from kiln.ir.types import HALF_DTYPES, TensorType, to_numpy_dtype
 
 
 def bind_shape(v: Value, array: np.ndarray, bindings: dict[str, int], what: str) -> None:
@@ -99,7 +99,8 @@ def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) ->
 
 def run_node(node, args: list[np.ndarray]) -> list[np.ndarray]:
     """Run one node's reference; failures are reported with the node they happened in."""
-    return _call_reference(node.op, args, node.attrs, len(node.outputs), node.describe())
+    return _call_reference(node.op, args, node.attrs, [v.dtype for v in node.outputs],
+                           node.describe())
 
 
 def evaluate(op: str, args: list[np.ndarray], attrs: Mapping, origin: str = ""
@@ -110,7 +111,7 @@ def evaluate(op: str, args: list[np.ndarray], attrs: Mapping, origin: str = ""
     values = [Value(f"c{i}", TensorType.of(a)) for i, a in enumerate(args)]
     full, types = infer_node(op, values, attrs, origin=origin)
     where = f"{op}" + (f" at {origin}" if origin else "")
-    outs = _call_reference(op, args, full, len(types), where)
+    outs = _call_reference(op, args, full, [t.dtype for t in types], where)
     for a, t in zip(outs, types):
         if a.dtype.name != t.dtype or a.shape != t.shape:
             raise KilnError(f"folding {where}: reference gave {a.dtype.name}{list(a.shape)}, "
@@ -118,9 +119,15 @@ def evaluate(op: str, args: list[np.ndarray], attrs: Mapping, origin: str = ""
     return outs
 
 
-def _call_reference(op: str, args: list[np.ndarray], attrs: Mapping, num_outputs: int,
+def _call_reference(op: str, args: list[np.ndarray], attrs: Mapping, out_dtypes: list[str],
                     where: str) -> list[np.ndarray]:
+    """Run ``op``'s reference. An op on float16/bfloat16 computes in float32 and rounds its
+    results to their types, as compiled code does (a matmul accumulates in float32)."""
     opdef = get_op(op)
+    # (a fused node's reference interprets its body, node by node)
+    half = op != "fused" and any(a.dtype.name in HALF_DTYPES for a in args)
+    if half:
+        args = [a.astype(np.float32) if a.dtype.name in HALF_DTYPES else a for a in args]
     try:
         # NaN, inf and overflow are results with defined rules (docs/ops.md, "Non-finite
         # values"), not mistakes to warn about
@@ -132,6 +139,10 @@ def _call_reference(op: str, args: list[np.ndarray], attrs: Mapping, num_outputs
         shapes = ", ".join(f"{a.dtype.name}{list(a.shape)}" for a in args)
         raise KilnError(f"{where} failed on inputs ({shapes}): {e}") from e
     results = list(result) if isinstance(result, (tuple, list)) else [result]
-    if len(results) != num_outputs:
+    if len(results) != len(out_dtypes):
         raise KilnError(f"{where}: reference gave {len(results)} outputs")
-    return [np.asarray(r) for r in results]
+    results = [np.asarray(r) for r in results]
+    if half:
+        results = [r.astype(to_numpy_dtype(d)) if d in HALF_DTYPES else r
+                   for r, d in zip(results, out_dtypes)]
+    return results

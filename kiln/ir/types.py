@@ -18,6 +18,8 @@ Dim = Union[int, str]
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int8", "uint8", "int32", "int64")
 DTYPES = FLOAT_DTYPES + INT_DTYPES + ("bool",)
+#: the 16-bit floats: stored in 16 bits, computed in float32
+HALF_DTYPES = ("float16", "bfloat16")
 
 
 def _bfloat16() -> np.dtype:

@@ -26,4 +26,5 @@ class PassContext:
     target: Target = field(default_factory=host_target)
     opt_level: int = 2
     layout_chooser: Chooser | None = None
+    precision: str = "float32"  # the mixed-precision policy's type (kiln/passes/precision.py)
     reports: dict[str, Any] = field(default_factory=dict)

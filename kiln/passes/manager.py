@@ -3,7 +3,7 @@
 A pass is a pure function ``(Graph, PassContext | None) -> Graph`` registered under a name
 with ``@graph_pass``; the manager hands every pass the one ``PassContext`` of the run
 (target, opt level, pass options; ``kiln/passes/context.py``). Pipelines are lists of pass
-names: ``O0`` runs nothing, ``O1`` canonicalizes, ``O2`` adds fusion and ``O3`` layout
+names: ``O0`` runs nothing but the precision policy, ``O1`` canonicalizes, ``O2`` adds fusion and ``O3`` layout
 tuning; the target drops the passes that do not apply to it (``Target.uses_pass``).
 """
 
@@ -24,11 +24,13 @@ PASSES: dict[str, Pass] = {}
 
 CANONICALIZE = ["fold_constants", "simplify", "fold_batch_norm", "fold_constants", "simplify",
                 "cse", "dce"]
+# "precision" changes nothing unless the context asks for bf16/fp16 (it must run at every
+# level then: it changes what the graph computes, as the user asked)
 PIPELINES: dict[str, list[str]] = {
-    "O0": [],
-    "O1": CANONICALIZE,
-    "O2": CANONICALIZE + ["fuse"],
-    "O3": CANONICALIZE + ["layout", "fuse"],
+    "O0": ["precision"],
+    "O1": CANONICALIZE + ["precision"],
+    "O2": CANONICALIZE + ["precision", "fuse"],
+    "O3": CANONICALIZE + ["precision", "layout", "fuse"],
 }
 
 
@@ -132,3 +134,4 @@ def _load_passes() -> None:
     import kiln.passes.canonicalize  # noqa: F401
     import kiln.passes.fusion  # noqa: F401
     import kiln.passes.layout  # noqa: F401
+    import kiln.passes.precision  # noqa: F401

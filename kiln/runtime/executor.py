@@ -23,6 +23,7 @@ explains the double buffering).
 
 from __future__ import annotations
 
+import ctypes
 import re
 import statistics
 import threading
@@ -34,7 +35,7 @@ import numpy as np
 import tvm_ffi
 
 from kiln.errors import ArtifactError, InputError, KilnError
-from kiln.runtime.format import ALIGNMENT, split_args, value_nbytes
+from kiln.runtime.format import ALIGNMENT, STORAGE_DTYPES, split_args, storage_dtype, value_nbytes
 
 #: inputs and outputs at least this big bypass the per-model buffers (see module docstring)
 ZERO_COPY_BYTES = 1 << 16
@@ -93,8 +94,8 @@ class Model:
         self._slots: list[tuple[TensorInfo, bool]] = []  # (value, is an input)
         self._buffers: dict[str, np.ndarray] = {}  # small inputs and outputs
         self._staged: dict[str, np.ndarray] = {}  # buffers for big unaligned inputs
-        tensors: dict[str, Any] = {n: tvm_ffi.from_dlpack(a) for n, a in self._consts.items()}
-        tensors.update({n: tvm_ffi.from_dlpack(a) for n, a in views.items()})
+        tensors: dict[str, Any] = {n: tvm_tensor(a, values[n]["dtype"])
+                                   for n, a in {**self._consts, **views}.items()}
         slot_of: dict[str, int] = {}
         input_names = {s.name for s in self._inputs}
         for sig in self._inputs + tuple(s for s in self._outputs if s.name in written):
@@ -379,6 +380,27 @@ def _info(sig: dict[str, Any]) -> TensorInfo:
     return TensorInfo(sig["name"], tuple(sig["shape"]), sig["dtype"])
 
 
+# DLPack's type code of bfloat16 (kDLBfloat), and where a DLTensor keeps its type code: after
+# the data pointer (8 bytes), the device (two int32) and ndim (int32)
+_DL_BFLOAT, _DL_CODE_OFFSET = 4, 20
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
+                                                                         ctypes.c_char_p]
+
+
+def tvm_tensor(array: np.ndarray, dtype: str) -> Any:
+    """``array`` as a tvm_ffi tensor of kiln dtype ``dtype``, sharing its memory. A dtype
+    numpy lacks (bfloat16) is held as its bits (``STORAGE_DTYPES``); its DLPack capsule is
+    relabeled with the real type code before tvm_ffi takes it (same bits per element)."""
+    if dtype not in STORAGE_DTYPES:
+        return tvm_ffi.from_dlpack(array)
+    assert array.dtype == np.dtype(STORAGE_DTYPES[dtype]) and dtype == "bfloat16"
+    capsule = array.__dlpack__()
+    header = _capsule_pointer(capsule, b"dltensor")
+    ctypes.c_uint8.from_address(header + _DL_CODE_OFFSET).value = _DL_BFLOAT
+    return tvm_ffi.from_dlpack(capsule)
+
+
 def _aligned_copy(array: np.ndarray) -> np.ndarray:
     out = aligned_empty(array.shape, array.dtype)
     out[...] = array
@@ -397,7 +419,8 @@ def _arena(memory: dict[str, Any], values: dict[str, Any]) -> tuple[np.ndarray, 
         info = values[name]
         nbytes = value_nbytes(info)
         start = offsets[buf]
-        views[name] = arena[start:start + nbytes].view(info["dtype"]).reshape(info["shape"])
+        views[name] = arena[start:start + nbytes].view(storage_dtype(info["dtype"])) \
+            .reshape(info["shape"])
     return arena, views
 
 

@@ -49,10 +49,18 @@ DTYPE_SIZES = {
     "bool": 1,
     "int8": 1, "int16": 2, "int32": 4, "int64": 8,
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
-    "float16": 2, "float32": 4, "float64": 8,
+    "float16": 2, "float32": 4, "float64": 8, "bfloat16": 2,
 }
-#: dtypes that kiln's IR knows but the numpy-based runtime cannot hold yet
-UNSUPPORTED_DTYPES = {"bfloat16": 2}
+#: dtypes numpy lacks, held by the runtime as the bits in an unsigned integer array of the
+#: same size (weights.npz stores them so too); kernels see the real dtype (``tvm_tensor``)
+STORAGE_DTYPES = {"bfloat16": "uint16"}
+#: dtypes a graph input or output may not have: the runtime takes and returns numpy arrays
+EDGE_UNSUPPORTED = ("bfloat16",)
+
+
+def storage_dtype(dtype: str) -> str:
+    """The numpy dtype that holds values of kiln dtype ``dtype`` in the runtime."""
+    return STORAGE_DTYPES.get(dtype, dtype)
 
 TARGET_KINDS = ("llvm", "cuda")
 
@@ -90,7 +98,7 @@ def round_up(nbytes: int, multiple: int = ALIGNMENT) -> int:
 def value_nbytes(info: dict[str, Any]) -> int:
     """Bytes of a value described by ``{"shape": [...], "dtype": "..."}``."""
     dtype = info["dtype"]
-    size = DTYPE_SIZES.get(dtype) or UNSUPPORTED_DTYPES.get(dtype)
+    size = DTYPE_SIZES.get(dtype)
     if size is None:
         raise ArtifactError(f"unknown dtype {dtype!r}")
     return math.prod(info["shape"]) * size
@@ -375,9 +383,6 @@ def _check_value(name: str, info: Any) -> None:
     dtype = info.get("dtype")
     if not isinstance(dtype, str):
         raise _bad(f"value {_show(name)} has unknown dtype {_show(dtype)}")
-    if dtype in UNSUPPORTED_DTYPES:
-        raise _bad(f"value {_show(name)} has dtype {dtype}, which the kiln runtime cannot "
-                   "hold yet")
     if dtype not in DTYPE_SIZES:
         raise _bad(f"value {_show(name)} has unknown dtype {_show(dtype)}")
     if value_nbytes(info) > MAX_VALUE_BYTES:
@@ -393,6 +398,10 @@ def _check_signatures(sigs: list, io: str, values: dict[str, Any]) -> list[str]:
             raise _bad(f"an entry of {io!r} has no name")
         name = sig["name"]
         _check_value(name, sig)
+        if sig["dtype"] in EDGE_UNSUPPORTED:
+            raise ArtifactError(f"graph {io[:-1]} {_show(name)} is {sig['dtype']}, which numpy "
+                                "(and so kiln's runtime) has no dtype for; cast it to float32 "
+                                "in the graph (kiln.compile's precision option does so)")
         known = values.get(name)
         if known is None or known["shape"] != sig["shape"] or known["dtype"] != sig["dtype"]:
             raise _bad(f"{io[:-1]} {_show(name)} does not match its entry in 'values'")

@@ -272,7 +272,8 @@ def _read_npy(npz: zipfile.ZipFile, member: zipfile.ZipInfo, name: str,
             raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} has an unknown .npy "
                                 f"version; {fmt.REBUILD_HINT}")
         shape, fortran, dtype = reader(f)
-        if str(dtype) != info["dtype"] or list(shape) != info["shape"] or dtype.hasobject:
+        if str(dtype) != fmt.storage_dtype(info["dtype"]) or list(shape) != info["shape"] \
+                or dtype.hasobject:
             raise ArtifactError(f"constant {name!r} in {fmt.WEIGHTS} is {dtype}{list(shape)}, "
                                 f"the manifest says {info['dtype']}{info['shape']}; "
                                 f"{fmt.REBUILD_HINT}")

@@ -55,7 +55,7 @@ def write_artifact(
     tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-", dir=path.parent))
     try:
         shutil.copyfile(library_path, tmp / fmt.KERNELS)
-        _write_npz(tmp / fmt.WEIGHTS, {name: weights[name] for name in m["constants"]})
+        _write_npz(tmp / fmt.WEIGHTS, {name: _stored(weights[name]) for name in m["constants"]})
         shutil.copyfile(runtime_lib_path, tmp / fmt.RUNTIME_LIB)
         extra = dict(target_files or {})
         if sorted(extra) != sorted(fmt.files_of(m)[len(fmt.REQUIRED_FILES):]):
@@ -214,6 +214,13 @@ def _complete_manifest(manifest: dict[str, Any], weights: dict[str, np.ndarray])
             raise ArtifactError(f"weight {name!r} is {got}, but the manifest says "
                                 f"{info['dtype']}{info['shape']}")
     return m
+
+
+def _stored(array: np.ndarray) -> np.ndarray:
+    """``array`` as weights.npz holds it: a dtype numpy lacks (ml_dtypes' bfloat16) as its
+    bits (``format.STORAGE_DTYPES``)."""
+    held = fmt.storage_dtype(array.dtype.name)
+    return array.view(held) if held != array.dtype.name else array
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

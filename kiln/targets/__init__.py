@@ -45,6 +45,11 @@ class Target(Protocol):
         """Elements of ``dtype`` per vector register."""
         ...
 
+    def slow_precision(self, dtype: str) -> str | None:
+        """Why ``dtype`` ("bfloat16", "float16") would be no faster than float32 here (None:
+        it has fast instructions for it)."""
+        ...
+
     def to_dict(self) -> dict[str, Any]:
         """The dict form TVM's Target accepts; also the manifest's ``target``."""
         ...

@@ -96,6 +96,20 @@ class CpuTarget:
         """Every pass applies on the CPU."""
         return True
 
+    def slow_precision(self, dtype: str) -> str | None:
+        """bfloat16 needs AVX512-BF16 (a dot product of bf16 pairs into float32); float16 has
+        no instruction that multiplies it into a float32 sum on any x86 CPU (AVX512-FP16
+        accumulates in float16), so kiln's float16 kernels only convert: never faster."""
+        if dtype == "bfloat16":
+            return None if "avx512_bf16" in self.features else (
+                f"this CPU target ({self.mcpu or 'generic'}) has no AVX512-BF16 "
+                "(vdpbf16ps), so bfloat16 kernels would convert to float32 and be slower")
+        if dtype == "float16":
+            return ("x86 CPUs have no float16 dot product that accumulates in float32 "
+                    "(AVX512-FP16 sums in float16), so float16 kernels would only convert "
+                    "to float32 and be slower")
+        return None
+
     def lanes(self, dtype: str = "float32") -> int:
         """Elements of ``dtype`` per vector register."""
         bits = {"float64": 64, "int64": 64, "float16": 16, "bfloat16": 16, "int8": 8,

@@ -74,6 +74,10 @@ class CudaTarget:
         """Every pass but the NCHWc layout (a CPU cache-blocking choice)."""
         return name != "layout"
 
+    def slow_precision(self, dtype: str) -> str | None:
+        """sm_80 and later multiply bf16 and fp16 at least as fast as float32."""
+        return None
+
     def lanes(self, dtype: str = "float32") -> int:
         """One element per thread: GPU kernels are not vectorized by lanes."""
         return 1

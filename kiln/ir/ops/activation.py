@@ -7,7 +7,14 @@ import math
 import numpy as np
 
 from kiln.ir.ops.elementwise import clip, erf
-from kiln.ir.ops.registry import ELEMENTWISE, elementwise_flops, fail, register, same_as_input
+from kiln.ir.ops.registry import (
+    ELEMENTWISE,
+    KEEP,
+    elementwise_flops,
+    fail,
+    register,
+    same_as_input,
+)
 
 _float = same_as_input(floats=True)
 
@@ -68,7 +75,8 @@ def silu(x):
     return x * sigmoid(x)
 
 
-@register("softplus", kind=ELEMENTWISE, infer=_float, attrs={"beta": 1.0, "threshold": 20.0},
+@register("softplus", kind=ELEMENTWISE,
+          precision=KEEP, infer=_float, attrs={"beta": 1.0, "threshold": 20.0},
           flops=elementwise_flops(4))
 def softplus(x, beta, threshold):
     """log(1 + e^(beta x)) / beta, linear above ``threshold`` (as PyTorch)."""

@@ -9,6 +9,7 @@ import numpy as np
 from kiln.errors import AttributeError_, InputError
 from kiln.ir.ops.registry import (
     ELEMENTWISE,
+    KEEP,
     broadcast_shapes,
     elementwise_flops,
     fail,
@@ -84,7 +85,7 @@ def div(a, b):
     return np.true_divide(a, b)
 
 
-@register("pow", kind=ELEMENTWISE, infer=_arith, arity=2, flops=_flops)
+@register("pow", kind=ELEMENTWISE, precision=KEEP, infer=_arith, arity=2, flops=_flops)
 def pow_(a, b):
     return np.power(a, b)
 

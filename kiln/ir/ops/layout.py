@@ -28,6 +28,7 @@ from kiln.ir.ops import nn
 from kiln.ir.ops.registry import (
     ANCHOR,
     INJECTIVE,
+    LOW,
     OPS,
     REQUIRED,
     bad_attr,
@@ -188,7 +189,8 @@ def _conv_flops(in_types, out_types, attrs):
     return 2 * numel(out_types[0].shape) * w[1] * w[2] * w[3] * w[4]
 
 
-@register("conv2d_nchwc", kind=ANCHOR, epilogue=True, infer=_conv_infer, arity=2, flops=_conv_flops,
+@register("conv2d_nchwc", kind=ANCHOR,
+          precision=LOW, epilogue=True, infer=_conv_infer, arity=2, flops=_conv_flops,
           attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1), "tile": None})
 def conv2d_nchwc(x, w, strides, pads, dilations, tile):
     """conv2d on x[N, C/ic, H, W, ic] and w[O/oc, C/ic, kh, kw, ic, oc] -> [N, O/oc, OH,
@@ -217,7 +219,8 @@ def _depthwise_flops(in_types, out_types, attrs):
     return 2 * numel(out_types[0].shape) * kh * kw
 
 
-@register("depthwise_conv2d_nchwc", kind=ANCHOR, epilogue=True, infer=_depthwise_infer,
+@register("depthwise_conv2d_nchwc", kind=ANCHOR,
+          precision=LOW, epilogue=True, infer=_depthwise_infer,
           arity=2, flops=_depthwise_flops,
           attrs={"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1)})
 def depthwise_conv2d_nchwc(x, w, strides, pads, dilations):
@@ -250,7 +253,8 @@ def _pool(op: str):
         return relayout(np.asarray(y), "NCHW", layout)
 
     reference.__doc__ = f"{op} on [N, C/c, H, W, c]: the same windows, channels blocked."
-    register(f"{op}_nchwc", kind=base.kind, infer=infer, attrs=base.attrs, flops=flops,
+    register(f"{op}_nchwc", kind=base.kind,
+             precision=base.precision, infer=infer, attrs=base.attrs, flops=flops,
              epilogue=base.epilogue, prologue=base.prologue)(reference)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.ir.ops.registry import ANCHOR, broadcast_shapes, fail, numel, register, same_dtype
+from kiln.ir.ops.registry import ANCHOR, LOW, broadcast_shapes, fail, numel, register, same_dtype
 from kiln.ir.types import TensorType
 
 
@@ -30,6 +30,7 @@ def _matmul_flops(in_types, out_types, attrs):
     return 2 * numel(out_types[0].shape) * (k if isinstance(k, int) else 1)
 
 
-@register("matmul", kind=ANCHOR, epilogue=True, infer=_matmul, arity=2, flops=_matmul_flops)
+@register("matmul", kind=ANCHOR,
+          precision=LOW, epilogue=True, infer=_matmul, arity=2, flops=_matmul_flops)
 def matmul(a, b):
     return np.matmul(a, b)

@@ -18,6 +18,8 @@ from kiln.ir.ops.constant import random_bits, uniform_from_bits
 from kiln.ir.ops.registry import (
     ANCHOR,
     BROADCAST,
+    KEEP,
+    LOW,
     OPAQUE,
     REDUCTION,
     REQUIRED,
@@ -187,14 +189,16 @@ def _conv_attrs(r: int) -> dict:
     return {"strides": (1,) * r, "pads": (0,) * (2 * r), "dilations": (1,) * r, "groups": 1}
 
 
-@register("conv1d", kind=ANCHOR, epilogue=True, infer=_conv_infer(1), attrs=_conv_attrs(1),
+@register("conv1d", kind=ANCHOR,
+          precision=LOW, epilogue=True, infer=_conv_infer(1), attrs=_conv_attrs(1),
           arity=(2, 3), flops=_conv_flops)
 def conv1d(x, w, b=None, *, strides, pads, dilations, groups):
     """x[N, C, W] * w[O, C/groups, kw] (+ b[O]) -> [N, O, W']."""
     return _conv(x, w, b, strides, pads, dilations, groups)
 
 
-@register("conv2d", kind=ANCHOR, epilogue=True, infer=_conv_infer(2), attrs=_conv_attrs(2),
+@register("conv2d", kind=ANCHOR,
+          precision=LOW, epilogue=True, infer=_conv_infer(2), attrs=_conv_attrs(2),
           arity=(2, 3), flops=_conv_flops)
 def conv2d(x, w, b=None, *, strides, pads, dilations, groups):
     """x[N, C, H, W] * w[O, C/groups, kh, kw] (+ b[O]) -> [N, O, H', W']."""
@@ -226,7 +230,8 @@ def _conv_transpose_flops(in_types, out_types, attrs):
     return 2 * numel(in_types[0].shape) * og * kh * kw
 
 
-@register("conv_transpose2d", kind=ANCHOR, epilogue=True, infer=_conv_transpose_infer, arity=(2, 3),
+@register("conv_transpose2d", kind=ANCHOR,
+          precision=LOW, epilogue=True, infer=_conv_transpose_infer, arity=(2, 3),
           attrs={**_conv_attrs(2), "output_padding": (0, 0)}, flops=_conv_transpose_flops)
 def conv_transpose2d(x, w, b=None, *, strides, pads, output_padding, dilations, groups):
     """x[N, C, H, W], w[C, O/groups, kh, kw] (+ b[O]) -> [N, O, H', W'], the adjoint of conv2d.
@@ -281,7 +286,8 @@ def _pool_flops(in_types, out_types, attrs):
     return numel(out_types[0].shape) * numel(attrs["kernel_shape"])
 
 
-@register("max_pool2d", kind=ANCHOR, epilogue=True, infer=_pool_infer(True), flops=_pool_flops,
+@register("max_pool2d", kind=ANCHOR,
+          precision=KEEP, epilogue=True, infer=_pool_infer(True), flops=_pool_flops,
           attrs={
     "kernel_shape": REQUIRED, "strides": None, "pads": (0, 0, 0, 0), "dilations": (1, 1),
     "ceil_mode": False})
@@ -292,7 +298,8 @@ def max_pool2d(x, kernel_shape, strides, pads, dilations, ceil_mode):
     return _windows(x, k, s, dilations, pads, outs, -np.inf).max(axis=(-2, -1))
 
 
-@register("avg_pool2d", kind=ANCHOR, epilogue=True, infer=_pool_infer(False), flops=_pool_flops,
+@register("avg_pool2d", kind=ANCHOR,
+          precision=KEEP, epilogue=True, infer=_pool_infer(False), flops=_pool_flops,
           attrs={
     "kernel_shape": REQUIRED, "strides": None, "pads": (0, 0, 0, 0), "ceil_mode": False,
     "count_include_pad": True})
@@ -320,7 +327,7 @@ def _global_pool_infer(types, attrs):
     return x.with_shape(x.shape[:2] + (1, 1))
 
 
-@register("global_avg_pool2d", kind=ANCHOR, epilogue=True, infer=_global_pool_infer,
+@register("global_avg_pool2d", kind=ANCHOR, precision=KEEP, epilogue=True, infer=_global_pool_infer,
           flops=lambda i, o, a: numel(i[0].shape))
 def global_avg_pool2d(x):
     """[N, C, H, W] -> [N, C, 1, 1], the mean over H and W (H and W may be symbolic)."""
@@ -342,7 +349,8 @@ def _batch_norm_infer(types, attrs):
     return x
 
 
-@register("batch_norm", kind=BROADCAST, epilogue=True, infer=_batch_norm_infer, arity=5,
+@register("batch_norm", kind=BROADCAST,
+          precision=KEEP, epilogue=True, infer=_batch_norm_infer, arity=5,
           attrs={"epsilon": 1e-5},
           flops=elementwise_flops(4))
 def batch_norm(x, scale, bias, mean, var, epsilon):
@@ -393,7 +401,7 @@ def _lrn_infer(types, attrs):
     return x
 
 
-@register("lrn", kind=ANCHOR, epilogue=True, infer=_lrn_infer, flops=lambda i, o,
+@register("lrn", kind=ANCHOR, precision=KEEP, epilogue=True, infer=_lrn_infer, flops=lambda i, o,
           a: (a["size"] + 4) * numel(i[0].shape),
           attrs={"size": REQUIRED, "alpha": 1e-4, "beta": 0.75, "bias": 1.0})
 def lrn(x, size, alpha, beta, bias):

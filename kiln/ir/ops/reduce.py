@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kiln.ir.ops.registry import (
+    FOLLOW,
     REDUCTION,
     fail,
     normalize_axes,
@@ -72,13 +73,13 @@ def _reduce_nonempty(types, attrs):
 
 
 @register("max", kind=REDUCTION, epilogue=True, infer=_reduce_nonempty, attrs=_REDUCE_ATTRS,
-          flops=_reduce_flops)
+          precision=FOLLOW, flops=_reduce_flops)
 def max_(x, axes, keepdims):
     return np.max(x, axis=_axes(x, axes), keepdims=keepdims)
 
 
 @register("min", kind=REDUCTION, epilogue=True, infer=_reduce_nonempty, attrs=_REDUCE_ATTRS,
-          flops=_reduce_flops)
+          precision=FOLLOW, flops=_reduce_flops)
 def min_(x, axes, keepdims):
     return np.min(x, axis=_axes(x, axes), keepdims=keepdims)
 

@@ -40,6 +40,12 @@ ANCHOR = "anchor"  # compute-bound, with a schedule of its own (matmul, convolut
 OPAQUE = "opaque"  # none of these: fused groups, random sources, dropout
 KINDS = (ELEMENTWISE, BROADCAST, INJECTIVE, REDUCTION, ANCHOR, OPAQUE)
 
+# How an op takes a reduced precision policy (bf16/fp16; ``kiln/passes/precision.py``).
+LOW = "low"  # computes in the reduced type, accumulating in float32 (matmul, convolutions)
+KEEP = "float32"  # needs float32 numerics (sums, statistics, softmax), or has no half code
+FOLLOW = "follow"  # runs in the type of the activations it reads (elementwise, shape ops)
+PRECISIONS = (LOW, KEEP, FOLLOW)
+
 
 @dataclass(frozen=True)
 class OpDef:
@@ -53,6 +59,7 @@ class OpDef:
     doc: str = ""
     epilogue: bool = False  # an elementwise chain may be fused into its output
     prologue: bool = False  # absorbs the single-use elementwise group producing its input
+    precision: str = FOLLOW  # one of PRECISIONS
 
 
 OPS: dict[str, OpDef] = {}
@@ -68,17 +75,23 @@ def register(
     flops: Callable | None = None,
     epilogue: bool = False,
     prologue: bool = False,
+    precision: str | None = None,
 ):
-    """Decorator: register ``fn`` as the numpy reference of op ``name`` of ``kind``."""
+    """Decorator: register ``fn`` as the numpy reference of op ``name`` of ``kind``.
+    ``precision`` defaults to KEEP for reductions (they accumulate) and FOLLOW otherwise."""
     if kind not in KINDS:
         raise KilnError(f"op {name!r}: kind {kind!r} is not one of {KINDS}")
+    if precision is None:
+        precision = KEEP if kind == REDUCTION else FOLLOW
+    if precision not in PRECISIONS:
+        raise KilnError(f"op {name!r}: precision {precision!r} is not one of {PRECISIONS}")
 
     def wrap(fn: Callable) -> Callable:
         if name in OPS:
             raise KilnError(f"op {name!r} is registered twice")
         ar = (arity, arity) if isinstance(arity, int) else arity
         OPS[name] = OpDef(name, kind, dict(attrs or {}), infer, fn, ar, flops,
-                          (fn.__doc__ or "").strip(), epilogue, prologue)
+                          (fn.__doc__ or "").strip(), epilogue, prologue, precision)
         return fn
 
     return wrap
