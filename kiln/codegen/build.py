@@ -106,6 +106,7 @@ class BuildResult:
     gpu: dict[str, Any] = field(default_factory=dict)  # GPU kernels: launches, ptxas figures
     device_code: bytes = b""  # a GPU build's device module (fat binary + function table)
     device_source: str = ""  # the CUDA C of a GPU build
+    natives: tuple[str, ...] = ()  # the C kernels its kernels call (kiln/codegen/native)
 
     def signature(self, names: list[str]) -> list[dict[str, Any]]:
         return [{"name": n, "shape": list(self.values[n].shape), "dtype": self.values[n].dtype}
@@ -172,6 +173,7 @@ class Scheduled:
     kernels: list[KernelCall]
     constants: dict[str, np.ndarray]
     values: dict[str, TensorType]
+    natives: set[str] = field(default_factory=set)
 
 
 def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _: None
@@ -200,6 +202,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
     funcs: dict[str, Any] = {}
     seen: dict[int, list[tuple[Any, str]]] = {}
     kernels: list[KernelCall] = []
+    natives: set[str] = set()
     n = len(graph.nodes)
     for index, node in enumerate(graph.nodes):
         if index % 25 == 0 and n > 25:
@@ -217,6 +220,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
         for a in group.args[: len(group.args) - group.num_outputs]:
             if a in weights:
                 constants.setdefault(a, weights[a])
+        natives |= group.natives()
         with _tvm_failure(f"{node_context(node)}: TVM could not schedule it"):
             func = group.prim_func()
             key = tvm_ffi.structural_hash(func)
@@ -233,7 +237,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
             constants.setdefault(v.name, weights[v.name])
     if not funcs:  # every output is an input or a constant: still ship a (trivial) library
         funcs["kiln_noop"] = schedule(_noop(), tgt).with_attr("global_symbol", "kiln_noop")
-    return Scheduled(tgt, funcs, kernels, constants, values)
+    return Scheduled(tgt, funcs, kernels, constants, values, natives)
 
 
 def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None
@@ -275,6 +279,7 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         gpu=gpu_report(tgt, list(funcs), source, ptxas) if tgt.kind == "cuda" else {},
         device_code=device,
         device_source=source,
+        natives=tuple(sorted(done.natives)),
     )
 
 
@@ -339,13 +344,17 @@ def _noop():
 
 
 def export(result: BuildResult, directory: str, name: str = "kernels.so") -> str:
-    """Write the compiled library to ``directory/name`` (export_library); returns its path."""
+    """Write the compiled library to ``directory/name`` (export_library, with the native
+    kernels it calls linked in); returns its path."""
     import os
+
+    from kiln.codegen import native as natives
 
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     try:
-        result.executable.export_library(path)
+        addons = natives.objects(result.natives) if result.natives else None
+        result.executable.export_library(path, addons=addons)
     except Exception as e:  # noqa: BLE001  (the linker's failure, as TVM reports it)
         raise KilnError(f"linking the kernels of {result.name!r} for {result.target.to_dict()} "
                         f"failed: {_linker_error(e)}") from e

@@ -22,6 +22,10 @@ def run_in_process(result, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]
     from kiln.codegen.build import check_inputs
 
     arrays = check_inputs(result, inputs)
+    if result.natives:
+        from kiln.codegen.native import load_in_process
+
+        load_in_process(result.natives)
     dev = tvm.cpu()
     env: dict[str, object] = {}
 

@@ -37,7 +37,8 @@ class Tiling:
     weights re-laid out at compile time, reductions in one stage; the GPU schedules tile
     those themselves. ``raises`` False (GPU kernels, which cannot return an error): a
     failed input check (an index out of range, an integer division by zero) traps the
-    device instead (``ops/checks.py``)."""
+    device instead (``ops/checks.py``). ``bf16_dot`` True: bfloat16 matmuls and
+    convolutions call kiln's native GEMM (``ops/gemm_bf16.py``: AVX512-BF16 or AMX)."""
 
     lanes: int
     gemm_rows: int
@@ -47,6 +48,7 @@ class Tiling:
     tasks: int
     blocked: bool = True
     raises: bool = True
+    bf16_dot: bool = False
 
     def gemm_cols(self, n: int) -> int:
         """Columns of a GEMM register tile (and of a packed B panel) for N = ``n``."""
@@ -151,6 +153,12 @@ class LoweredGroup:
         from tvm import te
 
         return te.create_prim_func(self.tensors)
+
+    def natives(self) -> set[str]:
+        """The native (C) kernels it calls (``kiln/codegen/native``)."""
+        from kiln.codegen.native import natives_of
+
+        return natives_of(self.tensors[len(self.tensors) - self.num_outputs:])
 
 
 def lower_group(

@@ -20,6 +20,7 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import Tiling, lowering
 from kiln.codegen.ops import common as c
+from kiln.codegen.ops import gemm_bf16
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.reduce import reduce_rows
 
@@ -117,6 +118,27 @@ def _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape):
     return te.compute(out_shape, fn, name="matmul")
 
 
+def _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape, a_vec,
+                 b_packed: bool):
+    """A bfloat16 matmul through kiln's native GEMM (``gemm_bf16.py``), rounded to bfloat16
+    from its float32 sums."""
+    a_in = gemm_bf16.a_rows(a, a_at, out_batch, m, k_dim)
+    if b_packed:
+        bp = b
+    else:
+        bp = gemm_bf16.pack_b_stage(lambda bb, k, j: b[(*b_b(bb), k, j)], out_batch, k_dim, n)
+    cp = gemm_bf16.gemm_bf16(a_in, bp, out_batch, m, k_dim)
+    nbat = len(out_batch)
+
+    def out_fn(*idx):
+        flat = 0
+        for i, d in zip(idx[:nbat], out_batch):
+            flat = flat * d + i
+        return cp[flat, 0 if a_vec else idx[nbat], idx[-1]].astype("bfloat16")
+
+    return te.compute(out_shape, out_fn, name="matmul")
+
+
 @lowering("matmul")
 def matmul(inputs, attrs, out_types):
     a, b = inputs
@@ -136,6 +158,10 @@ def matmul(inputs, attrs, out_types):
     def a_at(bidx, i, k):
         return a[k] if a_vec else a[(*a_b(bidx), i, k)]
 
+    if tiles.bf16_dot and dtype_of(a) == dtype_of(b) == "bfloat16" and not b_vec and (
+            packed is None or attrs.get("_bf16_b")):
+        return _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape,
+                            a_vec, bool(attrs.get("_bf16_b")))
     if n == 1 and not packed:
         # matrix-vector: out[..., i] = sum_k a[..., i, k] * b[..., k, (0)]
         def read(idx):

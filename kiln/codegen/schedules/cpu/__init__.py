@@ -58,7 +58,8 @@ def tiling(node: Node, target: Target) -> Tiling:
     """The CPU tiling of ``node``'s compute on ``target``."""
     dtype = node.outputs[0].dtype if node.outputs else "float32"
     return Tiling(target.lanes(dtype), GEMM_ROWS, GEMM_VECTORS, CONV_PIXELS,
-                  GEMM_BLOCK_BYTES, TASKS_PER_CORE * target.num_cores)
+                  GEMM_BLOCK_BYTES, TASKS_PER_CORE * target.num_cores,
+                  bf16_dot="avx512_bf16" in target.features)
 
 
 # anchor kind -> fn(sch, block, lanes, cores, epilogue) -> names of the blocks it scheduled
@@ -121,8 +122,11 @@ def schedule(func, target: Target) -> object:
 
     for n in rest:
         b = sch.get_sblock(n)
-        if 0 in extents(sch, sch.get_loops(b)):
-            continue  # an empty tensor: nothing to schedule (and TVM cannot vectorize it)
+        loops = sch.get_loops(b)
+        if not loops or 0 in extents(sch, loops):
+            # a call of a native kernel (it runs its own threads), or an empty tensor:
+            # nothing to schedule (and TVM cannot vectorize the latter)
+            continue
         lanes = target.lanes(_dtype(sch, b))
         if is_reduction(sch, b):
             fn = schedule_reduction
