@@ -20,10 +20,13 @@ only group widths that fit no such block fall back to a direct NCHW formula.
 
 from __future__ import annotations
 
+from math import gcd
+
 import numpy as np
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
+from kiln.codegen.ops import gemm_bf16
 from kiln.codegen.ops.common import const, dtype_of, largest_divisor, shape_of, tiling
 from kiln.codegen.ops.linalg import b_reader, gemm_stage
 from kiln.codegen.pack import PackPlan, packer
@@ -132,10 +135,18 @@ def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(ch // cb, cb, kh, kw).transpose(0, 2, 3, 1))
 
 
+def _native_bf16(attrs, x_dtype: str, w_dtype: str) -> bool:
+    """A bfloat16 convolution of one group: an im2col GEMM on kiln's native kernel."""
+    return (tiling(attrs).bf16_dot and x_dtype == w_dtype == "bfloat16"
+            and attrs["groups"] == 1)
+
+
 @packer("conv2d", 1)
 def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
     if not tiling(attrs).blocked:
         return None  # the plain compute reads the weight as it lies
+    if _native_bf16(attrs, node.inputs[0].dtype, array.dtype.name):
+        return PackPlan("bf16pairs", pack_conv_weight_bf16(array), {"_bf16_w": array.shape[2:]})
     lanes = tiling(attrs).lanes
     if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
         cb = largest_divisor(array.shape[0], lanes)
@@ -345,6 +356,79 @@ def _own_group(tap, ob, ri, co, blocks, og: int, cg: int, dtype: str):
     return tirx.Select(same, tap, const(-0.0, dtype))  # (if_then_else would not vectorize)
 
 
+def bf16_row(kh: int, kw: int, ch: int) -> int:
+    """Elements per kernel row (kw x C taps) in the bf16 convolution's patches: kw*C, padded
+    with zeros so that kh rows make a multiple of the native kernel's K block."""
+    row = kw * ch
+    if kh * row % gemm_bf16.K_BLOCK == 0:
+        return row
+    step = gemm_bf16.K_BLOCK // gcd(kh, gemm_bf16.K_BLOCK)
+    return -(-row // step) * step
+
+
+def pack_conv_weight_bf16(w: np.ndarray) -> np.ndarray:
+    """[O, C, kh, kw] -> B[kh * row, O] (row: ``bf16_row``; [ky, kx*C + c] order, zero
+    padded) in the native kernel's bf16 pair panels."""
+    o, ch, kh, kw = w.shape
+    b = np.zeros((kh, bf16_row(kh, kw, ch), o), w.dtype)
+    b[:, :kw * ch] = w.transpose(2, 3, 1, 0).reshape(kh, kw * ch, o)
+    return gemm_bf16.pack_b_bf16(b.reshape(-1, o))
+
+
+def conv2d_bf16(x, w, bias, out_shape, strides, pads, dilations, packed):
+    """A bfloat16 convolution (one group) as a GEMM on kiln's native kernel, summed in
+    float32. x goes to NHWC rows (zero-padded; W and C flattened, so that one kernel row's
+    kw x C taps are contiguous), its patches A[N, OH, OW, kh, row] (im2col; ``bf16_row``)
+    times the weight as B[kh * row, O] (``pack_conv_weight_bf16``: at compile time, when
+    ``packed`` is the kernel's (kh, kw); else per call); the output stage adds the bias,
+    rounds to bfloat16 and goes back to NCHW."""
+    n, ch, h, wd = shape_of(x)
+    o = out_shape[1]
+    kh, kw = packed or shape_of(w)[2:]
+    oh, ow = out_shape[2], out_shape[3]
+    (sh, sw), (dh, dw) = strides, dilations
+    top, left = pads[0], pads[1]
+    hp = max(h + top, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + left, (ow - 1) * sw + (kw - 1) * dw + 1)
+    zero = const(0, "bfloat16")
+
+    def rows_fn(b, i, jc):
+        hi, wi = i - top, jc // ch - left
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, x[b, jc % ch, tirx.min(tirx.max(hi, 0), h - 1),
+                                           tirx.min(tirx.max(wi, 0), wd - 1)], zero)
+
+    xh = te.compute((n, hp, wp * ch), rows_fn, name="to_nhwc")
+    row, taps_row = bf16_row(kh, kw, ch), kw * ch
+
+    def patch_fn(b, i, j, ky, r):
+        rc = tirx.min(r, taps_row - 1)
+        col = (j * sw) * ch + rc if dw == 1 else (j * sw + (rc // ch) * dw) * ch + rc % ch
+        tap = xh[b, i * sh + ky * dh, col]
+        return tap if row == taps_row else tirx.if_then_else(r < taps_row, tap, zero)
+
+    a = te.compute((n, oh, ow, kh, row), patch_fn, name="im2col", attrs={"kiln.sched": "pack"})
+    if packed:
+        bp = w
+    else:
+        def w_at(bb, kk, oo):
+            ky, r = kk // row, tirx.min(kk % row, taps_row - 1)
+            tap = w[oo, r % ch, ky, r // ch]
+            return tap if row == taps_row else tirx.if_then_else(kk % row < taps_row, tap,
+                                                                 zero)
+
+        bp = gemm_bf16.pack_b_stage(w_at, (), kh * row, o)
+    cp = gemm_bf16.gemm_bf16(a, bp, (n,), oh * ow, kh * row)
+
+    def out_fn(b, oo, i, j):
+        v = cp[b, i * ow + j, oo]
+        if bias is not None:
+            v = v + bias[oo].astype("float32")
+        return v.astype("bfloat16")
+
+    return te.compute(tuple(out_shape), out_fn, name="conv2d_bf16")
+
+
 def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
     """Convolution straight from the NCHW formula: the CPU's fallback for group widths that
     fit no block, and every convolution of the plain (GPU) computes."""
@@ -381,6 +465,8 @@ def conv2d(inputs, attrs, out_types):
     args = (attrs["strides"], attrs["pads"], attrs["dilations"])
     if not tiling(attrs).blocked:
         return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
+    if attrs.get("_bf16_w") or _native_bf16(attrs, dtype_of(x), dtype_of(w)):
+        return conv2d_bf16(x, w, bias, out_shape, *args, attrs.get("_bf16_w"))
     if attrs.get("_packed_dw") or _depthwise(attrs, shape_of(x)[1], out_shape[1]):
         return depthwise_nchwc(x, w, bias, out_shape, *args, tiling(attrs),
                                attrs.get("_packed_dw"))
@@ -402,7 +488,7 @@ def conv1d(inputs, attrs, out_types):
     bias = inputs[2] if len(inputs) > 2 else None
     n, ch, wd = shape_of(x)
     x4 = te.compute((n, ch, 1, wd), lambda b, cc, i, j: x[b, cc, j], name="as_2d")
-    packed = attrs.get("_packed_w")
+    packed = attrs.get("_packed_w") or attrs.get("_bf16_w")
     if not packed:
         o, cg, kw = shape_of(w)
         w = te.compute((o, cg, 1, kw), lambda a, b, i, j: w[a, b, j], name="w_as_2d")
@@ -410,7 +496,10 @@ def conv1d(inputs, attrs, out_types):
     out4 = (o_shape[0], o_shape[1], 1, o_shape[2])
     s, p, d = attrs["strides"], attrs["pads"], attrs["dilations"]
     args = ((1, s[0]), (0, p[0], 0, p[1]), (1, d[0]))
-    if attrs["groups"] != 1 or not tiling(attrs).blocked:
+    if attrs.get("_bf16_w") or (tiling(attrs).blocked and _native_bf16(attrs, dtype_of(x),
+                                                                       dtype_of(w))):
+        y = conv2d_bf16(x4, w, bias, out4, *args, attrs.get("_bf16_w"))
+    elif attrs["groups"] != 1 or not tiling(attrs).blocked:
         y = conv2d_direct(x4, w, bias, out4, *args, attrs["groups"])
     else:
         y = conv2d_nchwc(x4, w, bias, out4, *args, tiling(attrs), packed)

@@ -91,7 +91,9 @@ def schedule_pack(sch, block, lanes: int, cores: int) -> None:
     total = prod(extents(sch, loops))
     n_blk = extents(sch, [blk])[0]
     if n_blk % lanes == 0:
-        vectorize_inner(sch, blk, lanes, unroll_rest=True)
+        # (a long block, an im2col row of kw x C taps, stays a loop: unrolled, LLVM took
+        # seconds per kernel)
+        vectorize_inner(sch, blk, lanes, unroll_rest=n_blk <= 4 * lanes)
     elif n_blk <= 4 * lanes:
         sch.unroll(blk)
     if cores > 1 and total >= PARALLEL_MIN:
