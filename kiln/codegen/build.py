@@ -353,8 +353,10 @@ def export(result: BuildResult, directory: str, name: str = "kernels.so") -> str
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name)
     try:
-        addons = natives.objects(result.natives) if result.natives else None
-        result.executable.export_library(path, addons=addons)
+        if result.natives:
+            result.executable.export_library(path, addons=natives.objects(result.natives))
+        else:
+            result.executable.export_library(path)
     except Exception as e:  # noqa: BLE001  (the linker's failure, as TVM reports it)
         raise KilnError(f"linking the kernels of {result.name!r} for {result.target.to_dict()} "
                         f"failed: {_linker_error(e)}") from e

@@ -3,8 +3,9 @@
 A pass is a pure function ``(Graph, PassContext | None) -> Graph`` registered under a name
 with ``@graph_pass``; the manager hands every pass the one ``PassContext`` of the run
 (target, opt level, pass options; ``kiln/passes/context.py``). Pipelines are lists of pass
-names: ``O0`` runs nothing but the precision policy, ``O1`` canonicalizes, ``O2`` adds fusion and ``O3`` layout
-tuning; the target drops the passes that do not apply to it (``Target.uses_pass``).
+names: ``O0`` runs nothing but the precision policy (``precision``: bf16/fp16 if the
+context asks), ``O1`` canonicalizes, ``O2`` adds fusion and ``O3`` layout tuning; the
+target drops the passes that do not apply to it (``Target.uses_pass``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import Tiling
 from kiln.errors import KilnError
-from kiln.ir.types import TensorType, is_float
+from kiln.ir.types import HALF_DTYPES, TensorType, is_float
 
 
 def const(value, dtype: str):
@@ -153,6 +153,17 @@ def minimum(a, b):
     if not is_float(dtype_of(a)):
         return tirx.min(a, b)
     return tirx.Select(isnan(a), a, tirx.min(a, b))
+
+
+def sum_dtype(dtype: str) -> str:
+    """The type a sum of ``dtype`` products accumulates in: float32 for 16-bit floats."""
+    return "float32" if dtype in HALF_DTYPES else dtype
+
+
+def widen(x):
+    """``x`` in ``sum_dtype``: what sums of products multiply, so that they accumulate in
+    float32 (the consumer rounds the sum to the output type)."""
+    return x.astype("float32") if dtype_of(x) in HALF_DTYPES else x
 
 
 def _via_f32(fn, x):

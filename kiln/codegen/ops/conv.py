@@ -27,7 +27,15 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import gemm_bf16
-from kiln.codegen.ops.common import const, dtype_of, largest_divisor, shape_of, tiling
+from kiln.codegen.ops.common import (
+    const,
+    dtype_of,
+    largest_divisor,
+    shape_of,
+    sum_dtype,
+    tiling,
+    widen,
+)
 from kiln.codegen.ops.linalg import b_reader, gemm_stage
 from kiln.codegen.pack import PackPlan, packer
 from kiln.ir.graph import Node
@@ -185,8 +193,8 @@ def blocked_conv(xp, w, out_hw, strides, dilations, tile):
     rx = te.reduce_axis((0, kw), name="rx")
 
     def conv_fn(b, oc, i, j, co):
-        return te.sum(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri]
-                      * w[oc, rc, ry, rx, ri, co], axis=[rc, ry, rx, ri])
+        return te.sum(widen(xp[b, rc, i * sh + ry * dh, j * sw + rx * dw, ri])
+                      * widen(w[oc, rc, ry, rx, ri, co]), axis=[rc, ry, rx, ri])
 
     ann = {"kiln.sched": "conv2d", "kiln.reg_h": tile[0], "kiln.reg_n": tile[1]}
     return te.compute((n, ob, *out_hw, ocb), conv_fn, name="conv_nchwc", attrs=ann)
@@ -240,7 +248,7 @@ def conv2d_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, packed)
     acc = blocked_conv(xp, wpk, (oh_pad, ow_pad), strides, dilations, (reg_h, reg_n))
 
     def unpack(b, oo, i, j):
-        v = acc[b, oo // ocb, i, j, oo % ocb]
+        v = acc[b, oo // ocb, i, j, oo % ocb].astype(dtype_of(x))
         return v + bias[oo] if bias is not None else v
 
     return te.compute(tuple(out_shape), unpack, name="conv2d")
@@ -259,7 +267,7 @@ def pointwise_gemm(x, w, bias, out_shape, tiles):
                     dtype_of(x))
 
     def out_fn(b, oo, i, j):
-        v = cp[b, oo, i * wd + j]
+        v = cp[b, oo, i * wd + j].astype(dtype_of(x))
         return v + bias[oo] if bias is not None else v
 
     return te.compute(tuple(out_shape), out_fn, name="conv2d_1x1")
@@ -283,14 +291,14 @@ def depthwise_nchwc(x, w, bias, out_shape, strides, pads, dilations, tiles, pack
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
 
     def conv_fn(b, cc, i, j, ci):
-        return te.sum(xp[b, cc, i * sh + ry * dh, j * sw + rx * dw, ci] * wpk[cc, ry, rx, ci],
-                      axis=[ry, rx])
+        return te.sum(widen(xp[b, cc, i * sh + ry * dh, j * sw + rx * dw, ci])
+                      * widen(wpk[cc, ry, rx, ci]), axis=[ry, rx])
 
     acc = te.compute((n, ch // cb, oh, ow_pad, cb), conv_fn, name="conv_nchwc",
                      attrs={"kiln.sched": "conv2d", "kiln.reg_n": reg_n})
 
     def unpack(b, cc, i, j):
-        v = acc[b, cc // cb, i, j, cc % cb]
+        v = acc[b, cc // cb, i, j, cc % cb].astype(dtype_of(x))
         return v + bias[cc] if bias is not None else v
 
     return te.compute(tuple(out_shape), unpack, name="depthwise_conv2d")
@@ -330,17 +338,17 @@ def grouped_nchwc(x, w, bias, out_shape, strides, pads, dilations, groups, tiles
     per_group = og // ocb if og > ocb else 1
 
     def conv_fn(b, ob, i, j, co):
-        tap = (xp[b, ob // per_group, i * sh + ry * dh, j * sw + rx * dw, ri]
-               * wpk[ob, ry, rx, ri, co])
+        tap = (widen(xp[b, ob // per_group, i * sh + ry * dh, j * sw + rx * dw, ri])
+               * widen(wpk[ob, ry, rx, ri, co]))
         if ocb > og:  # the block holds several groups: see _own_group
-            tap = _own_group(tap, ob, ri, co, blocks, og, cg, dtype_of(x))
+            tap = _own_group(tap, ob, ri, co, blocks, og, cg, sum_dtype(dtype_of(x)))
         return te.sum(tap, axis=[ry, rx, ri])
 
     acc = te.compute((n, o // ocb, oh_pad, ow_pad, ocb), conv_fn, name="conv_nchwc",
                      attrs={"kiln.sched": "conv2d", "kiln.reg_h": reg_h, "kiln.reg_n": reg_n})
 
     def unpack(b, oo, i, j):
-        v = acc[b, oo // ocb, i, j, oo % ocb]
+        v = acc[b, oo // ocb, i, j, oo % ocb].astype(dtype_of(x))
         return v + bias[oo] if bias is not None else v
 
     return te.compute(tuple(out_shape), unpack, name="grouped_conv2d")
@@ -448,13 +456,13 @@ def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
         cin = (oo // og) * cg + rc
         xv = tirx.if_then_else(inside, x[b, cin, tirx.max(tirx.min(hi, h - 1), 0),
                                          tirx.max(tirx.min(wi, wd - 1), 0)], const(0, dt))
-        return te.sum(xv * w[oo, rc, ry, rx], axis=[rc, ry, rx])
+        return te.sum(widen(xv) * widen(w[oo, rc, ry, rx]), axis=[rc, ry, rx])
 
     out = te.compute(tuple(out_shape), fn, name="conv_direct", attrs={"kiln.row": 2})
-    if bias is None:
+    if bias is None and out.dtype == dt:
         return out
-    return te.compute(tuple(out_shape), lambda b, oo, i, j: out[b, oo, i, j] + bias[oo],
-                      name="conv_bias")
+    return te.compute(tuple(out_shape), lambda b, oo, i, j: out[b, oo, i, j].astype(dt) + (
+        bias[oo] if bias is not None else const(0, dt)), name="conv_bias")
 
 
 @lowering("conv2d")

@@ -21,7 +21,7 @@ from tvm import te, tirx
 from kiln.codegen.lower import Tiling, lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops import gemm_bf16
-from kiln.codegen.ops.common import const, dtype_of, shape_of
+from kiln.codegen.ops.common import const, dtype_of, shape_of, widen
 from kiln.codegen.ops.reduce import reduce_rows
 
 RAW_B_MAX_K = 64  # a runtime B with a longer K is packed per call (see ``matmul``)
@@ -76,7 +76,8 @@ def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, tiles
 
     def gemm_fn(*idx):
         *bidx, i, j = idx
-        return te.sum(a_at(bidx, tirx.min(i, m - 1), k) * b_at(bidx, k, j), axis=k)
+        return te.sum(widen(a_at(bidx, tirx.min(i, m - 1), k)) * widen(b_at(bidx, k, j)),
+                      axis=k)
 
     ann = {"kiln.sched": "gemm", "kiln.mr": mr, "kiln.nb": nb, "kiln.batch": len(out_batch),
            "kiln.block_tiles": block_tiles}
@@ -105,7 +106,8 @@ def _ravel(idx, dims):
 
 def _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape):
     """``out[..., i, j] = sum_k a[..., i, k] * b[..., k, j]`` as it lies (GPU schedules tile
-    it themselves); the caller has handled matrix-vector products."""
+    it themselves), summed in float32 for 16-bit floats; the caller has handled
+    matrix-vector products."""
     k = te.reduce_axis((0, k_dim), name="k")
     nbat = len(out_batch)
 
@@ -113,9 +115,13 @@ def _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape):
         bidx = idx[:nbat]
         i = idx[nbat] if len(idx) > nbat + 1 else 0
         bv = b[k] if b_vec else b[(*b_b(bidx), k, idx[-1])]
-        return te.sum(a_at(bidx, i, k) * bv, axis=k)
+        return te.sum(widen(a_at(bidx, i, k)) * widen(bv), axis=k)
 
-    return te.compute(out_shape, fn, name="matmul")
+    out = te.compute(out_shape, fn, name="matmul")
+    dtype = dtype_of(b)
+    if out.dtype == dtype:
+        return out
+    return te.compute(out_shape, lambda *i: out[i].astype(dtype), name="matmul_round")
 
 
 def _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape, a_vec,
@@ -206,14 +212,14 @@ def matmul(inputs, attrs, out_types):
 
         cp = gemm_stage((), g_m, n, k_dim, a_rows, lambda bidx, k, j: b_at((), k, j), nb,
                         tiles, dtype_of(a))
-        return te.compute(out_shape, lambda *idx: cp[_ravel(idx[:-1], dims), idx[-1]],
-                          name="matmul")
+        return te.compute(out_shape, lambda *idx: cp[_ravel(idx[:-1], dims), idx[-1]]
+                          .astype(dtype_of(a)), name="matmul")
     cp = gemm_stage(g_batch, g_m, n, k_dim, a_at, b_at, nb, tiles, dtype_of(a))
 
     def out_fn(*idx):
         nbat = len(out_batch)
         bidx = idx[:nbat]
         i = 0 if a_vec else idx[nbat]
-        return cp[(*bidx, i, idx[-1])]
+        return cp[(*bidx, i, idx[-1])].astype(dtype_of(a))
 
     return te.compute(out_shape, out_fn, name="matmul")

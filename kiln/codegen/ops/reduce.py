@@ -19,7 +19,7 @@ from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.ir.ops.registry import normalize_axes
-from kiln.ir.types import is_float
+from kiln.ir.types import HALF_DTYPES, is_float
 
 
 def identity(op: str, dtype: str):
@@ -98,6 +98,10 @@ def reduce_rows(
     out_shape = tuple(1 if i in axes else d for i, d in enumerate(in_shape))
     depth = min(axes) if axes else rank
     ann = {"kiln.row": depth}
+    if op in ("sum", "prod") and dtype in HALF_DTYPES:  # 16-bit floats sum in float32
+        wide = reduce_rows(lambda i: read(i).astype("float32"), in_shape, axes, op, "float32",
+                           max(1, lanes // 2), name + "_f32")
+        return te.compute(out_shape, lambda *i: wide[i].astype(dtype), name=name, attrs=ann)
     if op == "sum" and dtype == "float32" and prod(in_shape[a] for a in axes) > LONG_SUM:
         wide = reduce_rows(lambda i: read(i).astype("float64"), in_shape, axes, op, "float64",
                            max(1, lanes // 2), name + "_f64")
