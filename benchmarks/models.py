@@ -5,6 +5,7 @@
     python benchmarks/models.py --models resnet50@8,bert --engines kiln,onnxruntime
     python benchmarks/models.py --list
     python benchmarks/models.py --json results.json             # also save the figures
+    python benchmarks/models.py --precision bf16                 # kiln bf16 vs OpenVINO's default
 
 Seventeen architectures (``--list``) are built from their configurations with random weights:
 the transformers with ``transformers``' model classes (BERT-base, DistilBERT, GPT-2 small,
@@ -36,6 +37,13 @@ are cached in ``~/.cache/kiln/layout.json``: a first run compiles slower). ``oth
 share of the CPUs that other processes used while the model was timed (from /proc/stat):
 well above 0, the figures are noisy, PyTorch's most (its OpenMP threads wait for each other
 at every op, and a busy core makes that wait long).
+
+``--precision bf16`` (or fp16) adds kiln compiled with that precision (``kiln bf16``, at the
+highest of ``--levels``) and OpenVINO at its default precision (``openvino default``: bf16 on
+CPUs with AMX or AVX512-BF16), and prints a second table: their times beside kiln fp32 and
+onnxruntime, and their accuracy against onnxruntime fp32 (largest error and mean error, both
+over the output's largest magnitude, and top-1 agreement over the rows of a logits output);
+above ``--low-tol`` (5e-2) an output is flagged ``!``.
 """
 
 from __future__ import annotations
@@ -350,6 +358,27 @@ def compare(got, want: list) -> tuple[float, float]:
     return worst_abs, worst_rel
 
 
+def accuracy(got, want: list) -> dict[str, Any]:
+    """Of a reduced-precision run against the float32 reference: the mean absolute error over
+    the largest magnitude (all outputs), and for outputs of logits (rank >= 2, a last axis
+    above 1, the first output only) the share of rows whose argmax agrees."""
+    import numpy as np
+
+    errs, scales = [], []
+    for g, w in zip(got, want):
+        g = np.asarray(g.numpy() if hasattr(g, "numpy") else g, np.float64)
+        w = np.asarray(w, np.float64)
+        if g.shape == w.shape and w.size:
+            errs.append(np.abs(g - w).mean())
+            scales.append(np.abs(w).max())
+    out: dict[str, Any] = {"mean_rel": max((e / s for e, s in zip(errs, scales) if s > 0),
+                                           default=None)}
+    g, w = (np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in (got[0], want[0]))
+    if w.ndim >= 2 and w.shape[-1] > 1 and g.shape == w.shape:
+        out["top1"] = float((g.argmax(-1) == w.argmax(-1)).mean())
+    return out
+
+
 def child(args) -> int:
     """Build, export, compile, check and time one model; results (also partial ones, stage
     by stage) go to ``args._result`` as JSON."""
@@ -398,8 +427,12 @@ def child(args) -> int:
             run, info = make()
             entry.update(info)
             stage(f"{label}: checking")
-            entry["max_abs"], entry["max_rel"] = compare(run(), reference)
-            entry["mismatch"] = not entry["max_rel"] <= args.tol
+            got = run()
+            entry["max_abs"], entry["max_rel"] = compare(got, reference)
+            entry["mismatch"] = not entry["max_rel"] <= (args.low_tol if info.get("low")
+                                                         else args.tol)
+            if info.get("low"):
+                entry.update(accuracy(got, reference))
             timed.append((label, run))
             log(f"{item}: {label}: max error {entry['max_abs']:.2e} abs, {entry['max_rel']:.2e} "
                 f"rel{'  MISMATCH' if entry['mismatch'] else ''}"
@@ -438,16 +471,31 @@ def child(args) -> int:
                         "kernels": len(compiled.build.kernels)}
                 return (lambda: compiled.run(inputs)), info
             record(f"kiln O{level}", make_kiln)
+        if args.precision != "fp32":
+            def make_kiln_low():
+                t0 = time.perf_counter()
+                graph = kiln.from_onnx(str(path))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    compiled = kiln.compile(graph, opt_level=max(args.levels),
+                                            precision=args.precision)
+                info = {"compile_s": time.perf_counter() - t0,
+                        "kernels": len(compiled.build.kernels), "low": True,
+                        "warnings": [str(w.message) for w in caught
+                                     if w.category.__name__ == "PrecisionWarning"]}
+                return (lambda: compiled.run(inputs)), info
+            record(f"kiln {args.precision}", make_kiln_low)
 
     if "openvino" in engines:
-        def make_openvino():
+        def make_openvino(default: bool = False):
             import openvino as ov
 
             t0 = time.perf_counter()
             core = ov.Core()
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": args.threads,
-                "PERFORMANCE_HINT": "LATENCY"})
+            config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY"}
+            if not default:
+                config["INFERENCE_PRECISION_HINT"] = "f32"
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
             request = compiled.create_infer_request()
             outputs = compiled.outputs
 
@@ -456,8 +504,11 @@ def child(args) -> int:
                 return [result[o] for o in outputs]
             props = {k: str(compiled.get_property(k)) for k in (
                 "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS")}
-            return run, {"compile_s": time.perf_counter() - t0, "properties": props}
+            return run, {"compile_s": time.perf_counter() - t0, "properties": props,
+                         "low": default}
         record("openvino", make_openvino)
+        if args.precision != "fp32":
+            record("openvino default", lambda: make_openvino(default=True))
 
     if "pytorch" in engines:
         def make_torch():
@@ -530,7 +581,8 @@ def run_child(item: str, args) -> dict[str, Any]:
                str(result), "--batch", str(args.batch), "--threads", str(args.threads),
                "--repeat", str(args.repeat), "--levels", ",".join(map(str, args.levels)),
                "--engines", ",".join(args.engines), "--cache", str(args.cache),
-               "--tol", str(args.tol)]
+               "--tol", str(args.tol), "--precision", args.precision,
+               "--low-tol", str(args.low_tol)]
         # TMPDIR: the compiled models' directories land in ``tmp``, removed here; the child
         # ends with os._exit (or is killed), so their own cleanup never runs (~0.5 GB a model)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
@@ -599,10 +651,14 @@ def _ms(row: dict, label: str, tol_flag: bool = True) -> str:
         return "ERR"
     if "ms" not in e:
         return "?"  # built, but the child stopped before timing it
-    ms = e["ms"]
-    text = (f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1
+    return _ms_text(e["ms"]) + ("!" if tol_flag and e.get("mismatch") else "")
+
+
+def _ms_text(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return (f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1
             else f"{ms:.3f}")
-    return text + ("!" if tol_flag and e.get("mismatch") else "")
 
 
 def best_kiln(row: dict, levels: list[int]) -> dict | None:
@@ -692,6 +748,54 @@ def print_report(rows: list[dict], args, meta: dict) -> None:
     sys.stdout.flush()
 
 
+def print_precision_report(rows: list[dict], args) -> None:
+    """kiln at ``--precision`` beside kiln fp32, OpenVINO's default and onnxruntime, with the
+    reduced-precision engines' accuracy against onnxruntime fp32."""
+    low, ovd = f"kiln {args.precision}", "openvino default"
+
+    def ms(r, label):
+        e = r.get("engines", {}).get(label, {})
+        return e.get("ms") if not e.get("mismatch") else None
+
+    def fmt(x, spec="{:.2f}"):
+        return "-" if x is None else spec.format(x)
+
+    print(f"\n{args.precision}: kiln fp32 = best of O{'/O'.join(map(str, args.levels))}; "
+          f"{low} at O{max(args.levels)}; speedup = kiln fp32 ms / {low} ms; ov/kiln = "
+          f"OpenVINO default ms / {low} ms; errors vs onnxruntime fp32, over the output's "
+          "largest magnitude; top-1 = argmax agreement over the logits' rows")
+    width = max([len(r["model"]) for r in rows] + [5]) + 2
+    heads = ["fp32 ms", f"{args.precision} ms", "speedup", "OV def ms", "ov/kiln", "ort ms",
+             "max err", "mean err", "top-1", "OV max", "OV top-1"]
+    print(f"{'model':<{width}}" + "".join(f"{h:>10}" for h in heads))
+    speedups, vs_ov = [], []
+    for r in rows:
+        best = best_kiln(r, args.levels)
+        k32 = best["ms"] if best and not best.get("mismatch") else None
+        e, o = r.get("engines", {}).get(low, {}), r.get("engines", {}).get(ovd, {})
+        k16, ov = ms(r, low), ms(r, ovd)
+        up = k32 / k16 if k32 and k16 else None
+        rel = ov / k16 if ov and k16 else None
+        if up:
+            speedups.append(up)
+        if rel:
+            vs_ov.append(rel)
+        cells = [_ms_text(k32), _ms(r, low), fmt(up),
+                 _ms(r, ovd), fmt(rel), _ms(r, "onnxruntime"),
+                 fmt(e.get("max_rel"), "{:.1e}"), fmt(e.get("mean_rel"), "{:.1e}"),
+                 fmt(e.get("top1"), "{:.0%}"), fmt(o.get("max_rel"), "{:.1e}"),
+                 fmt(o.get("top1"), "{:.0%}")]
+        print(f"{r['model']:<{width}}" + "".join(f"{c:>10}" for c in cells))
+        for w in e.get("warnings", []):
+            print(f"  {r['model']}: {low}: {w}")
+    for what, xs in (("speedup (kiln fp32 / kiln " + args.precision + ")", speedups),
+                     ("ov/kiln (OpenVINO default / kiln " + args.precision + ")", vs_ov)):
+        if xs:
+            geo = math.exp(sum(math.log(x) for x in xs) / len(xs))
+            print(f"geometric mean {what}: {geo:.2f} over {len(xs)} models")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -709,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per model")
     p.add_argument("--tol", type=float, default=1e-3,
                    help="largest error allowed, relative to the output's largest magnitude")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                   help="also run kiln at this precision and OpenVINO at its default one")
+    p.add_argument("--low-tol", type=float, default=5e-2,
+                   help="--tol for the reduced-precision engines")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--list", action="store_true", help="list the models and exit")
     p.add_argument("--_child", help=argparse.SUPPRESS)
@@ -742,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"cpu": cpu_info(), "threads": args.threads, "versions": versions(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:],
             "levels": args.levels, "engines": args.engines, "repeat": args.repeat,
-            "batch": args.batch, "tol": args.tol}
+            "batch": args.batch, "tol": args.tol, "precision": args.precision}
     cpu = meta["cpu"]
     log(f"CPU {cpu['model']}, {args.threads} threads; {len(items)} models: {', '.join(items)}")
     rows: list[dict] = []
@@ -758,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print_report(rows, args, meta)
+    if args.precision != "fp32":
+        print_precision_report(rows, args)
     return 1 if any(r.get("error") or any("error" in e or e.get("mismatch") for e in
                                            r.get("engines", {}).values()) for r in rows) else 0
 

@@ -189,8 +189,6 @@ _REASONS = [
     (r"Indices output", "MaxPool's Indices output"),
     (r"training mode", "training mode: kiln imports inference graphs"),
     (r"repeats a label", "Einsum diagonal (a label repeated in one operand)"),
-    (r"reference gave float32.*bfloat16.*bug in op 'matmul'",
-     "kiln's matmul reference returns float32 for bfloat16 inputs (a kiln.ir bug)"),
     (r"(\w+) \(opset \d+\): kiln has no converter",
      "its expansion uses {0}, which kiln does not convert"),
     # failures through kiln.compile only

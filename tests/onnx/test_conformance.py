@@ -209,8 +209,6 @@ KNOWN_FAILURES = {
     'test_div_uint32': 'kiln has no UINT32 dtype',
     'test_div_uint64': 'kiln has no UINT64 dtype',
     'test_einsum_batch_diagonal': 'Einsum diagonal (a label repeated in one operand)',
-    'test_einsum_batch_matmul_bfloat16':
-        "kiln's matmul reference returns float32 for bfloat16 inputs (a kiln.ir bug)",
     'test_equal_int16': 'kiln has no INT16 dtype',
     'test_equal_string': 'kiln has no STRING dtype',
     'test_equal_string_broadcast': 'kiln has no STRING dtype',
