@@ -222,3 +222,21 @@ def test_a_bug_in_kiln_is_one_line_too(monkeypatch, model_file, capsys):
     monkeypatch.setenv("KILN_DEBUG", "1")
     with pytest.raises(IndexError):
         main(["show", f"{model_file}:Tiny", "-i", "x=2x3"])
+
+
+def test_compile_with_a_reduced_precision(model_file, tmp_path, capsys):
+    from kiln.targets import host_target
+
+    out = tmp_path / "tiny.kiln"
+    argv = ["compile", f"{model_file}:make_tiny", "-i", "x=2x3", "-o", str(out),
+            "--precision", "bf16"]
+    if "avx512_bf16" in host_target().features:
+        assert main(argv + ["--report-fusion"]) == 0
+        text = capsys.readouterr().out
+        assert "matmul" in text and "cast" in text  # the policy's casts, as fusion sees them
+        assert re.search(r"precision bf16: \d+ of \d+ values in bfloat16; weights", text)
+        assert "native kernels: kiln_gemm_bf16" in text
+        assert main(["run", str(out)]) == 0
+    with pytest.warns(kiln.errors.PrecisionWarning, match="no AVX512-BF16"):
+        assert main(argv + ["--target", "x86-64-v3"]) == 0
+    assert "nothing runs in bfloat16" in capsys.readouterr().out

@@ -63,7 +63,12 @@ def run_gpu_schedules(graph: Graph, inputs: Mapping[str, np.ndarray],
     source = opencl_source(scheduled)
     params = {name: [p.strip().split()[-1] for p in args.split(",") if p.strip()]
               for name, args in _KERNEL.findall(source)}
-    context = cl.Context([_device(cl)])
+    device = _device(cl)
+    if "cl_khr_fp16" not in device.extensions and any(
+            t.dtype == "float16" for t in scheduled.values.values()):
+        raise KilnError(f"the OpenCL device here ({device.name.strip()}) has no float16 "
+                        "(cl_khr_fp16): its GPU kernels cannot be checked on this CPU")
+    context = cl.Context([device])
     queue = cl.CommandQueue(context)
     program = cl.Program(context, source).build()
     buffers = _buffers(cl, context, graph, scheduled, inputs)

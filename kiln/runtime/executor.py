@@ -65,9 +65,23 @@ class KernelProfile:
     gflops: float | None
 
 
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of kiln dtype ``dtype``: bfloat16 is ml_dtypes' (imported only for a
+    model that takes or returns bfloat16; its bits are what the kernels see)."""
+    if dtype != "bfloat16":
+        return np.dtype(dtype)
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise ArtifactError("this model takes or returns bfloat16 arrays, which numpy has no "
+                            "dtype for: pip install ml_dtypes") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
-    """An uninitialized C-contiguous array whose data is 64-byte aligned."""
-    dtype = np.dtype(dtype)
+    """An uninitialized C-contiguous array whose data is 64-byte aligned (``dtype``: a numpy
+    dtype, or a kiln dtype name)."""
+    dtype = numpy_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     offset = -raw.ctypes.data % ALIGNMENT
@@ -84,7 +98,9 @@ class Model:
         values = manifest["values"]
         self._inputs = tuple(_info(s) for s in manifest["inputs"])
         self._outputs = tuple(_info(s) for s in manifest["outputs"])
-        self._dtypes = {s.name: np.dtype(s.dtype) for s in self._inputs}
+        self._dtypes = {s.name: numpy_dtype(s.dtype) for s in self._inputs}
+        for s in self._outputs:
+            numpy_dtype(s.dtype)  # a model returning bfloat16 needs ml_dtypes: say so now
         self._lock = threading.Lock()
         self._consts = {n: _aligned_copy(a) for n, a in constants.items()}
         self._arena, views = _arena(manifest["memory"], values)
@@ -106,7 +122,7 @@ class Model:
                 self._slots.append((sig, sig.name in input_names))
             else:
                 self._buffers[sig.name] = aligned_empty(sig.shape, sig.dtype)
-                tensors[sig.name] = tvm_ffi.from_dlpack(self._buffers[sig.name])
+                tensors[sig.name] = tvm_tensor(self._buffers[sig.name], sig.dtype)
         self._small_inputs = [(s.name, self._buffers[s.name]) for s in self._inputs
                               if s.name in self._buffers]
         self._collectors = [_collector(s.name, i, self._outputs, slot_of, self._buffers,
@@ -279,8 +295,9 @@ class Model:
             raise InputError(f"input {sig.name!r} must be a numpy array ({want}), got "
                              f"{type(array).__name__}")
         if array.dtype != self._dtypes[sig.name]:
+            module = "ml_dtypes" if sig.dtype == "bfloat16" else "np"
             raise InputError(f"input {sig.name!r} has dtype {array.dtype}, expected "
-                             f"{sig.dtype} (convert it with .astype(np.{sig.dtype}))")
+                             f"{sig.dtype} (convert it with .astype({module}.{sig.dtype}))")
         if array.shape != sig.shape:
             raise InputError(f"input {sig.name!r} has shape {list(array.shape)}, expected "
                              f"{list(sig.shape)} (shapes are fixed at compile time)")
@@ -294,7 +311,7 @@ class Model:
         dyn = []
         for sig, is_input in self._slots:
             array = self._slot_array(sig, is_input, inputs)
-            dyn.append((array, tvm_ffi.from_dlpack(array)))
+            dyn.append((array, tvm_tensor(array, sig.dtype)))
         return dyn
 
     def _slot_array(self, sig: TensorInfo, is_input: bool,
@@ -351,8 +368,8 @@ def _collector(name: str, index: int, outputs: tuple[TensorInfo, ...], slots: di
         return "copy", first
     if name in inputs:
         return "input", name
-    if name in consts:
-        return "const", consts[name]
+    if name in consts:  # (a dtype numpy lacks is held as its bits: give the real one)
+        return "const", consts[name].view(numpy_dtype(outputs[index].dtype))
     if name in slots:
         return "slot", slots[name]
     return "buffer", buffers[name]
@@ -389,13 +406,14 @@ _capsule_pointer.restype, _capsule_pointer.argtypes = ctypes.c_void_p, [ctypes.p
 
 
 def tvm_tensor(array: np.ndarray, dtype: str) -> Any:
-    """``array`` as a tvm_ffi tensor of kiln dtype ``dtype``, sharing its memory. A dtype
-    numpy lacks (bfloat16) is held as its bits (``STORAGE_DTYPES``); its DLPack capsule is
-    relabeled with the real type code before tvm_ffi takes it (same bits per element)."""
+    """``array`` as a tvm_ffi tensor of kiln dtype ``dtype``, sharing its memory. numpy
+    cannot export a dtype it lacks (bfloat16: ml_dtypes' arrays, or their bits as uint16):
+    the DLPack capsule of its bits is relabeled with the real type code before tvm_ffi
+    takes it."""
     if dtype not in STORAGE_DTYPES:
         return tvm_ffi.from_dlpack(array)
-    assert array.dtype == np.dtype(STORAGE_DTYPES[dtype]) and dtype == "bfloat16"
-    capsule = array.__dlpack__()
+    assert dtype == "bfloat16" and array.dtype.itemsize == 2
+    capsule = array.view(STORAGE_DTYPES[dtype]).__dlpack__()
     header = _capsule_pointer(capsule, b"dltensor")
     ctypes.c_uint8.from_address(header + _DL_CODE_OFFSET).value = _DL_BFLOAT
     return tvm_ffi.from_dlpack(capsule)

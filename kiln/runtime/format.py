@@ -51,16 +51,16 @@ DTYPE_SIZES = {
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
     "float16": 2, "float32": 4, "float64": 8, "bfloat16": 2,
 }
-#: dtypes numpy lacks, held by the runtime as the bits in an unsigned integer array of the
-#: same size (weights.npz stores them so too); kernels see the real dtype (``tvm_tensor``)
+#: dtypes numpy lacks: weights.npz stores them as their bits in an unsigned integer array of
+#: the same size; graph inputs and outputs are ml_dtypes' arrays; kernels see the real dtype
+#: (``executor.tvm_tensor``)
 STORAGE_DTYPES = {"bfloat16": "uint16"}
-#: dtypes a graph input or output may not have: the runtime takes and returns numpy arrays
-EDGE_UNSUPPORTED = ("bfloat16",)
 
 
 def storage_dtype(dtype: str) -> str:
-    """The numpy dtype that holds values of kiln dtype ``dtype`` in the runtime."""
+    """The numpy dtype that holds the bits of kiln dtype ``dtype`` (in weights.npz)."""
     return STORAGE_DTYPES.get(dtype, dtype)
+
 
 TARGET_KINDS = ("llvm", "cuda")
 
@@ -398,10 +398,6 @@ def _check_signatures(sigs: list, io: str, values: dict[str, Any]) -> list[str]:
             raise _bad(f"an entry of {io!r} has no name")
         name = sig["name"]
         _check_value(name, sig)
-        if sig["dtype"] in EDGE_UNSUPPORTED:
-            raise ArtifactError(f"graph {io[:-1]} {_show(name)} is {sig['dtype']}, which numpy "
-                                "(and so kiln's runtime) has no dtype for; cast it to float32 "
-                                "in the graph (kiln.compile's precision option does so)")
         known = values.get(name)
         if known is None or known["shape"] != sig["shape"] or known["dtype"] != sig["dtype"]:
             raise _bad(f"{io[:-1]} {_show(name)} does not match its entry in 'values'")

@@ -31,7 +31,8 @@ import numpy as np
 
 from kiln.errors import ArtifactError, InputError, KilnError
 from kiln.runtime import format as fmt
-from kiln.runtime.executor import KernelProfile, TensorInfo, median_seconds
+from kiln.runtime.executor import KernelProfile, TensorInfo, median_seconds, numpy_dtype
+from kiln.runtime.format import DTYPE_SIZES
 
 CUDA_RUNTIME = "libcudart.so.13"
 #: where pip puts libcudart.so.13, below site-packages
@@ -227,7 +228,7 @@ class GpuModel:
                             array.nbytes)
 
     def _copy_out(self, tensor: Any, info: TensorInfo) -> np.ndarray:
-        out = np.empty(info.shape, info.dtype)
+        out = np.empty(info.shape, numpy_dtype(info.dtype))
         if out.nbytes:
             try:
                 self._to_host(tensor, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
@@ -237,11 +238,11 @@ class GpuModel:
 
 
 def _nbytes(tensor: Any) -> int:
-    return int(np.prod(tensor.shape, dtype=np.int64)) * np.dtype(str(tensor.dtype)).itemsize
+    return int(np.prod(tensor.shape, dtype=np.int64)) * DTYPE_SIZES[str(tensor.dtype)]
 
 
 def _checked(array: np.ndarray, info: TensorInfo) -> np.ndarray:
-    if array.dtype != np.dtype(info.dtype) or tuple(array.shape) != info.shape:
+    if array.dtype != numpy_dtype(info.dtype) or tuple(array.shape) != info.shape:
         raise InputError(f"input {info.name!r} is {array.dtype}{list(array.shape)}, expected "
                          f"{info.dtype}{list(info.shape)}")
     return np.ascontiguousarray(array)

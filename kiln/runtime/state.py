@@ -17,10 +17,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import tvm_ffi
 
 from kiln.errors import InputError
-from kiln.runtime.executor import TensorInfo, _with_slots, aligned_empty
+from kiln.runtime.executor import (
+    TensorInfo,
+    _with_slots,
+    aligned_empty,
+    numpy_dtype,
+    tvm_tensor,
+)
 
 if TYPE_CHECKING:
     from kiln.runtime.executor import Model
@@ -50,7 +55,8 @@ class BoundState:
             a[...] = initial[i]
             b[...] = 0
         self.parity = 0
-        tensors = [tuple(tvm_ffi.from_dlpack(x) for x in pair) for pair in self.buffers]
+        tensors = [tuple(tvm_tensor(x, inputs[i].dtype) for x in pair)
+                   for pair, (_, i) in zip(self.buffers, self.pairs)]
         self._calls = tuple(self._bound_calls(model, tensors, bound_in, written, p)
                             for p in (0, 1))
         names = set(bound_in) | set(written)
@@ -110,7 +116,7 @@ class BoundState:
         dyn: list[Any] = [None] * len(model._slots)
         for k, sig, is_input in self._slots:
             array = model._slot_array(sig, is_input, feeds)
-            dyn[k] = (array, tvm_ffi.from_dlpack(array))
+            dyn[k] = (array, tvm_tensor(array, sig.dtype))
         for i, (func, args, dynamic) in enumerate(self._calls[parity]):
             call_args = _with_slots(args, dynamic, dyn) if dynamic else args
             try:
@@ -186,6 +192,6 @@ def check_array(name: str, array: Any, sig: TensorInfo, what: str) -> None:
     if not isinstance(array, np.ndarray):
         raise InputError(f"{what} {name!r} must be a numpy array ({sig.dtype}"
                          f"{list(sig.shape)}), got {type(array).__name__}")
-    if array.dtype != np.dtype(sig.dtype) or array.shape != sig.shape:
+    if array.dtype != numpy_dtype(sig.dtype) or array.shape != sig.shape:
         raise InputError(f"{what} {name!r} is {array.dtype}{list(array.shape)}, expected "
                          f"{sig.dtype}{list(sig.shape)}")

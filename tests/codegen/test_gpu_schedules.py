@@ -153,3 +153,28 @@ def test_a_grouped_convolution_with_an_epilogue():
     feeds = {"x": rng.standard_normal((1, 4, 1, 2)).astype("float32")}
     got = opencl_check.run_gpu_schedules(graph, feeds)
     assert not _compare(got, interpret(graph, feeds), ["relu(conv2d)"])
+
+
+@pytest.mark.parametrize("name", ["lenet", "transformer"])
+def test_bf16_examples_through_the_gpu_schedules(name):
+    """precision="bf16" on the GPU: matmuls and convolutions sum in float32 and round once;
+    compared with the interpreter of the same policy, allowing a few bf16 roundings."""
+    graph, inputs = _trace(name)
+    optimized = kiln.optimize(graph, 2, target="cuda", precision="bf16")
+    assert any(v.dtype == "bfloat16" for n in optimized.nodes for v in n.outputs)
+    got = opencl_check.run_gpu_schedules(optimized, inputs)
+    for g, w in zip(got, interpret(optimized, inputs)):
+        scale = float(np.abs(w).max())
+        assert not mismatch(w, g, 3e-2, 3e-2 * scale)
+
+
+def test_float16_without_cl_khr_fp16_is_a_clear_error():
+    graph, inputs = _trace("mlp")
+    optimized = kiln.optimize(graph, 2, target="cuda", precision="fp16")
+    try:
+        got = opencl_check.run_gpu_schedules(optimized, inputs)
+    except kiln.KilnError as e:
+        assert "has no float16 (cl_khr_fp16)" in str(e)
+    else:  # an OpenCL device with float16: then it must be right
+        for g, w in zip(got, interpret(optimized, inputs)):
+            assert not mismatch(w, g, 3e-2, 3e-2 * float(np.abs(w).max()))

@@ -107,7 +107,8 @@ CONV = textwrap.dedent("""
     graph conv(%x: float32[{n}, {c}, {h}, {w}]) {{
       param %k: float32[{o}, {cg}, {kh}, {kw}]
       param %bias: float32[{o}]
-      %y: float32{out} = conv2d(%x, %k, %bias) {{strides=({s}, {s}), pads=({p}, {p}, {p}, {p}), dilations=({d}, {d}), groups={groups}}}
+      %y: float32{out} = conv2d(%x, %k, %bias) {{strides=({s}, {s}), \
+pads=({p}, {p}, {p}, {p}), dilations=({d}, {d}), groups={groups}}}
       %z: float32{out} = relu(%y)
       return %z
     }}""")
@@ -210,3 +211,23 @@ def test_bf16_weights_in_the_artifact(tmp_path):
     np.savez(bad / "weights.npz", **arrays)
     with pytest.raises(ArtifactError):
         kiln.runtime.load(bad)
+
+
+def test_bfloat16_inputs_and_outputs_are_ml_dtypes_arrays(tmp_path):
+    g = verify(parse(textwrap.dedent("""
+        graph g(%x: bfloat16[4, 40]) {
+          param %w: bfloat16[40, 8]
+          %y: bfloat16[4, 8] = matmul(%x, %w)
+          %z: float32[4, 8] = cast(%y) {dtype="float32"}
+          return %y, %z, %w
+        }"""), {"w": rng.standard_normal((40, 8)).astype(BF16)}))
+    x = rng.standard_normal((4, 40)).astype(BF16)
+    want = interpret(g, {"x": x})
+    compiled = kiln.compile(g)
+    model = kiln.runtime.load(compiled.save(tmp_path / "g.kiln"))
+    got = model.run({"x": x})
+    assert [a.dtype for a in got] == [BF16, np.float32, BF16]
+    close([a.astype(np.float32) for a in got], [a.astype(np.float32) for a in want])
+    np.testing.assert_array_equal(got[2], g.weights["w"])  # a constant output, as it is
+    with pytest.raises(kiln.errors.InputError, match=r"astype\(ml_dtypes.bfloat16\)"):
+        model.run({"x": x.astype(np.float32)})

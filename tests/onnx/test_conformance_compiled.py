@@ -27,21 +27,8 @@ from tests.onnx.coverage_compiled import batches, run_batch
 from tests.onnx.test_conformance import KNOWN_FAILURES
 
 COMPILED_FAILURES = {
-    'test_cast_BFLOAT16_to_FLOAT': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_cast_FLOAT_to_BFLOAT16': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_castlike_BFLOAT16_to_FLOAT': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_castlike_BFLOAT16_to_FLOAT_expanded': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_castlike_FLOAT_to_BFLOAT16': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_castlike_FLOAT_to_BFLOAT16_expanded': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_celu_bfloat16': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_celu_bfloat16_expanded': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_compress_bfloat16': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_einsum_sum_bfloat16': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_einsum_transpose_bfloat16': 'the kiln runtime cannot hold bfloat16 tensors',
-    'test_onehot_with_bfloat16_values': 'the kiln runtime cannot hold bfloat16 tensors',
     'test_pow_types_int32_int32': "integer pow: TVM's power lowers floats only",
     'test_pow_types_int64_int64': "integer pow: TVM's power lowers floats only",
-    'test_range_bfloat16_type_positive_delta': 'the kiln runtime cannot hold bfloat16 tensors',
     'test_reduce_l1_empty_set':
         "a 0-size tensor: numpy gives it zero strides, which TVM's compact-array check rejects",
     'test_reduce_l1_empty_set_expanded':
@@ -70,7 +57,6 @@ COMPILED_FAILURES = {
         "a 0-size tensor: numpy gives it zero strides, which TVM's compact-array check rejects",
     'test_reshape_allowzero_reordered':
         'reshape of a 0-size tensor: its lowering divides by the zero dim',
-    'test_reversesequence_bfloat16': 'the kiln runtime cannot hold bfloat16 tensors',
     'test_slice_start_out_of_bounds':
         "a 0-size tensor: numpy gives it zero strides, which TVM's compact-array check rejects",
     'test_tril_zero':
