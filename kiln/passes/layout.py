@@ -2,7 +2,9 @@
 across layers (NeoCPU, Liu et al., USENIX ATC 2019), with transforms only at the edges.
 
 What runs blocked:
-- every conv2d with groups 1, static float32 NCHW input and constant weights (and bias):
+- every conv2d with groups 1, static float32 NCHW input and constant weights (and bias)
+  (and bfloat16 ones where the target has kiln's native bf16 GEMM: in whole-channel blocks,
+  ``NCHW{C}c``, which is NHWC: the GEMM reads and writes it in place):
   ``conv2d_nchwc`` on its input in ``NCHW{ic}c`` and its weight relaid out ``OIHW{ic}i{oc}o``
   (a constant transform, folded at compile time); a bias becomes a broadcast ``add`` of a
   folded ``[1, O/oc, 1, 1, oc]`` constant;
@@ -77,23 +79,28 @@ def _blockable_depthwise(node: Node, consts: Constants) -> bool:
             and all(consts.is_constant(v) for v in node.inputs[1:]))
 
 
-def _blockable_conv(node: Node, consts: Constants) -> ConvProblem | None:
+def _blockable_conv(node: Node, consts: Constants, bf16: bool) -> ConvProblem | None:
+    """The problem of a conv2d that may run blocked: groups 1, constant weights, a static
+    float32 input (or bfloat16 where ``bf16``: the target runs kiln's native bf16 GEMM,
+    which reads whole-channel blocks, NHWC)."""
     if node.op != "conv2d":
         return None
     x = node.inputs[0]
-    if node.attrs["groups"] != 1 or x.dtype != "float32" or not x.type.is_static \
+    dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
+    if node.attrs["groups"] != 1 or x.dtype not in dtypes or not x.type.is_static \
             or x.type.rank != 4 or not all(consts.is_constant(v) for v in node.inputs[1:]):
         return None
     n, c, h, w = x.shape
     o, _, kh, kw = node.inputs[1].shape
     block = heuristic_block(o, 16)
-    if block is None or (block < 16 and o >= 512):
+    if x.dtype == "float32" and (block is None or (block < 16 and o >= 512)):
         # a wide conv in half vectors (SqueezeNet's 1000-class 1x1 conv: 8-channel blocks,
         # 189 GFLOP/s) is slower than the same conv left NCHW; narrower ones (MobileNetV3's
         # 72, 88 and 120 channels: 1.22 -> 1.40 ms left NCHW) keep the blocked chain
         return None
     a = node.attrs
-    return ConvProblem(n, c, h, w, o, (kh, kw), a["strides"], a["pads"], a["dilations"])
+    return ConvProblem(n, c, h, w, o, (kh, kw), a["strides"], a["pads"], a["dilations"],
+                       x.dtype)
 
 
 def _operand_kind(v: Value, out: Value) -> str | None:
@@ -116,8 +123,8 @@ class _Plan:
     cut (``place``); then the sets are joined (union-find), with the channel counts each
     set's block must divide."""
 
-    def __init__(self, graph: Graph):
-        self.graph, self.consts = graph, Constants(graph)
+    def __init__(self, graph: Graph, bf16: bool = False):
+        self.graph, self.consts, self.bf16 = graph, Constants(graph), bf16
         self.problems: dict[Node, ConvProblem] = {}
         self.operands: dict[Node, list[Value]] = {}  # blocked node -> operands read blocked
         for node in graph.nodes:
@@ -136,7 +143,7 @@ class _Plan:
         out = node.outputs[0] if len(node.outputs) == 1 else None
         if out is None or out.type.rank != 4 or not out.type.is_static:
             return
-        problem = _blockable_conv(node, self.consts)
+        problem = _blockable_conv(node, self.consts, self.bf16)
         if problem is not None:
             self.problems[node] = problem
             self.operands[node] = []  # its input is read blocked, in a block of its own
@@ -225,7 +232,8 @@ class _Plan:
         """The block of every blocked value, each conv's candidate (``picked``) and the block
         an NCHW value is read in by blocked ops (``wanted``)."""
         chooser = options.chooser or (lambda ps: heuristic(ps, options.lanes))
-        cands = dict(chooser(list(self.problems.values())))  # repeats: how often a shape is
+        # (bf16 convs are not timed: whole-channel blocks are the native GEMM's layout)
+        cands = dict(chooser([p for p in self.problems.values() if p.dtype == "float32"]))
         for p in self.problems.values():  # a chooser may leave problems out
             if not cands.get(p):
                 cands[p] = heuristic([p], options.lanes)[p]
@@ -235,13 +243,24 @@ class _Plan:
         group_block: dict[Value, int] = {}
         self.picked: dict[Node, Candidate] = {}
         for root, convs in members.items():
+            need = self.channels[root]
+            if len(need) == 1 and any(self.problems[n].dtype == "bfloat16" for n in convs):
+                # bf16 convs: whole channels (NHWC), which kiln's native bf16 GEMM reads and
+                # writes in place; a set of several channel counts (a concat) cannot have it
+                group_block[root] = block = next(iter(need))
+                for n in convs:
+                    self.picked[n] = Candidate(block, source="bf16 whole channels")
+                continue
             block = best_block([cands[self.problems[n]] for n in convs],
                                [self.problems[n] for n in convs], self.channels[root])
             group_block[root] = block
             for n in convs:
                 self.picked[n] = best_with(cands[self.problems[n]], block)
         for root, need in self.channels.items():  # sets without a conv: the heuristic
-            if root not in group_block:
+            if root not in group_block and self.bf16 and len(need) == 1 and \
+                    root.dtype == "bfloat16":
+                group_block[root] = next(iter(need))  # bf16 feeding convs: whole channels
+            elif root not in group_block:
                 fits = [b for b in BLOCKS if all(c % b == 0 for c in need)]
                 group_block[root] = options.lanes if options.lanes in fits else fits[0]
         blocks = {v: group_block[self.find(v)] for v in self.parent}
@@ -300,7 +319,9 @@ class _Rewriter:
     def conv(self, node: Node) -> None:
         x, w = node.inputs[:2]
         problem, pick = self.plan.problems[node], self.plan.picked[node]
-        ic = self.blocks.get(x) or self.plan.wanted.get(x) or in_block(problem.c, self.lanes)
+        whole = problem.c if problem.dtype == "bfloat16" else None  # (see ``_Plan.choose``)
+        ic = (self.blocks.get(x) or self.plan.wanted.get(x) or whole
+              or in_block(problem.c, self.lanes))
         oc = self.blocks[node.outputs[0]]
         wb = self.transform(self.env[w], "OIHW", f"OIHW{ic}i{oc}o", f"{w.name}.{ic}i{oc}o")
         attrs = {k: node.attrs[k] for k in ("strides", "pads", "dilations")}
@@ -396,7 +417,7 @@ def block_layout(graph: Graph, options: LayoutOptions | None = None
     """The layout rewrite with explicit ``options``; returns the graph and what it chose."""
     options = options or LayoutOptions()
     report = options.report if options.report is not None else LayoutReport()
-    plan = _Plan(graph)
+    plan = _Plan(graph, options.bf16)
     if plan.problems:
         blocks = plan.choose(options)
         graph = _Rewriter(graph, plan, blocks, report, options.lanes).run()
@@ -412,5 +433,6 @@ def layout(graph: Graph, ctx: PassContext | None = None) -> Graph:
     choices go to ``ctx.reports["layout"]``."""
     ctx = ctx or PassContext()
     report = ctx.reports.setdefault("layout", LayoutReport())
-    options = LayoutOptions(ctx.target.lanes("float32"), ctx.layout_chooser, report)
+    options = LayoutOptions(ctx.target.lanes("float32"), ctx.layout_chooser, report,
+                            bf16="avx512_bf16" in getattr(ctx.target, "features", ()))
     return block_layout(graph, options)[0]

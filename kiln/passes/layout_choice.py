@@ -97,11 +97,13 @@ class LayoutReport:
 @dataclass(frozen=True)
 class LayoutOptions:
     """How ``block_layout`` chooses: ``lanes`` (vector width in float32 lanes, for the
-    heuristic), an optional measuring ``chooser``, and a ``report`` to fill."""
+    heuristic), an optional measuring ``chooser``, a ``report`` to fill, and ``bf16``:
+    whether bfloat16 convs run blocked too (the target has kiln's native bf16 GEMM)."""
 
     lanes: int = 16
     chooser: Chooser | None = None
     report: LayoutReport | None = None
+    bf16: bool = False
 
 
 def heuristic_block(channels: int, lanes: int) -> int | None:

@@ -49,8 +49,8 @@ def close(got, want):
 def check(graph, inputs, opt_level=2):
     """Compile with precision bf16; compare with the interpreter of the same policy, on
     every path of the native GEMM this CPU has. Returns the compiled model."""
-    want = interpret(kiln.optimize(graph, opt_level, precision="bf16"), inputs)
-    compiled = kiln.compile(graph, opt_level=opt_level, precision="bf16")
+    want = interpret(kiln.optimize(graph, opt_level, precision="bf16", layout_budget=0), inputs)
+    compiled = kiln.compile(graph, opt_level=opt_level, precision="bf16", layout_budget=0)
     for amx in (1, 0):
         if compiled.build.natives:
             use_amx(compiled, amx)
@@ -231,3 +231,21 @@ def test_bfloat16_inputs_and_outputs_are_ml_dtypes_arrays(tmp_path):
     np.testing.assert_array_equal(got[2], g.weights["w"])  # a constant output, as it is
     with pytest.raises(kiln.errors.InputError, match=r"astype\(ml_dtypes.bfloat16\)"):
         model.run({"x": x.astype(np.float32)})
+
+
+@needs_bf16
+def test_bf16_conv_chains_stay_nhwc_at_o3():
+    """At O3 the layout pass keeps bf16 conv chains in whole-channel blocks (NHWC), which the
+    native GEMM reads and writes in place: transforms only at the chain's ends."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+    import resnet
+
+    x = rng.standard_normal((1, 64, 14, 14)).astype(np.float32)
+    graph = kiln.trace(resnet.resnet_block(), x=kiln.TensorSpec(x.shape))
+    opt = kiln.optimize(graph, 3, precision="bf16", layout_budget=0, disable={"fuse"})
+    convs = [n for n in opt.nodes if n.op == "conv2d_nchwc"]
+    assert convs and all(n.inputs[0].shape[1] == 1 and n.outputs[0].shape[1] == 1
+                         and n.inputs[0].dtype == "bfloat16" for n in convs)
+    assert sum(n.op == "layout_transform" for n in opt.nodes) == 2  # in and out
+    compiled = check(graph, {"x": x}, opt_level=3)
+    assert compiled.build.natives == ("kiln_gemm_bf16",)

@@ -154,7 +154,8 @@ def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | Non
     if not tiling(attrs).blocked:
         return None  # the plain compute reads the weight as it lies
     if _native_bf16(attrs, node.inputs[0].dtype, array.dtype.name):
-        return PackPlan("bf16pairs", pack_conv_weight_bf16(array), {"_bf16_w": array.shape[2:]})
+        return PackPlan("bf16pairs", pack_conv_weight_bf16(array.transpose(2, 3, 1, 0)),
+                        {"_bf16_w": array.shape[2:]})
     lanes = tiling(attrs).lanes
     if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
         cb = largest_divisor(array.shape[0], lanes)
@@ -364,69 +365,114 @@ def _own_group(tap, ob, ri, co, blocks, og: int, cg: int, dtype: str):
     return tirx.Select(same, tap, const(-0.0, dtype))  # (if_then_else would not vectorize)
 
 
-def bf16_row(kh: int, kw: int, ch: int) -> int:
+def bf16_row(kh: int, kw: int, ch: int) -> int | None:
     """Elements per kernel row (kw x C taps) in the bf16 convolution's patches: kw*C, padded
-    with zeros so that kh rows make a multiple of the native kernel's K block."""
+    with zeros so that kh rows make a multiple of the native kernel's K block; None where
+    that would pad more than a quarter (few channels: a stem's 3) and the patches are one
+    flat run of kh*kw*C taps padded at its end instead."""
     row = kw * ch
     if kh * row % gemm_bf16.K_BLOCK == 0:
         return row
     step = gemm_bf16.K_BLOCK // gcd(kh, gemm_bf16.K_BLOCK)
-    return -(-row // step) * step
+    padded = -(-row // step) * step
+    return padded if kh * padded * 4 <= gemm_bf16.padded_k(kh * row) * 5 else None
 
 
-def pack_conv_weight_bf16(w: np.ndarray) -> np.ndarray:
-    """[O, C, kh, kw] -> B[kh * row, O] (row: ``bf16_row``; [ky, kx*C + c] order, zero
-    padded) in the native kernel's bf16 pair panels."""
-    o, ch, kh, kw = w.shape
-    b = np.zeros((kh, bf16_row(kh, kw, ch), o), w.dtype)
-    b[:, :kw * ch] = w.transpose(2, 3, 1, 0).reshape(kh, kw * ch, o)
+def pack_conv_weight_bf16(w_hwio: np.ndarray) -> np.ndarray:
+    """[kh, kw, C, O] -> B[K, O] in the native kernel's bf16 pair panels, K in the patches'
+    order (``bf16_row``: kh rows of kw*C taps, each zero-padded, or one padded run)."""
+    kh, kw, ch, o = w_hwio.shape
+    row = bf16_row(kh, kw, ch)
+    if row is None:
+        return gemm_bf16.pack_b_bf16(w_hwio.reshape(-1, o))
+    b = np.zeros((kh, row, o), w_hwio.dtype)
+    b[:, :kw * ch] = w_hwio.reshape(kh, kw * ch, o)
     return gemm_bf16.pack_b_bf16(b.reshape(-1, o))
 
 
-def conv2d_bf16(x, w, bias, out_shape, strides, pads, dilations, packed):
-    """A bfloat16 convolution (one group) as a GEMM on kiln's native kernel, summed in
-    float32. x goes to NHWC rows (zero-padded; W and C flattened, so that one kernel row's
-    kw x C taps are contiguous), its patches A[N, OH, OW, kh, row] (im2col; ``bf16_row``)
-    times the weight as B[kh * row, O] (``pack_conv_weight_bf16``: at compile time, when
-    ``packed`` is the kernel's (kh, kw); else per call); the output stage adds the bias,
-    rounds to bfloat16 and goes back to NCHW."""
-    n, ch, h, wd = shape_of(x)
-    o = out_shape[1]
-    kh, kw = packed or shape_of(w)[2:]
-    oh, ow = out_shape[2], out_shape[3]
+def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, packed,
+                   nhwc: bool):
+    """The float32 sums ``C[N, OH*OW, Op]`` of a bfloat16 convolution (one group) on kiln's
+    native GEMM: the patches A[N, OH, OW, kh, row] (im2col of NHWC rows: one kernel row's
+    kw x C taps contiguous, zero-padded as ``bf16_row`` says) times the weight as B[K, O]
+    (``pack_conv_weight_bf16`` at compile time when ``packed``, else packed per call from
+    ``w`` [O, C, kh, kw]). ``x_at(b, i, j, c)`` reads the input (``dims`` = N, C, H, W);
+    with ``nhwc`` it is NHWC in memory and is read in place where no padding is needed,
+    else it goes through a zero-padded NHWC copy first."""
+    n, ch, h, wd = dims
+    kh, kw = kernel
+    oh, ow = out_hw
     (sh, sw), (dh, dw) = strides, dilations
     top, left = pads[0], pads[1]
     hp = max(h + top, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(wd + left, (ow - 1) * sw + (kw - 1) * dw + 1)
     zero = const(0, "bfloat16")
+    if nhwc and top == left == 0 and hp == h and wp == wd:
+        xr = x_at
+    else:
+        def pad_fn(b, i, j, c):
+            hi, wi = i - top, j - left
+            inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+            return tirx.if_then_else(inside, x_at(b, tirx.min(tirx.max(hi, 0), h - 1),
+                                                  tirx.min(tirx.max(wi, 0), wd - 1), c), zero)
 
-    def rows_fn(b, i, jc):
-        hi, wi = i - top, jc // ch - left
-        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
-        return tirx.if_then_else(inside, x[b, jc % ch, tirx.min(tirx.max(hi, 0), h - 1),
-                                           tirx.min(tirx.max(wi, 0), wd - 1)], zero)
+        xh = te.compute((n, hp, wp, ch), pad_fn, name="pad_nhwc", attrs={"kiln.sched": "pack"})
 
-    xh = te.compute((n, hp, wp * ch), rows_fn, name="to_nhwc")
+        def xr(b, i, j, c):
+            return xh[b, i, j, c]
+
     row, taps_row = bf16_row(kh, kw, ch), kw * ch
+    if row == taps_row:  # whole runs of C channels per tap, no index arithmetic
+        a = te.compute((n, oh, ow, kh, kw, ch),
+                       lambda b, i, j, ky, kx, c: xr(b, i * sh + ky * dh, j * sw + kx * dw, c),
+                       name="im2col", attrs={"kiln.sched": "pack"})
+    elif row is not None:  # each kernel row padded
+        def patch_fn(b, i, j, ky, r):
+            rc = tirx.min(r, taps_row - 1)
+            tap = xr(b, i * sh + ky * dh, j * sw + (rc // ch) * dw, rc % ch)
+            return tirx.if_then_else(r < taps_row, tap, zero)
 
-    def patch_fn(b, i, j, ky, r):
-        rc = tirx.min(r, taps_row - 1)
-        col = (j * sw) * ch + rc if dw == 1 else (j * sw + (rc // ch) * dw) * ch + rc % ch
-        tap = xh[b, i * sh + ky * dh, col]
-        return tap if row == taps_row else tirx.if_then_else(r < taps_row, tap, zero)
+        a = te.compute((n, oh, ow, kh, row), patch_fn, name="im2col",
+                       attrs={"kiln.sched": "pack"})
+    else:  # one run of kh*kw*C taps, padded at its end
+        k_dim = kh * taps_row
 
-    a = te.compute((n, oh, ow, kh, row), patch_fn, name="im2col", attrs={"kiln.sched": "pack"})
+        def flat_fn(b, i, j, kk):
+            kc = tirx.min(kk, k_dim - 1)
+            ky, r = kc // taps_row, kc % taps_row
+            tap = xr(b, i * sh + ky * dh, j * sw + (r // ch) * dw, r % ch)
+            return tirx.if_then_else(kk < k_dim, tap, zero)
+
+        a = te.compute((n, oh, ow, gemm_bf16.padded_k(k_dim)), flat_fn, name="im2col",
+                       attrs={"kiln.sched": "pack"})
+    k_rows = kh * row if row is not None else kh * taps_row
     if packed:
         bp = w
     else:
-        def w_at(bb, kk, oo):
-            ky, r = kk // row, tirx.min(kk % row, taps_row - 1)
-            tap = w[oo, r % ch, ky, r // ch]
-            return tap if row == taps_row else tirx.if_then_else(kk % row < taps_row, tap,
-                                                                 zero)
+        o = shape_of(w)[0]
 
-        bp = gemm_bf16.pack_b_stage(w_at, (), kh * row, o)
-    cp = gemm_bf16.gemm_bf16(a, bp, (n,), oh * ow, kh * row)
+        step = row or taps_row
+
+        def w_at(bb, kk, oo):
+            ky, r = kk // step, tirx.min(kk % step, taps_row - 1)
+            tap = w[oo, r % ch, ky, r // ch]
+            return tap if step == taps_row else tirx.if_then_else(kk % step < taps_row, tap,
+                                                                  zero)
+
+        bp = gemm_bf16.pack_b_stage(w_at, (), k_rows, o)
+    return gemm_bf16.gemm_bf16(a, bp, (n,), oh * ow, k_rows)
+
+
+def conv2d_bf16(x, w, bias, out_shape, strides, pads, dilations, packed):
+    """A bfloat16 convolution (one group) of NCHW data on kiln's native GEMM
+    (``conv_gemm_bf16``: the input transposed to NHWC rows first); the output stage adds
+    the bias, rounds to bfloat16 and writes NCHW. ``packed``: the kernel's (kh, kw) when
+    the weight was packed at compile time."""
+    n, ch, h, wd = shape_of(x)
+    oh, ow = out_shape[2], out_shape[3]
+    kernel = packed or shape_of(w)[2:]
+    cp = conv_gemm_bf16(lambda b, i, j, c: x[b, c, i, j], (n, ch, h, wd), kernel, (oh, ow),
+                        strides, pads, dilations, w, bool(packed), nhwc=False)
 
     def out_fn(b, oo, i, j):
         v = cp[b, i * ow + j, oo]

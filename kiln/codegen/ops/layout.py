@@ -7,20 +7,31 @@
   changes: the input is already ``[N, C/ic, H, W, ic]`` and the weight already packed (a
   constant folded at compile time), so the kernel is (zero padding ->) the register-tiled
   ``conv_nchwc`` stage -> the blocked output, which the conv schedule writes from the tile
-  together with any fused epilogue (bias, residual add, relu).
+  together with any fused epilogue (bias, residual add, relu). A bfloat16 conv of
+  whole-channel blocks (NHWC, what the layout pass plans for bf16) is an im2col GEMM on
+  kiln's native kernel instead (``conv.conv_gemm_bf16``).
 - the pools: the NCHW windows with the channel block innermost, vectorized.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
 from kiln.codegen.ops.common import const, dtype_of, shape_of
-from kiln.codegen.ops.conv import blocked_conv, reg_cols, reg_rows
+from kiln.codegen.ops.conv import (
+    blocked_conv,
+    conv_gemm_bf16,
+    pack_conv_weight_bf16,
+    reg_cols,
+    reg_rows,
+)
 from kiln.codegen.ops.nn import spatial_mean
 from kiln.codegen.ops.reduce import reducer
+from kiln.codegen.pack import PackPlan, packer
+from kiln.ir.graph import Node
 from kiln.ir.ops.layout import parse_layout
 
 
@@ -86,17 +97,58 @@ def _padded(x, attrs, kernel: tuple[int, int], out_pad: tuple[int, int],
     return te.compute((n, cb, hp, wp, icb), pad, name="pad", attrs=ann)
 
 
+def _native_bf16(dtype: str, attrs) -> bool:
+    """A bfloat16 conv on a target with kiln's native bf16 GEMM: an im2col GEMM, which
+    reads and writes whole-channel blocks (NHWC, what the layout pass plans for bf16) in
+    place, and other blocks through the NHWC copy it pads into anyway."""
+    return c.tiling(attrs).bf16_dot and dtype == "bfloat16"
+
+
+@packer("conv2d_nchwc", 1)
+def _nchwc_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
+    if not _native_bf16(node.inputs[0].dtype, attrs) or array.dtype.name != "bfloat16":
+        return None
+    # [O/oc, C/ic, kh, kw, ic, oc] -> [kh, kw, C, O] -> the native GEMM's B
+    ob, cb, kh, kw, ic, oc = array.shape
+    hwio = array.transpose(2, 3, 1, 4, 0, 5).reshape(kh, kw, cb * ic, ob * oc)
+    return PackPlan("bf16pairs", pack_conv_weight_bf16(hwio), {"_bf16_w": (kh, kw)})
+
+
+def _conv2d_nchwc_bf16(x, w, attrs, out_shape):
+    """A blocked bf16 conv on the native GEMM (``conv.conv_gemm_bf16``): in whole-channel
+    blocks (``[N, 1, H, W, C]``, NHWC) its input is read in place and its sums come out in
+    the output's layout, ``[N, OH*OW, O]``: no layout change either way."""
+    n, cb, h, wd, ic = shape_of(x)
+    ch = cb * ic
+    oc = out_shape[4]
+    oh, ow = out_shape[2], out_shape[3]
+    kernel = attrs.get("_bf16_w") or shape_of(w)[2:4]
+    packed = bool(attrs.get("_bf16_w"))
+    if not packed:  # a runtime weight [O/oc, C/ic, kh, kw, ic, oc]: as [O, C, kh, kw]
+        w_blk, w_oc = w, shape_of(w)[5]
+        w = te.compute((shape_of(w)[0] * w_oc, ch, *kernel),
+                       lambda o, cc, i, j: w_blk[o // w_oc, cc // ic, i, j, cc % ic, o % w_oc],
+                       name="w_oihw")
+    cp = conv_gemm_bf16(lambda b, i, j, cc: x[b, cc // ic, i, j, cc % ic], (n, ch, h, wd),
+                        kernel, (oh, ow), attrs["strides"], attrs["pads"], attrs["dilations"],
+                        w, packed, nhwc=cb == 1)
+    return te.compute(out_shape, lambda b, o, i, j, co: cp[b, i * ow + j, o * oc + co]
+                      .astype("bfloat16"), name="conv2d_nchwc")
+
+
 @lowering("conv2d_nchwc")
 def conv2d_nchwc(inputs, attrs, out_types):
     x, w = inputs
-    kh, kw = shape_of(w)[2:4]
     out_shape = tuple(out_types[0].shape)
+    if _native_bf16(dtype_of(x), attrs):
+        return _conv2d_nchwc_bf16(x, w, attrs, out_shape)
+    kh, kw = shape_of(w)[2:4]
     reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4], out_shape[4])
     xp = _padded(x, attrs, (kh, kw), (oh_pad, ow_pad))
     acc = blocked_conv(xp, w, (oh_pad, ow_pad), attrs["strides"], attrs["dilations"],
                        (reg_h, reg_n))
-    return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co],
-                      name="conv2d_nchwc")
+    return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co]
+                      .astype(dtype_of(x)), name="conv2d_nchwc")
 
 
 @lowering("depthwise_conv2d_nchwc")
@@ -113,14 +165,14 @@ def depthwise_conv2d_nchwc(inputs, attrs, out_types):
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
 
     def conv_fn(b, cc, i, j, ci):
-        return te.sum(xp[b, cc, i * sh + ry * dh, j * sw + rx * dw, ci] * w[cc, 0, ry, rx, ci],
-                      axis=[ry, rx])
+        return te.sum(c.widen(xp[b, cc, i * sh + ry * dh, j * sw + rx * dw, ci])
+                      * c.widen(w[cc, 0, ry, rx, ci]), axis=[ry, rx])
 
     n, cb = out_shape[:2]
     acc = te.compute((n, cb, oh_pad, ow_pad, out_shape[4]), conv_fn, name="conv_nchwc",
                      attrs={"kiln.sched": "conv2d", "kiln.reg_h": reg_h, "kiln.reg_n": reg_n})
-    return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co],
-                      name="depthwise_conv2d_nchwc")
+    return te.compute(out_shape, lambda b, o, i, j, co: acc[b, o, i, j, co]
+                      .astype(dtype_of(x)), name="depthwise_conv2d_nchwc")
 
 
 def _clamped(v, n: int):
