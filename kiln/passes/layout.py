@@ -68,13 +68,15 @@ POOLS = {"max_pool2d": "max_pool2d_nchwc", "avg_pool2d": "avg_pool2d_nchwc",
 # -- analysis -----------------------------------------------------------------------------------
 
 
-def _blockable_depthwise(node: Node, consts: Constants) -> bool:
-    """A depthwise conv2d (groups == C == O) of a static float32 input and constant
-    weights: it may run blocked, in the block its input and output share (like a pool)."""
+def _blockable_depthwise(node: Node, consts: Constants, bf16: bool) -> bool:
+    """A depthwise conv2d (groups == C == O) of a static float32 input (or bfloat16, as in
+    ``_blockable_conv``) and constant weights: it may run blocked, in the block its input
+    and output share (like a pool)."""
     if node.op != "conv2d":
         return False
     x = node.inputs[0]
-    return (x.dtype == "float32" and x.type.is_static and x.type.rank == 4
+    dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
+    return (x.dtype in dtypes and x.type.is_static and x.type.rank == 4
             and node.attrs["groups"] == x.shape[1] == node.inputs[1].shape[0] > 1
             and all(consts.is_constant(v) for v in node.inputs[1:]))
 
@@ -151,7 +153,7 @@ class _Plan:
             return  # no block divides its channels
         elif node.op in POOLS or node.op == "batch_norm" and all(
                 self.consts.is_constant(v) for v in node.inputs[1:]) \
-                or _blockable_depthwise(node, self.consts):
+                or _blockable_depthwise(node, self.consts, self.bf16):
             self.operands[node] = [node.inputs[0]]
         elif node.op == "concat" and node.attrs["axis"] in (1, -3) and all(
                 v.type.is_static and v.shape[1] % min(BLOCKS) == 0 for v in node.inputs):

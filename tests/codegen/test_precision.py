@@ -249,3 +249,12 @@ def test_bf16_conv_chains_stay_nhwc_at_o3():
     assert sum(n.op == "layout_transform" for n in opt.nodes) == 2  # in and out
     compiled = check(graph, {"x": x}, opt_level=3)
     assert compiled.build.natives == ("kiln_gemm_bf16",)
+
+
+@needs_bf16
+@pytest.mark.parametrize("shape", [dict(c=32, kh=1, kw=1, p=0),  # multiplies x in place
+                                   dict(c=16, o=40, s=2), dict(c=3, kh=7, kw=7, p=3)])
+def test_bf16_blocked_convolutions_at_o3(shape):
+    g, inputs = conv_graph(**shape)
+    compiled = check(g, inputs, opt_level=3)
+    assert compiled.build.natives == ("kiln_gemm_bf16",)

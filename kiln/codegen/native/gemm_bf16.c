@@ -1,4 +1,5 @@
-/* kiln's bfloat16 GEMM: C[b, M, Np] (float32) = A[b, M, K] (bf16) x B[b, K, N] (bf16).
+/* kiln's bfloat16 GEMM: C[b, M, Np] = A[b, M, K] x B[b, K, N], all bf16, summed in float32
+ * and rounded once (to nearest even) when stored.
  *
  * TVM 0.27 cannot emit AVX512-BF16 or AMX code itself (it legalizes every bfloat16 value to
  * float32 or uint16 before LLVM sees it, and LLVM's vdpbf16ps takes bfloat vectors), so the
@@ -10,7 +11,7 @@
  * - B: panels of 16 columns, [N/16][K/2][16][2]: each 32-bit word holds the bf16 pair
  *   (B[2k, j], B[2k + 1, j]) that one vdpbf16ps lane and one AMX tile row multiply.
  *   Np (= ldc) is N rounded up to 16; the padding columns are zero.
- * - C: row-major rows of ``ldc`` = Np floats, every column written.
+ * - C: row-major rows of ``ldc`` = Np bf16, every column written.
  *
  * Two paths, chosen once per process: AMX (Sapphire Rapids and later, once Linux grants the
  * tile data permission) in blocks of 32 (or 16) rows x 32 columns (up to four 16 x 16
@@ -62,15 +63,20 @@ typedef struct {
 typedef struct {
   const uint16_t* a;
   const uint16_t* b;
-  float* c;
+  uint16_t* c;
   int64_t lda, a_stride, b_stride, c_stride, ldc;
   int batch, m, k, m_blocks, n_blocks;
 } Gemm;
 
+/* 16 float32 sums rounded to bf16 (to nearest even, NaN stays NaN) and stored at ``c`` */
+static inline void store_bf16(uint16_t* c, __m512 sums) {
+  _mm256_storeu_si256((__m256i*)c, (__m256i)_mm512_cvtneps_pbh(sums));
+}
+
 /* C[0:rows, 0:16*panels] with AVX512-BF16 (rows <= AVX_ROWS, panels 1 or 2). Inlined into
  * ``avx_block`` with constant rows and panels, so that the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void avx_tile(const Gemm* g, const uint16_t* a,
-                                                           const uint16_t* b, float* c,
+                                                           const uint16_t* b, uint16_t* c,
                                                            const int rows, const int panels) {
   __m512 acc[AVX_ROWS][2];
   for (int i = 0; i < rows; ++i)
@@ -88,7 +94,7 @@ static inline __attribute__((always_inline)) void avx_tile(const Gemm* g, const 
     }
   }
   for (int i = 0; i < rows; ++i)
-    for (int p = 0; p < panels; ++p) _mm512_storeu_ps(c + i * g->ldc + 16 * p, acc[i][p]);
+    for (int p = 0; p < panels; ++p) store_bf16(c + i * g->ldc + 16 * p, acc[i][p]);
 }
 
 #define AVX_CASE(r)                                  \
@@ -99,8 +105,8 @@ static inline __attribute__((always_inline)) void avx_tile(const Gemm* g, const 
       avx_tile(g, a, b, c, r, 1);                    \
     break;
 
-static void avx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, float* c, int rows,
-                      int panels) {
+static void avx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, uint16_t* c,
+                      int rows, int panels) {
   switch (rows) {
     AVX_CASE(1) AVX_CASE(2) AVX_CASE(3) AVX_CASE(4)
     AVX_CASE(5) AVX_CASE(6) AVX_CASE(7) AVX_CASE(8)
@@ -109,9 +115,18 @@ static void avx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, float
 
 /* C[0:16*halves, 0:16*panels] with AMX (halves, panels: 1 or 2): tiles 0-3 accumulate
  * (0, 1: rows 0-15; 2, 3: rows 16-31), 4-5 hold A's two row halves, 6-7 B's two panels */
-static void amx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, float* c,
+/* An accumulator tile (16 x 16 float32) rounded to bf16 into C's rows at ``c`` */
+#define STORE_TILE(t, c)                                                   \
+  do {                                                                     \
+    _tile_stored(t, sums, 64);                                             \
+    for (int r = 0; r < 16; ++r)                                           \
+      store_bf16((c) + r * g->ldc, _mm512_load_ps(sums + 16 * r));         \
+  } while (0)
+
+static void amx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, uint16_t* c,
                       int halves, int panels) {
-  const int64_t panel = (int64_t)g->k * 16, a_bytes = g->lda * 2, c_bytes = g->ldc * 4;
+  const int64_t panel = (int64_t)g->k * 16, a_bytes = g->lda * 2;
+  float sums[256] __attribute__((aligned(64)));
   const uint16_t* a1 = a + 16 * g->lda;
   _tile_zero(0);
   _tile_zero(1);
@@ -131,11 +146,11 @@ static void amx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, float
       if (halves > 1) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, c, c_bytes);
-  if (panels > 1) _tile_stored(1, c + 16, c_bytes);
+  STORE_TILE(0, c);
+  if (panels > 1) STORE_TILE(1, c + 16);
   if (halves > 1) {
-    _tile_stored(2, c + 16 * g->ldc, c_bytes);
-    if (panels > 1) _tile_stored(3, c + 16 * g->ldc + 16, c_bytes);
+    STORE_TILE(2, c + 16 * g->ldc);
+    if (panels > 1) STORE_TILE(3, c + 16 * g->ldc + 16);
   }
 }
 
@@ -149,7 +164,7 @@ static void block(const Gemm* g, int index, int amx) {
   int panels = (int)(g->ldc - j0) >= COLS ? 2 : 1;
   const uint16_t* a = g->a + bi * g->a_stride + i0 * g->lda;
   const uint16_t* b = g->b + bi * g->b_stride + (int64_t)(j0 / 16) * g->k * 16;
-  float* c = g->c + bi * g->c_stride + i0 * g->ldc + j0;
+  uint16_t* c = g->c + bi * g->c_stride + i0 * g->ldc + j0;
   int done = 0;
   if (amx && rows >= 16) {
     done = rows >= 32 ? 32 : 16;
@@ -184,8 +199,8 @@ static int task(int task_id, TVMParallelGroupEnv* env, void* data) {
 
 /* The entry point kiln's kernels call (through TVM's call_extern). Returns 0. */
 int kiln_gemm_bf16(const uint16_t* a, int64_t lda, int64_t a_stride, const uint16_t* b,
-                   int64_t b_stride, float* c, int64_t ldc, int64_t c_stride, int batch, int m,
-                   int k) {
+                   int64_t b_stride, uint16_t* c, int64_t ldc, int64_t c_stride, int batch,
+                   int m, int k) {
   if (use_amx < 0) kiln_gemm_bf16_use_amx(1);
   Gemm g = {a, b, c, lda, a_stride, b_stride, c_stride, ldc, batch, m, k,
             (m + ROWS - 1) / ROWS, (int)((ldc + COLS - 1) / COLS)};

@@ -391,14 +391,15 @@ def pack_conv_weight_bf16(w_hwio: np.ndarray) -> np.ndarray:
 
 
 def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, packed,
-                   nhwc: bool):
-    """The float32 sums ``C[N, OH*OW, Op]`` of a bfloat16 convolution (one group) on kiln's
+                   nhwc=None):
+    """The sums ``C[N, OH*OW, Op]`` (bf16) of a bfloat16 convolution (one group) on kiln's
     native GEMM: the patches A[N, OH, OW, kh, row] (im2col of NHWC rows: one kernel row's
     kw x C taps contiguous, zero-padded as ``bf16_row`` says) times the weight as B[K, O]
     (``pack_conv_weight_bf16`` at compile time when ``packed``, else packed per call from
     ``w`` [O, C, kh, kw]). ``x_at(b, i, j, c)`` reads the input (``dims`` = N, C, H, W);
-    with ``nhwc`` it is NHWC in memory and is read in place where no padding is needed,
-    else it goes through a zero-padded NHWC copy first."""
+    ``nhwc``: the input tensor when it is NHWC in memory: then it is read in place where no
+    padding is needed (a 1x1 convolution of a multiple of 32 channels multiplies it as it
+    lies), else it goes through a zero-padded NHWC copy first."""
     n, ch, h, wd = dims
     kh, kw = kernel
     oh, ow = out_hw
@@ -407,7 +408,24 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
     hp = max(h + top, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(wd + left, (ow - 1) * sw + (kw - 1) * dw + 1)
     zero = const(0, "bfloat16")
-    if nhwc and top == left == 0 and hp == h and wp == wd:
+    row, taps_row = bf16_row(kh, kw, ch), kw * ch
+    k_rows = kh * row if row is not None else kh * taps_row
+    if packed:
+        bp = w
+    else:
+        step = row or taps_row
+
+        def w_at(bb, kk, oo):
+            ky, r = kk // step, tirx.min(kk % step, taps_row - 1)
+            tap = w[oo, r % ch, ky, r // ch]
+            return tap if step == taps_row else tirx.if_then_else(kk % step < taps_row, tap,
+                                                                  zero)
+
+        bp = gemm_bf16.pack_b_stage(w_at, (), k_rows, shape_of(w)[0])
+    if (nhwc is not None and isinstance(nhwc.op, te.PlaceholderOp) and kh == kw == 1
+            and sh == sw == 1 and not any(pads) and row == ch):
+        return gemm_bf16.gemm_bf16(nhwc, bp, (n,), oh * ow, ch)
+    if nhwc is not None and top == left == 0 and hp == h and wp == wd:
         xr = x_at
     else:
         def pad_fn(b, i, j, c):
@@ -421,7 +439,6 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
         def xr(b, i, j, c):
             return xh[b, i, j, c]
 
-    row, taps_row = bf16_row(kh, kw, ch), kw * ch
     if row == taps_row:  # whole runs of C channels per tap, no index arithmetic
         a = te.compute((n, oh, ow, kh, kw, ch),
                        lambda b, i, j, ky, kx, c: xr(b, i * sh + ky * dh, j * sw + kx * dw, c),
@@ -435,31 +452,14 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
         a = te.compute((n, oh, ow, kh, row), patch_fn, name="im2col",
                        attrs={"kiln.sched": "pack"})
     else:  # one run of kh*kw*C taps, padded at its end
-        k_dim = kh * taps_row
-
         def flat_fn(b, i, j, kk):
-            kc = tirx.min(kk, k_dim - 1)
+            kc = tirx.min(kk, k_rows - 1)
             ky, r = kc // taps_row, kc % taps_row
             tap = xr(b, i * sh + ky * dh, j * sw + (r // ch) * dw, r % ch)
-            return tirx.if_then_else(kk < k_dim, tap, zero)
+            return tirx.if_then_else(kk < k_rows, tap, zero)
 
-        a = te.compute((n, oh, ow, gemm_bf16.padded_k(k_dim)), flat_fn, name="im2col",
+        a = te.compute((n, oh, ow, gemm_bf16.padded_k(k_rows)), flat_fn, name="im2col",
                        attrs={"kiln.sched": "pack"})
-    k_rows = kh * row if row is not None else kh * taps_row
-    if packed:
-        bp = w
-    else:
-        o = shape_of(w)[0]
-
-        step = row or taps_row
-
-        def w_at(bb, kk, oo):
-            ky, r = kk // step, tirx.min(kk % step, taps_row - 1)
-            tap = w[oo, r % ch, ky, r // ch]
-            return tap if step == taps_row else tirx.if_then_else(kk % step < taps_row, tap,
-                                                                  zero)
-
-        bp = gemm_bf16.pack_b_stage(w_at, (), k_rows, o)
     return gemm_bf16.gemm_bf16(a, bp, (n,), oh * ow, k_rows)
 
 
@@ -472,13 +472,11 @@ def conv2d_bf16(x, w, bias, out_shape, strides, pads, dilations, packed):
     oh, ow = out_shape[2], out_shape[3]
     kernel = packed or shape_of(w)[2:]
     cp = conv_gemm_bf16(lambda b, i, j, c: x[b, c, i, j], (n, ch, h, wd), kernel, (oh, ow),
-                        strides, pads, dilations, w, bool(packed), nhwc=False)
+                        strides, pads, dilations, w, bool(packed))
 
     def out_fn(b, oo, i, j):
         v = cp[b, i * ow + j, oo]
-        if bias is not None:
-            v = v + bias[oo].astype("float32")
-        return v.astype("bfloat16")
+        return v + bias[oo] if bias is not None else v
 
     return te.compute(tuple(out_shape), out_fn, name="conv2d_bf16")
 

@@ -1,7 +1,8 @@
-"""The bfloat16 GEMM stage: ``C[batch, M, Np] (float32) = A[batch, M, K] @ B[batch, K, N]``
-on bfloat16 operands, computed by kiln's native kernel (``codegen/native/gemm_bf16.c``,
-AMX or AVX512-BF16) through an extern stage. The caller casts C to the output type and
-computes its epilogue from it (TVM stages, scheduled as usual).
+"""The bfloat16 GEMM stage: ``C[batch, M, Np] = A[batch, M, K] @ B[batch, K, N]`` on
+bfloat16 operands, summed in float32 and rounded to bfloat16 once, computed by kiln's native
+kernel (``codegen/native/gemm_bf16.c``, AMX or AVX512-BF16) through an extern stage (what
+the interpreter does for a bf16 matmul: its sums rounded). The caller computes its epilogue
+from C (TVM stages, scheduled as usual).
 
 Layouts the native kernel reads: A rows of K elements, K a multiple of ``K_BLOCK`` (an AMX
 tile row); B in panels of 16 columns of bf16 pairs, ``[..., Np/16, Kp/2, 16, 2]``
@@ -73,7 +74,7 @@ def a_rows(a: te.Tensor, read, batch: tuple, m: int, k: int) -> te.Tensor:
 
 
 def gemm_bf16(a: te.Tensor, bp: te.Tensor, batch: tuple, m: int, k: int) -> te.Tensor:
-    """The extern stage ``C[prod(batch), M, Np]`` (float32) of ``a`` (from ``a_rows``) and
+    """The extern stage ``C[prod(batch), M, Np]`` (bfloat16) of ``a`` (from ``a_rows``) and
     ``bp`` (packed B, with the batch axes of the product or none)."""
     kp = padded_k(k)
     n_pad = int(bp.shape[-4]) * PANEL
@@ -90,4 +91,4 @@ def gemm_bf16(a: te.Tensor, bp: te.Tensor, batch: tuple, m: int, k: int) -> te.T
             b_buf.data, i64(b_stride), outs[0].data, i64(n_pad),
             i64(m * n_pad), i32(nbatch), i32(m), i32(kp)))
 
-    return te.extern((nbatch, m, n_pad), [a, bp], call, name=NATIVE, dtype="float32")
+    return te.extern((nbatch, m, n_pad), [a, bp], call, name=NATIVE, dtype="bfloat16")

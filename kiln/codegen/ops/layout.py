@@ -131,9 +131,9 @@ def _conv2d_nchwc_bf16(x, w, attrs, out_shape):
                        name="w_oihw")
     cp = conv_gemm_bf16(lambda b, i, j, cc: x[b, cc // ic, i, j, cc % ic], (n, ch, h, wd),
                         kernel, (oh, ow), attrs["strides"], attrs["pads"], attrs["dilations"],
-                        w, packed, nhwc=cb == 1)
-    return te.compute(out_shape, lambda b, o, i, j, co: cp[b, i * ow + j, o * oc + co]
-                      .astype("bfloat16"), name="conv2d_nchwc")
+                        w, packed, nhwc=x if cb == 1 else None)
+    return te.compute(out_shape, lambda b, o, i, j, co: cp[b, i * ow + j, o * oc + co],
+                      name="conv2d_nchwc")
 
 
 @lowering("conv2d_nchwc")

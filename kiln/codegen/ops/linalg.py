@@ -126,8 +126,8 @@ def _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape):
 
 def _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape, a_vec,
                  b_packed: bool):
-    """A bfloat16 matmul through kiln's native GEMM (``gemm_bf16.py``), rounded to bfloat16
-    from its float32 sums."""
+    """A bfloat16 matmul through kiln's native GEMM (``gemm_bf16.py``: float32 sums, rounded
+    to bfloat16)."""
     a_in = gemm_bf16.a_rows(a, a_at, out_batch, m, k_dim)
     if b_packed:
         bp = b
@@ -140,7 +140,7 @@ def _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape, a_
         flat = 0
         for i, d in zip(idx[:nbat], out_batch):
             flat = flat * d + i
-        return cp[flat, 0 if a_vec else idx[nbat], idx[-1]].astype("bfloat16")
+        return cp[flat, 0 if a_vec else idx[nbat], idx[-1]]
 
     return te.compute(out_shape, out_fn, name="matmul")
 
