@@ -43,7 +43,8 @@ highest of ``--levels``) and OpenVINO at its default precision (``openvino defau
 CPUs with AMX or AVX512-BF16), and prints a second table: their times beside kiln fp32 and
 onnxruntime, and their accuracy against onnxruntime fp32 (largest error and mean error, both
 over the output's largest magnitude, and top-1 agreement over the rows of a logits output);
-above ``--low-tol`` (5e-2) an output is flagged ``!``.
+above ``--low-tol`` (0.25: bf16 on these random-weight CNNs errs by up to 0.11, OpenVINO's
+bf16 alike) an output is flagged ``!``.
 """
 
 from __future__ import annotations
@@ -815,8 +816,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest error allowed, relative to the output's largest magnitude")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="also run kiln at this precision and OpenVINO at its default one")
-    p.add_argument("--low-tol", type=float, default=5e-2,
-                   help="--tol for the reduced-precision engines")
+    p.add_argument("--low-tol", type=float, default=0.25,
+                   help="--tol for the reduced-precision engines (bf16 on random-weight "
+                        "CNNs errs by 0.05-0.11 of the logits' largest magnitude, OpenVINO's "
+                        "alike)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--list", action="store_true", help="list the models and exit")
     p.add_argument("--_child", help=argparse.SUPPRESS)
