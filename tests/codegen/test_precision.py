@@ -258,3 +258,10 @@ def test_bf16_blocked_convolutions_at_o3(shape):
     g, inputs = conv_graph(**shape)
     compiled = check(g, inputs, opt_level=3)
     assert compiled.build.natives == ("kiln_gemm_bf16",)
+
+
+@needs_bf16
+@pytest.mark.parametrize("k", [64, 40])  # in place, and through the zero-padded copy
+def test_bf16_batched_rows_times_one_weight_are_one_gemm(k):
+    g, inputs = matmul_graph(7, k, 48, batch=(1, 7))
+    check(g, inputs)

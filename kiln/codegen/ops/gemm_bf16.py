@@ -57,11 +57,13 @@ def pack_b_stage(read, b_batch: tuple, k: int, n: int) -> te.Tensor:
 
 def a_rows(a: te.Tensor, read, batch: tuple, m: int, k: int) -> te.Tensor:
     """A as the kernel reads it: ``a`` itself when it is a kernel input with a multiple of
-    ``K_BLOCK`` columns and the batch axes of the product (or none), else a zero-padded
-    ``[batch..., M, Kp]`` copy by a ``pack`` stage (``read(batch index, i, k)``)."""
+    ``K_BLOCK`` columns and the batch axes of the product (or none; or, for an unbatched
+    product, any shape of ``m`` rows of ``k``), else a zero-padded ``[batch..., M, Kp]``
+    copy by a ``pack`` stage (``read(batch index, i, k)``)."""
     shape = tuple(int(d) for d in a.shape)
-    if isinstance(a.op, te.PlaceholderOp) and k % K_BLOCK == 0 and shape in (
-            (*batch, m, k), (m, k)):
+    rows = shape in ((*batch, m, k), (m, k)) or (
+        not batch and shape[-1] == k and prod(shape[:-1]) == m)
+    if isinstance(a.op, te.PlaceholderOp) and k % K_BLOCK == 0 and rows:
         return a
     kp = padded_k(k)
 
