@@ -10,7 +10,7 @@ the row in our softmax prototype).
 
 from __future__ import annotations
 
-from math import prod
+from math import gcd, prod
 
 from kiln.codegen.schedules.cpu.common import (
     REDUCE,
@@ -23,6 +23,7 @@ from kiln.codegen.schedules.cpu.common import (
     transposed_axis,
     vectorize_inner,
 )
+from kiln.ir.types import HALF_DTYPES
 
 # Below this many output elements a kernel runs serially: waking TVM's thread pool costs a
 # few microseconds, which an elementwise kernel of 16K floats barely amortizes.
@@ -40,6 +41,10 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
         return
     ext = extents(sch, loops)
     total = prod(ext)
+    if ext[-1] % lanes and gcd(ext[-1], lanes) >= 8 and _touches_half(sch, block):
+        # half vectors along a last axis of 72 channels (bf16 NHWC): fused with the axis
+        # before, per-channel operands (a bias) became gathers (4x slower, MobileNetV3)
+        lanes = gcd(ext[-1], lanes)
     # fuse the trailing loops whose extents multiply to whole vectors: a [N, C, 28, 28]
     # output vectorizes over H*W = 49 x 16 instead of 28 = 16 + a predicated 12
     k = len(loops) - 1
@@ -56,6 +61,12 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
     outer = list(loops[:-1]) + ([chunk] if chunk is not None else [])
     if outer and cores > 1 and total >= PARALLEL_MIN:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+
+def _touches_half(sch, block) -> bool:
+    """Does ``block`` read or write a float16/bfloat16 buffer?"""
+    stmt = sch.get(block)
+    return any(str(r.source.dtype) in HALF_DTYPES for r in (*stmt.reads, *stmt.writes))
 
 
 def schedule_transpose(sch, block, lanes: int, cores: int, axis: int) -> bool:
