@@ -459,7 +459,7 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
             return tirx.if_then_else(kk < k_rows, tap, zero)
 
         a = te.compute((n, oh, ow, gemm_bf16.padded_k(k_rows)), flat_fn, name="im2col",
-                       attrs={"kiln.sched": "pack"})
+                       attrs={"kiln.sched": "pack", "kiln.unroll": 1})
     return gemm_bf16.gemm_bf16(a, bp, (n,), oh * ow, k_rows)
 
 

@@ -101,7 +101,11 @@ def schedule_pack(sch, block, lanes: int, cores: int) -> None:
     *outer, _cols, blk = loops
     total = prod(extents(sch, loops))
     n_blk = extents(sch, [blk])[0]
-    if n_blk % lanes == 0:
+    if annotations(sch, block).get("kiln.unroll"):
+        # a block whose elements come from index arithmetic (a flat im2col: kk -> tap,
+        # channel): unrolled, each element's index is a constant, not a lane's div/mod
+        sch.unroll(blk)
+    elif n_blk % lanes == 0:
         # (a long block, an im2col row of kw x C taps, stays a loop: unrolled, LLVM took
         # seconds per kernel)
         vectorize_inner(sch, blk, lanes, unroll_rest=n_blk <= 4 * lanes)
