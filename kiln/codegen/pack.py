@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kiln.codegen.ops.common import tiling
-from kiln.codegen.ops.gemm_bf16 import pack_b_bf16
+from kiln.codegen.ops.gemm_bf16 import native, pack_b_bf16
 from kiln.ir.graph import Node
 
 
@@ -54,8 +54,7 @@ def pack_gemm_b(b: np.ndarray, nb: int) -> np.ndarray:
 
 @packer("matmul", 1)
 def _matmul_b(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    if tiling(attrs).bf16_dot and array.dtype.name == "bfloat16" and \
-            node.inputs[0].dtype == "bfloat16":
+    if native(attrs, array.dtype.name, node.inputs[0].dtype):
         if array.ndim != 2:
             return None  # a batch of weights: packed per call
         return PackPlan("bf16pairs", pack_b_bf16(array), {"_bf16_b": True})

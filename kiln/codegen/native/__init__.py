@@ -98,9 +98,3 @@ def load_in_process(names: Iterable[str]) -> None:
         if n not in _loaded:
             path = _built(n, ".so", ("-shared",))
             _loaded[n] = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-
-
-def library(name: str) -> ctypes.CDLL:
-    """The in-process library of native ``name`` (tests select its code paths with it)."""
-    load_in_process([name])
-    return _loaded[name]

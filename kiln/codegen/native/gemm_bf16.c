@@ -3,7 +3,7 @@
  *
  * TVM 0.27 cannot emit AVX512-BF16 or AMX code itself (it legalizes every bfloat16 value to
  * float32 or uint16 before LLVM sees it, and LLVM's vdpbf16ps takes bfloat vectors), so the
- * kernels that multiply bfloat16 call this function from their TVM code (``ops/native.py``);
+ * kernels that multiply bfloat16 call this function from their TVM code (``ops/gemm_bf16.py``);
  * the epilogue (bias, activation, the cast of the result) stays in TVM.
  *
  * Layouts (the caller's TVM code and ``pack.py`` make them):
@@ -16,8 +16,9 @@
  * Two paths, chosen once per process: AMX (Sapphire Rapids and later, once Linux grants the
  * tile data permission) in blocks of 32 (or 16) rows x 32 columns (up to four 16 x 16
  * accumulator tiles); the last M % 16 rows, and every row on CPUs without AMX, with
- * AVX512-BF16: blocks of up to 8 rows x 32 columns in 16 zmm accumulators. Blocks are shared among TVM's worker threads
- * (TVMBackendParallelLaunch, the thread pool TVM's own parallel loops use).
+ * AVX512-BF16: blocks of up to 8 rows x 32 columns in 16 zmm accumulators. Blocks are shared
+ * among TVM's worker threads (TVMBackendParallelLaunch, the thread pool TVM's own parallel
+ * loops use).
  */
 #include <immintrin.h>
 #include <stdint.h>
@@ -113,8 +114,6 @@ static void avx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, uint1
   }
 }
 
-/* C[0:16*halves, 0:16*panels] with AMX (halves, panels: 1 or 2): tiles 0-3 accumulate
- * (0, 1: rows 0-15; 2, 3: rows 16-31), 4-5 hold A's two row halves, 6-7 B's two panels */
 /* An accumulator tile (16 x 16 float32) rounded to bf16 into C's rows at ``c`` */
 #define STORE_TILE(t, c)                                                   \
   do {                                                                     \
@@ -123,6 +122,8 @@ static void avx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, uint1
       store_bf16((c) + r * g->ldc, _mm512_load_ps(sums + 16 * r));         \
   } while (0)
 
+/* C[0:16*halves, 0:16*panels] with AMX (halves, panels: 1 or 2): tiles 0-3 accumulate
+ * (0, 1: rows 0-15; 2, 3: rows 16-31), 4-5 hold A's two row halves, 6-7 B's two panels */
 static void amx_block(const Gemm* g, const uint16_t* a, const uint16_t* b, uint16_t* c,
                       int halves, int panels) {
   const int64_t panel = (int64_t)g->k * 16, a_bytes = g->lda * 2;

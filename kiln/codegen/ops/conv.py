@@ -145,8 +145,7 @@ def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
 
 def _native_bf16(attrs, x_dtype: str, w_dtype: str) -> bool:
     """A bfloat16 convolution of one group: an im2col GEMM on kiln's native kernel."""
-    return (tiling(attrs).bf16_dot and x_dtype == w_dtype == "bfloat16"
-            and attrs["groups"] == 1)
+    return attrs["groups"] == 1 and gemm_bf16.native(attrs, x_dtype, w_dtype)
 
 
 @packer("conv2d", 1)

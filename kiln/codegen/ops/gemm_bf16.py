@@ -18,11 +18,17 @@ from math import prod
 import numpy as np
 from tvm import te, tirx
 
-from kiln.codegen.ops.common import const
+from kiln.codegen.ops.common import const, tiling
 
 K_BLOCK = 32  # K elements per AMX tile row (64 bytes of bf16)
 PANEL = 16  # columns per B panel (one zmm of float32 accumulators)
 NATIVE = "kiln_gemm_bf16"
+
+
+def native(attrs, *dtypes: str) -> bool:
+    """Does an op of operands of ``dtypes`` (with the target strategy's tiling in ``attrs``)
+    multiply on the native GEMM? bfloat16 operands on a target with AVX512-BF16."""
+    return tiling(attrs).bf16_dot and all(d == "bfloat16" for d in dtypes)
 
 
 def padded_k(k: int) -> int:

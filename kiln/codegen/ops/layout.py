@@ -20,6 +20,7 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
+from kiln.codegen.ops import gemm_bf16
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.conv import (
     blocked_conv,
@@ -97,16 +98,9 @@ def _padded(x, attrs, kernel: tuple[int, int], out_pad: tuple[int, int],
     return te.compute((n, cb, hp, wp, icb), pad, name="pad", attrs=ann)
 
 
-def _native_bf16(dtype: str, attrs) -> bool:
-    """A bfloat16 conv on a target with kiln's native bf16 GEMM: an im2col GEMM, which
-    reads and writes whole-channel blocks (NHWC, what the layout pass plans for bf16) in
-    place, and other blocks through the NHWC copy it pads into anyway."""
-    return c.tiling(attrs).bf16_dot and dtype == "bfloat16"
-
-
 @packer("conv2d_nchwc", 1)
 def _nchwc_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    if not _native_bf16(node.inputs[0].dtype, attrs) or array.dtype.name != "bfloat16":
+    if not gemm_bf16.native(attrs, node.inputs[0].dtype, array.dtype.name):
         return None
     # [O/oc, C/ic, kh, kw, ic, oc] -> [kh, kw, C, O] -> the native GEMM's B
     ob, cb, kh, kw, ic, oc = array.shape
@@ -140,7 +134,9 @@ def _conv2d_nchwc_bf16(x, w, attrs, out_shape):
 def conv2d_nchwc(inputs, attrs, out_types):
     x, w = inputs
     out_shape = tuple(out_types[0].shape)
-    if _native_bf16(dtype_of(x), attrs):
+    if gemm_bf16.native(attrs, dtype_of(x), dtype_of(w)):
+        # an im2col GEMM, which reads and writes whole-channel blocks (NHWC, what the layout
+        # pass plans for bf16) in place, other blocks through the NHWC copy it pads into
         return _conv2d_nchwc_bf16(x, w, attrs, out_shape)
     kh, kw = shape_of(w)[2:4]
     reg_h, oh_pad, reg_n, ow_pad = _tile(attrs, *out_shape[2:4], out_shape[4])

@@ -161,23 +161,23 @@ def matmul(inputs, attrs, out_types):
     out_shape = tuple(out_types[0].shape)
     a_shape, b_shape = shape_of(a), shape_of(b)
     tiles = c.tiling(attrs)
-    packed = attrs.get("_packed_b")
+    packed, bf16_b = attrs.get("_packed_b"), attrs.get("_bf16_b")
     a_vec, b_vec = len(a_shape) == 1, (not packed and len(b_shape) == 1)
     k_dim = a_shape[-1]
     m = 1 if a_vec else a_shape[-2]
     n = 1 if b_vec else out_shape[-1]
     a_batch = () if a_vec else a_shape[:-2]
-    b_batch = b_shape[:-3] if packed else (() if b_vec else b_shape[:-2])
+    # (a weight packed for the native bf16 GEMM is one matrix: ``pack.py``)
+    b_batch = b_shape[:-3] if packed else (() if b_vec or bf16_b else b_shape[:-2])
     out_batch = out_shape[: len(out_shape) - (0 if a_vec else 1) - (0 if b_vec else 1)]
     a_b, b_b = _batch_reader(a_batch, out_batch), _batch_reader(b_batch, out_batch)
 
     def a_at(bidx, i, k):
         return a[k] if a_vec else a[(*a_b(bidx), i, k)]
 
-    if tiles.bf16_dot and dtype_of(a) == dtype_of(b) == "bfloat16" and not b_vec and (
-            packed is None or attrs.get("_bf16_b")):
+    if gemm_bf16.native(attrs, dtype_of(a), dtype_of(b)) and not b_vec and not packed:
         return _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape,
-                            a_vec, bool(attrs.get("_bf16_b")))
+                            a_vec, bool(bf16_b))
     if n == 1 and not packed:
         # matrix-vector: out[..., i] = sum_k a[..., i, k] * b[..., k, (0)]
         def read(idx):

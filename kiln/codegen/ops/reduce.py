@@ -99,8 +99,9 @@ def reduce_rows(
     depth = min(axes) if axes else rank
     ann = {"kiln.row": depth}
     if op in ("sum", "prod") and dtype in HALF_DTYPES:  # 16-bit floats sum in float32
+        # (``lanes`` of a 16-bit float are float32's already: ``Target.lanes``)
         wide = reduce_rows(lambda i: read(i).astype("float32"), in_shape, axes, op, "float32",
-                           max(1, lanes // 2), name + "_f32")
+                           lanes, name + "_f32")
         return te.compute(out_shape, lambda *i: wide[i].astype(dtype), name=name, attrs=ann)
     if op == "sum" and dtype == "float32" and prod(in_shape[a] for a in axes) > LONG_SUM:
         wide = reduce_rows(lambda i: read(i).astype("float64"), in_shape, axes, op, "float64",

@@ -39,8 +39,6 @@ from kiln.codegen.schedules.cpu.generic import (
     schedule_rows,
 )
 from kiln.ir.graph import Node
-from kiln.ir.ops.registry import ANCHOR, kind_of
-from kiln.ir.types import HALF_DTYPES
 from kiln.targets import Target
 
 log = logging.getLogger("kiln.codegen")
@@ -59,8 +57,6 @@ TASKS_PER_CORE = 4  # parallel GEMM tasks per core, so that a straggler costs li
 def tiling(node: Node, target: Target) -> Tiling:
     """The CPU tiling of ``node``'s compute on ``target``."""
     dtype = node.outputs[0].dtype if node.outputs else "float32"
-    if dtype in HALF_DTYPES and kind_of(node.op) == ANCHOR:
-        dtype = "float32"  # its register tiles hold float32 sums (``ops.common.widen``)
     return Tiling(target.lanes(dtype), GEMM_ROWS, GEMM_VECTORS, CONV_PIXELS,
                   GEMM_BLOCK_BYTES, TASKS_PER_CORE * target.num_cores,
                   bf16_dot="avx512_bf16" in target.features)
