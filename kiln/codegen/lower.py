@@ -38,7 +38,8 @@ class Tiling:
     those themselves. ``raises`` False (GPU kernels, which cannot return an error): a
     failed input check (an index out of range, an integer division by zero) traps the
     device instead (``ops/checks.py``). ``bf16_dot`` True: bfloat16 matmuls and
-    convolutions call kiln's native GEMM (``ops/gemm_bf16.py``: AVX512-BF16 or AMX)."""
+    convolutions call kiln's native GEMM (``ops/gemm_native.py``: AVX512-BF16 or AMX);
+    ``int8_dot`` True: so do uint8 x int8 ones (AVX512-VNNI or AMX-INT8)."""
 
     lanes: int
     gemm_rows: int
@@ -49,6 +50,7 @@ class Tiling:
     blocked: bool = True
     raises: bool = True
     bf16_dot: bool = False
+    int8_dot: bool = False
 
     def gemm_cols(self, n: int) -> int:
         """Columns of a GEMM register tile (and of a packed B panel) for N = ``n``."""

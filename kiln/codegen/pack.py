@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kiln.codegen.ops.common import tiling
-from kiln.codegen.ops.gemm_bf16 import native, pack_b_bf16
+from kiln.codegen.ops.gemm_native import BF16, U8S8, native
 from kiln.ir.graph import Node
 
 
@@ -54,14 +54,21 @@ def pack_gemm_b(b: np.ndarray, nb: int) -> np.ndarray:
 
 @packer("matmul", 1)
 def _matmul_b(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    if native(attrs, array.dtype.name, node.inputs[0].dtype):
+    if native(attrs, node.inputs[0].dtype, array.dtype.name) is BF16:
         if array.ndim != 2:
             return None  # a batch of weights: packed per call
-        return PackPlan("bf16pairs", pack_b_bf16(array), {"_bf16_b": True})
+        return PackPlan("bf16pairs", BF16.pack_b(array), {"_bf16_b": True})
     if array.ndim < 2 or array.shape[-1] == 1 or not tiling(attrs).blocked:
         return None  # matrix-vector (a reduction reads the vector as is), or plain computes
     nb = tiling(attrs).gemm_cols(array.shape[-1])
     return PackPlan(f"packed{nb}", pack_gemm_b(array, nb), {"_packed_b": nb})
+
+
+@packer("matmul_integer", 1)
+def _matmul_integer_b(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
+    if array.ndim != 2 or native(attrs, node.inputs[0].dtype, array.dtype.name) is not U8S8:
+        return None  # a batch of weights, or no native kernel: read as it lies
+    return PackPlan("u8s8quads", U8S8.pack_b(array), {"_native_b": True})
 
 
 __all__ = ["PackPlan", "PACKERS", "packer", "plan_packing", "pack_gemm_b"]

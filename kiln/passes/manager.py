@@ -27,11 +27,13 @@ CANONICALIZE = ["fold_constants", "simplify", "fold_batch_norm", "fold_constants
                 "cse", "dce"]
 # "precision" changes nothing unless the context asks for bf16/fp16 (it must run at every
 # level then: it changes what the graph computes, as the user asked)
+# "int8" (quantized matmuls and convolutions on integer kernels) runs first, while the
+# weights are still integers
 PIPELINES: dict[str, list[str]] = {
     "O0": ["precision"],
-    "O1": CANONICALIZE + ["precision"],
-    "O2": CANONICALIZE + ["precision", "fuse"],
-    "O3": CANONICALIZE + ["precision", "layout", "fuse"],
+    "O1": ["int8"] + CANONICALIZE + ["precision"],
+    "O2": ["int8"] + CANONICALIZE + ["precision", "fuse"],
+    "O3": ["int8"] + CANONICALIZE + ["precision", "layout", "fuse"],
 }
 
 
@@ -134,5 +136,6 @@ def _load_passes() -> None:
     """Import the modules that register passes (kept lazy to avoid import cycles)."""
     import kiln.passes.canonicalize  # noqa: F401
     import kiln.passes.fusion  # noqa: F401
+    import kiln.passes.int8  # noqa: F401
     import kiln.passes.layout  # noqa: F401
     import kiln.passes.precision  # noqa: F401

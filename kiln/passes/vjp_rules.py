@@ -385,6 +385,7 @@ _INDEX, _BOOL, _SOURCE = "an integer result", "a bool result", "no inputs"
 _STEP = "piecewise constant: zero almost everywhere, undefined at the steps"
 NON_DIFFERENTIABLE: dict[str, str] = {
     "argmax": _INDEX, "argmin": _INDEX, "one_hot": "an integer input",
+    "matmul_integer": _INDEX, "conv2d_integer": _INDEX,
     **dict.fromkeys(("equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
                      "logical_and", "logical_or", "logical_xor", "logical_not"), _BOOL),
     **dict.fromkeys(("arange", "full", "random_uniform", "random_normal"), _SOURCE),

@@ -424,6 +424,29 @@ def test_matmul(data):
     close(run("matmul", [a, b]), torch.matmul(t(a), t(b)))
 
 
+@given(data=st.data())
+def test_matmul_integer(data):
+    """8-bit (or int32) operands, exact int32 sums: the largest products of K = 300 too."""
+    da, db = (data.draw(st.sampled_from(("uint8", "int8", "int32")), label=n) for n in "ab")
+    batch = data.draw(st.sampled_from(((), (2,), (2, 1))), label="batch")
+    m, n = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    k = data.draw(st.sampled_from((0, 3, 300)), label="k")
+    extreme = data.draw(st.booleans(), label="extreme values")
+
+    def operand(dtype, shape):
+        info = np.iinfo(dtype)
+        if extreme:
+            return np.full(shape, info.max if dtype == "uint8" else info.min, dtype)
+        lo, hi = max(info.min, -300), min(info.max, 300)
+        return np.random.default_rng(k).integers(lo, hi + 1, shape).astype(dtype)
+
+    a, b = operand(da, batch + (m, k)), operand(db, (k, n))
+    got = run("matmul_integer", [a, b])
+    want = torch.matmul(torch.from_numpy(a.astype(np.int64)), torch.from_numpy(b.astype(np.int64)))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want.numpy().astype(np.int32))
+
+
 # -- type inference on symbolic shapes ---------------------------------------------------------
 
 
@@ -594,7 +617,7 @@ def test_errors_name_the_op_inputs_and_shapes(op, types, attrs, exc, msg):
 MODULES = {f"kiln.ir.ops.{m}" for m in ("elementwise", "activation", "reduce", "linalg")}
 TESTED = ({c.op for c in UNARY} | {c.op for c in BINARY} | set(REDUCE)
           | {"logical_not", "where", "cast", "argmax", "argmin", "softmax", "log_softmax",
-             "matmul"})
+             "matmul", "matmul_integer"})
 
 
 def test_every_op_has_an_oracle():

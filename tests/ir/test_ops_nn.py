@@ -81,6 +81,33 @@ def test_conv2d_matches_torch(xs, ws, bias, strides, pads, dilations, groups):
     close(got, F.conv2d(xp, t(w), t(b), stride=strides, dilation=dilations, groups=groups))
 
 
+@pytest.mark.parametrize("xs, ws, bias, strides, pads, dilations, groups", CONV2D)
+def test_conv2d_integer_matches_torch(xs, ws, bias, strides, pads, dilations, groups):
+    """uint8 x int8 summed exactly in int32, the input padded with ``pad_value`` (torch: pad
+    the int64 input with it, then convolve in float64, exact for these sums)."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, xs).astype(np.uint8)
+    w = rng.integers(-128, 128, ws).astype(np.int8)
+    g, _ = graph("conv2d_integer", [TensorType.of(x), TensorType.of(w)],
+                 dict(strides=strides, pads=pads, dilations=dilations, groups=groups,
+                      pad_value=77))
+    (got,) = interpret(g, {"x0": x, "x1": w})
+    top, left, bottom, right = pads
+    xp = F.pad(torch.from_numpy(x.astype(np.float64)), (left, right, top, bottom), value=77.0)
+    want = F.conv2d(xp, torch.from_numpy(w.astype(np.float64)), stride=strides,
+                    dilation=dilations, groups=groups)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want.numpy().astype(np.int64))
+
+
+def test_conv2d_integer_takes_integers_only():
+    with pytest.raises(ShapeError, match="x must be int8, uint8 or int32, got float32"):
+        infer("conv2d_integer", [TensorType((1, 2, 4, 4)), TensorType((3, 2, 1, 1), "int8")])
+    with pytest.raises(AttributeError_, match="pad_value must be an int"):
+        infer("conv2d_integer", [TensorType((1, 2, 4, 4), "uint8"),
+                                 TensorType((3, 2, 1, 1), "int8")], pad_value=0.5)
+
+
 CONV1D = [
     ((2, 3, 10), (4, 3, 3), True, (1,), (0, 0), (1,), 1),
     ((2, 3, 10), (4, 3, 3), False, (2,), (1, 2), (1,), 1),

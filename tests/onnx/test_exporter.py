@@ -72,6 +72,10 @@ OP_CASES = [
     ("log_softmax", "log_softmax", [T(2, 3, 4)], {}, None),
     ("matmul", "matmul", [T(2, 3, 4), T(4, 5)], {}, None),
     ("matmul_vec", "matmul", [T(4), T(2, 4, 3)], {}, None),
+    ("matmul_integer", "matmul_integer", [T(2, 3, 4, dtype="uint8"), T(4, 5, dtype="int8")],
+     {}, "int"),
+    ("matmul_integer_i32", "matmul_integer", [T(3, 4, dtype="int32"), T(4, 5, dtype="int8")],
+     {}, "int"),
     ("reshape", "reshape", [T(2, 3, 4)], {"shape": (4, -1)}, None),
     ("reshape_symbolic", "reshape", [T("N", 6)], {"shape": ("N", 2, 3)}, None),
     ("reshape_two_symbols", "reshape", [T("B", "L", 6)], {"shape": ("B", "L", 2, 3)}, None),
@@ -107,6 +111,10 @@ OP_CASES = [
      {"strides": (2,), "pads": (1, 2), "groups": 2}, None),
     ("conv2d", "conv2d", [T(1, 3, 8, 8), T(4, 3, 3, 3)],
      {"strides": (2, 1), "pads": (1, 0, 1, 2), "dilations": (1, 2)}, None),
+    ("conv2d_integer", "conv2d_integer", [T(1, 4, 6, 6, dtype="uint8"), T(6, 2, 3, 3, dtype="int8")],
+     {"strides": (2, 1), "pads": (1, 0, 1, 2), "groups": 2, "pad_value": 9}, "int"),
+    ("conv2d_integer_0", "conv2d_integer", [T(1, 3, 5, 5, dtype="uint8"), T(2, 3, 3, 3, dtype="uint8")],
+     {}, "int"),
     ("conv_transpose2d", "conv_transpose2d", [T(1, 4, 5, 5), T(4, 3, 3, 3), T(6)],
      {"strides": (2, 2), "pads": (1, 1, 0, 1), "output_padding": (1, 0), "groups": 2}, None),
     ("max_pool2d", "max_pool2d", [T(1, 2, 7, 7)],
@@ -148,6 +156,8 @@ def _data(t: TensorType, kind: str | None, rng: np.random.Generator, sizes: dict
     shape = tuple(sizes.get(d, 3) if isinstance(d, str) else d for d in t.shape)
     if t.dtype == "bool":
         return rng.random(shape) < 0.5
+    if t.dtype == "uint8":
+        return rng.integers(0, 256, shape).astype(t.dtype)
     if t.dtype.startswith("int"):
         if kind == "index":
             return rng.integers(-2, 2, shape).astype(t.dtype)

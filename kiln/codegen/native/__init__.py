@@ -1,4 +1,5 @@
-"""Kernels kiln writes in C, for instructions TVM 0.27 cannot emit (AVX512-BF16, AMX).
+"""Kernels kiln writes in C, for instructions TVM 0.27 cannot emit (AVX512-BF16, AMX) or
+does not select (AVX512-VNNI's vpdpbusd).
 
 A TE builder calls one through an extern stage named after its C function (``NATIVES``);
 the build finds those stages (``natives_of``), compiles the C files with the machine's C
@@ -26,6 +27,8 @@ _HERE = Path(__file__).parent
 NATIVES: dict[str, tuple[str, tuple[str, ...]]] = {
     "kiln_gemm_bf16": ("gemm_bf16.c", ("-mavx512f", "-mavx512bw", "-mavx512bf16",
                                        "-mamx-tile", "-mamx-bf16")),
+    "kiln_gemm_u8s8": ("gemm_u8s8.c", ("-mavx512f", "-mavx512bw", "-mavx512vnni",
+                                       "-mamx-tile", "-mamx-int8")),
 }
 _COMMON_FLAGS = ("-O3", "-fPIC", "-std=gnu11", "-Wall")
 
@@ -54,8 +57,9 @@ def _cache_dir() -> Path:
 def _compiler() -> str:
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
-        raise KilnError("kiln's bfloat16 kernels are C: this machine needs a C compiler (gcc "
-                        "11 or later, or set CC); compile with precision='fp32' otherwise")
+        raise KilnError("kiln's bfloat16 and int8 kernels are C: this machine needs a C "
+                        "compiler (gcc 11 or later, or set CC); compile with precision='fp32' "
+                        "(and, for a quantized model, disable='int8') otherwise")
     return cc
 
 
@@ -78,7 +82,7 @@ def _built(name: str, suffix: str, extra: tuple[str, ...]) -> Path:
         if run.returncode != 0:
             first = (run.stderr.strip().splitlines() or ["(no output)"])[0]
             raise KilnError(f"compiling kiln's native kernel {source} with {cc} failed (it "
-                            f"needs gcc 11 or later for AMX and AVX512-BF16): {first}")
+                            f"needs gcc 11 or later for AMX, AVX512-BF16 and AVX512-VNNI): {first}")
         os.replace(out, path)  # atomic: a concurrent build sees the whole file or none
     return path
 

@@ -3,10 +3,10 @@
  *
  * TVM 0.27 cannot emit AVX512-BF16 or AMX code itself (it legalizes every bfloat16 value to
  * float32 or uint16 before LLVM sees it, and LLVM's vdpbf16ps takes bfloat vectors), so the
- * kernels that multiply bfloat16 call this function from their TVM code (``ops/gemm_bf16.py``);
+ * kernels that multiply bfloat16 call this function from their TVM code (``ops/gemm_native.py``);
  * the epilogue (bias, activation, the cast of the result) stays in TVM.
  *
- * Layouts (the caller's TVM code and ``pack.py`` make them):
+ * Layouts (the caller's TVM code and ``NativeGemm.pack_b`` make them):
  * - A: row-major rows of ``lda`` elements; K is a multiple of 32 (the caller zero-pads).
  * - B: panels of 16 columns, [N/16][K/2][16][2]: each 32-bit word holds the bf16 pair
  *   (B[2k, j], B[2k + 1, j]) that one vdpbf16ps lane and one AMX tile row multiply.

@@ -26,7 +26,7 @@ import numpy as np
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
-from kiln.codegen.ops import gemm_bf16
+from kiln.codegen.ops.gemm_native import BF16, U8S8, NativeGemm, native
 from kiln.codegen.ops.common import (
     const,
     dtype_of,
@@ -145,7 +145,7 @@ def pack_depthwise_weight(w: np.ndarray, cb: int) -> np.ndarray:
 
 def _native_bf16(attrs, x_dtype: str, w_dtype: str) -> bool:
     """A bfloat16 convolution of one group: an im2col GEMM on kiln's native kernel."""
-    return attrs["groups"] == 1 and gemm_bf16.native(attrs, x_dtype, w_dtype)
+    return attrs["groups"] == 1 and native(attrs, x_dtype, w_dtype) is BF16
 
 
 @packer("conv2d", 1)
@@ -153,7 +153,7 @@ def _conv2d_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | Non
     if not tiling(attrs).blocked:
         return None  # the plain compute reads the weight as it lies
     if _native_bf16(attrs, node.inputs[0].dtype, array.dtype.name):
-        return PackPlan("bf16pairs", pack_conv_weight_bf16(array.transpose(2, 3, 1, 0)),
+        return PackPlan("bf16pairs", pack_conv_weight_native(BF16, array.transpose(2, 3, 1, 0)),
                         {"_bf16_w": array.shape[2:]})
     lanes = tiling(attrs).lanes
     if _depthwise(attrs, node.inputs[0].shape[1], array.shape[0]):
@@ -364,41 +364,42 @@ def _own_group(tap, ob, ri, co, blocks, og: int, cg: int, dtype: str):
     return tirx.Select(same, tap, const(-0.0, dtype))  # (if_then_else would not vectorize)
 
 
-def bf16_row(kh: int, kw: int, ch: int) -> int | None:
-    """Elements per kernel row (kw x C taps) in the bf16 convolution's patches: kw*C, padded
-    with zeros so that kh rows make a multiple of the native kernel's K block; None where
+def patch_row(gemm: NativeGemm, kh: int, kw: int, ch: int) -> int | None:
+    """Elements per kernel row (kw x C taps) in a native convolution's patches: kw*C,
+    padded with zeros so that kh rows make a multiple of the kernel's K block; None where
     that would pad more than a quarter (few channels: a stem's 3) and the patches are one
     flat run of kh*kw*C taps padded at its end instead."""
     row = kw * ch
-    if kh * row % gemm_bf16.K_BLOCK == 0:
+    if kh * row % gemm.k_block == 0:
         return row
-    step = gemm_bf16.K_BLOCK // gcd(kh, gemm_bf16.K_BLOCK)
+    step = gemm.k_block // gcd(kh, gemm.k_block)
     padded = -(-row // step) * step
-    return padded if kh * padded * 4 <= gemm_bf16.padded_k(kh * row) * 5 else None
+    return padded if kh * padded * 4 <= gemm.padded_k(kh * row) * 5 else None
 
 
-def pack_conv_weight_bf16(w_hwio: np.ndarray) -> np.ndarray:
-    """[kh, kw, C, O] -> B[K, O] in the native kernel's bf16 pair panels, K in the patches'
-    order (``bf16_row``: kh rows of kw*C taps, each zero-padded, or one padded run)."""
+def pack_conv_weight_native(gemm: NativeGemm, w_hwio: np.ndarray) -> np.ndarray:
+    """[kh, kw, C, O] -> B[K, O] packed for the native kernel, K in the patches' order
+    (``patch_row``: kh rows of kw*C taps, each zero-padded, or one padded run)."""
     kh, kw, ch, o = w_hwio.shape
-    row = bf16_row(kh, kw, ch)
+    row = patch_row(gemm, kh, kw, ch)
     if row is None:
-        return gemm_bf16.pack_b_bf16(w_hwio.reshape(-1, o))
+        return gemm.pack_b(w_hwio.reshape(-1, o))
     b = np.zeros((kh, row, o), w_hwio.dtype)
     b[:, :kw * ch] = w_hwio.reshape(kh, kw * ch, o)
-    return gemm_bf16.pack_b_bf16(b.reshape(-1, o))
+    return gemm.pack_b(b.reshape(-1, o))
 
 
-def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, packed,
-                   nhwc=None):
-    """The sums ``C[N, OH*OW, Op]`` (bf16) of a bfloat16 convolution (one group) on kiln's
-    native GEMM: the patches A[N, OH, OW, kh, row] (im2col of NHWC rows: one kernel row's
-    kw x C taps contiguous, zero-padded as ``bf16_row`` says) times the weight as B[K, O]
-    (``pack_conv_weight_bf16`` at compile time when ``packed``, else packed per call from
-    ``w`` [O, C, kh, kw]). ``x_at(b, i, j, c)`` reads the input (``dims`` = N, C, H, W);
-    ``nhwc``: the input tensor when it is NHWC in memory: then it is read in place where no
-    padding is needed (a 1x1 convolution of a multiple of 32 channels multiplies it as it
-    lies), else it goes through a zero-padded NHWC copy first."""
+def conv_gemm(gemm: NativeGemm, x_at, dims, kernel, out_hw, strides, pads, dilations, w,
+              packed, nhwc=None, pad_value=0):
+    """The sums ``C[N, OH*OW, Op]`` of a convolution (one group) on a native GEMM: the
+    patches A[N, OH, OW, kh, row] (im2col of NHWC rows: one kernel row's kw x C taps
+    contiguous, zero-padded as ``patch_row`` says) times the weight as B[K, O]
+    (``pack_conv_weight_native`` at compile time when ``packed``, else packed per call from
+    ``w`` [O, C, kh, kw]). ``x_at(b, i, j, c)`` reads the input (``dims`` = N, C, H, W),
+    which is padded with ``pad_value`` (an int8 input's zero point); ``nhwc``: the input
+    tensor when it is NHWC in memory: then it is read in place where no padding is needed
+    (a 1x1 convolution of a multiple of ``k_block`` channels multiplies it as it lies), else
+    it goes through a padded NHWC copy first."""
     n, ch, h, wd = dims
     kh, kw = kernel
     oh, ow = out_hw
@@ -406,24 +407,25 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
     top, left = pads[0], pads[1]
     hp = max(h + top, (oh - 1) * sh + (kh - 1) * dh + 1)
     wp = max(wd + left, (ow - 1) * sw + (kw - 1) * dw + 1)
-    zero = const(0, "bfloat16")
-    row, taps_row = bf16_row(kh, kw, ch), kw * ch
+    zero, border = const(0, gemm.a_dtype), const(pad_value, gemm.a_dtype)
+    row, taps_row = patch_row(gemm, kh, kw, ch), kw * ch
     k_rows = kh * row if row is not None else kh * taps_row
     if packed:
         bp = w
     else:
         step = row or taps_row
+        w_zero = const(0, gemm.b_dtype)
 
         def w_at(bb, kk, oo):
             ky, r = kk // step, tirx.min(kk % step, taps_row - 1)
             tap = w[oo, r % ch, ky, r // ch]
             return tap if step == taps_row else tirx.if_then_else(kk % step < taps_row, tap,
-                                                                  zero)
+                                                                  w_zero)
 
-        bp = gemm_bf16.pack_b_stage(w_at, (), k_rows, shape_of(w)[0])
+        bp = gemm.pack_b_stage(w_at, (), k_rows, shape_of(w)[0])
     if (nhwc is not None and isinstance(nhwc.op, te.PlaceholderOp) and kh == kw == 1
             and sh == sw == 1 and not any(pads) and row == ch):
-        return gemm_bf16.gemm_bf16(nhwc, bp, (n,), oh * ow, ch)
+        return gemm.gemm(nhwc, bp, (n,), oh * ow, ch)
     if nhwc is not None and top == left == 0 and hp == h and wp == wd:
         xr = x_at
     else:
@@ -431,7 +433,7 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
             hi, wi = i - top, j - left
             inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
             return tirx.if_then_else(inside, x_at(b, tirx.min(tirx.max(hi, 0), h - 1),
-                                                  tirx.min(tirx.max(wi, 0), wd - 1), c), zero)
+                                                  tirx.min(tirx.max(wi, 0), wd - 1), c), border)
 
         xh = te.compute((n, hp, wp, ch), pad_fn, name="pad_nhwc", attrs={"kiln.sched": "pack"})
 
@@ -457,38 +459,41 @@ def conv_gemm_bf16(x_at, dims, kernel, out_hw, strides, pads, dilations, w, pack
             tap = xr(b, i * sh + ky * dh, j * sw + (r // ch) * dw, r % ch)
             return tirx.if_then_else(kk < k_rows, tap, zero)
 
-        a = te.compute((n, oh, ow, gemm_bf16.padded_k(k_rows)), flat_fn, name="im2col",
+        a = te.compute((n, oh, ow, gemm.padded_k(k_rows)), flat_fn, name="im2col",
                        attrs={"kiln.sched": "pack", "kiln.unroll": 1})
-    return gemm_bf16.gemm_bf16(a, bp, (n,), oh * ow, k_rows)
+    return gemm.gemm(a, bp, (n,), oh * ow, k_rows)
 
 
-def conv2d_bf16(x, w, bias, out_shape, strides, pads, dilations, packed):
-    """A bfloat16 convolution (one group) of NCHW data on kiln's native GEMM
-    (``conv_gemm_bf16``: the input transposed to NHWC rows first); the output stage adds
-    the bias, rounds to bfloat16 and writes NCHW. ``packed``: the kernel's (kh, kw) when
-    the weight was packed at compile time."""
+def conv2d_native(gemm: NativeGemm, x, w, bias, out_shape, strides, pads, dilations, packed,
+                  pad_value=0, name="conv2d_native"):
+    """A convolution (one group) of NCHW data on a native GEMM (``conv_gemm``: the input
+    transposed to NHWC rows first); the output stage adds the bias and writes NCHW.
+    ``packed``: the kernel's (kh, kw) when the weight was packed at compile time."""
     n, ch, h, wd = shape_of(x)
     oh, ow = out_shape[2], out_shape[3]
     kernel = packed or shape_of(w)[2:]
-    cp = conv_gemm_bf16(lambda b, i, j, c: x[b, c, i, j], (n, ch, h, wd), kernel, (oh, ow),
-                        strides, pads, dilations, w, bool(packed))
+    cp = conv_gemm(gemm, lambda b, i, j, c: x[b, c, i, j], (n, ch, h, wd), kernel, (oh, ow),
+                   strides, pads, dilations, w, bool(packed), pad_value=pad_value)
 
     def out_fn(b, oo, i, j):
         v = cp[b, i * ow + j, oo]
         return v + bias[oo] if bias is not None else v
 
-    return te.compute(tuple(out_shape), out_fn, name="conv2d_bf16")
+    return te.compute(tuple(out_shape), out_fn, name=name)
 
 
-def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
+def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups, pad_value=0,
+                  out_dtype=None):
     """Convolution straight from the NCHW formula: the CPU's fallback for group widths that
-    fit no block, and every convolution of the plain (GPU) computes."""
+    fit no block, and every convolution of the plain (GPU) computes. Integer operands
+    (``out_dtype`` int32) are summed in int32, the input padded with ``pad_value``."""
     n, ch, h, wd = shape_of(x)
     o, cg, kh, kw = shape_of(w)
     og = o // groups
     (sh, sw), (dh, dw) = strides, dilations
     top, left = pads[0], pads[1]
-    dt = dtype_of(x)
+    dt = out_dtype or dtype_of(x)
+    up = widen if out_dtype is None else (lambda v: v.astype(out_dtype))  # noqa: E731
     rc = te.reduce_axis((0, cg), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -498,8 +503,9 @@ def conv2d_direct(x, w, bias, out_shape, strides, pads, dilations, groups):
         inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
         cin = (oo // og) * cg + rc
         xv = tirx.if_then_else(inside, x[b, cin, tirx.max(tirx.min(hi, h - 1), 0),
-                                         tirx.max(tirx.min(wi, wd - 1), 0)], const(0, dt))
-        return te.sum(widen(xv) * widen(w[oo, rc, ry, rx]), axis=[rc, ry, rx])
+                                         tirx.max(tirx.min(wi, wd - 1), 0)],
+                                 const(pad_value, dtype_of(x)))
+        return te.sum(up(xv) * up(w[oo, rc, ry, rx]), axis=[rc, ry, rx])
 
     out = te.compute(tuple(out_shape), fn, name="conv_direct", attrs={"kiln.row": 2})
     if bias is None and out.dtype == dt:
@@ -517,7 +523,7 @@ def conv2d(inputs, attrs, out_types):
     if not tiling(attrs).blocked:
         return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
     if attrs.get("_bf16_w") or _native_bf16(attrs, dtype_of(x), dtype_of(w)):
-        return conv2d_bf16(x, w, bias, out_shape, *args, attrs.get("_bf16_w"))
+        return conv2d_native(BF16, x, w, bias, out_shape, *args, attrs.get("_bf16_w"))
     if attrs.get("_packed_dw") or _depthwise(attrs, shape_of(x)[1], out_shape[1]):
         return depthwise_nchwc(x, w, bias, out_shape, *args, tiling(attrs),
                                attrs.get("_packed_dw"))
@@ -531,6 +537,34 @@ def conv2d(inputs, attrs, out_types):
     if not attrs.get("_packed_w") and _pointwise(attrs, shape_of(w)[2:]):
         return pointwise_gemm(x, w, bias, out_shape, tiling(attrs))
     return conv2d_nchwc(x, w, bias, out_shape, *args, tiling(attrs), attrs.get("_packed_w"))
+
+
+@packer("conv2d_integer", 1)
+def _conv2d_integer_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
+    if not _native_integer(attrs, node.inputs[0].dtype, array.dtype.name):
+        return None
+    return PackPlan("u8s8quads", pack_conv_weight_native(U8S8, array.transpose(2, 3, 1, 0)),
+                    {"_native_w": array.shape[2:]})
+
+
+def _native_integer(attrs, x_dtype: str, w_dtype: str) -> bool:
+    """A uint8 x int8 convolution of one group on a target with a native int8 GEMM."""
+    return (attrs["groups"] == 1 and tiling(attrs).blocked
+            and native(attrs, x_dtype, w_dtype) is U8S8)
+
+
+@lowering("conv2d_integer")
+def conv2d_integer(inputs, attrs, out_types):
+    """An im2col GEMM on the native int8 kernel (its input padded with ``pad_value``), or
+    the direct sums in int32."""
+    x, w = inputs
+    out_shape = tuple(out_types[0].shape)
+    args = (attrs["strides"], attrs["pads"], attrs["dilations"])
+    if attrs.get("_native_w") or _native_integer(attrs, dtype_of(x), dtype_of(w)):
+        return conv2d_native(U8S8, x, w, None, out_shape, *args, attrs.get("_native_w"),
+                             pad_value=attrs["pad_value"], name="conv2d_integer")
+    return conv2d_direct(x, w, None, out_shape, *args, attrs["groups"],
+                         pad_value=attrs["pad_value"], out_dtype="int32")
 
 
 @lowering("conv1d")
@@ -549,7 +583,7 @@ def conv1d(inputs, attrs, out_types):
     args = ((1, s[0]), (0, p[0], 0, p[1]), (1, d[0]))
     if attrs.get("_bf16_w") or (tiling(attrs).blocked and _native_bf16(attrs, dtype_of(x),
                                                                        dtype_of(w))):
-        y = conv2d_bf16(x4, w, bias, out4, *args, attrs.get("_bf16_w"))
+        y = conv2d_native(BF16, x4, w, bias, out4, *args, attrs.get("_bf16_w"))
     elif attrs["groups"] != 1 or not tiling(attrs).blocked:
         y = conv2d_direct(x4, w, bias, out4, *args, attrs["groups"])
     else:

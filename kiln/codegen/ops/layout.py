@@ -9,7 +9,7 @@
   ``conv_nchwc`` stage -> the blocked output, which the conv schedule writes from the tile
   together with any fused epilogue (bias, residual add, relu). A bfloat16 conv of
   whole-channel blocks (NHWC, what the layout pass plans for bf16) is an im2col GEMM on
-  kiln's native kernel instead (``conv.conv_gemm_bf16``).
+  kiln's native kernel instead (``conv.conv_gemm``).
 - the pools: the NCHW windows with the channel block innermost, vectorized.
 """
 
@@ -20,15 +20,15 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
 from kiln.codegen.ops import common as c
-from kiln.codegen.ops import gemm_bf16
 from kiln.codegen.ops.common import const, dtype_of, shape_of
 from kiln.codegen.ops.conv import (
     blocked_conv,
-    conv_gemm_bf16,
-    pack_conv_weight_bf16,
+    conv_gemm,
+    pack_conv_weight_native,
     reg_cols,
     reg_rows,
 )
+from kiln.codegen.ops.gemm_native import BF16, native
 from kiln.codegen.ops.nn import spatial_mean
 from kiln.codegen.ops.reduce import reducer
 from kiln.codegen.pack import PackPlan, packer
@@ -100,16 +100,16 @@ def _padded(x, attrs, kernel: tuple[int, int], out_pad: tuple[int, int],
 
 @packer("conv2d_nchwc", 1)
 def _nchwc_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    if not gemm_bf16.native(attrs, node.inputs[0].dtype, array.dtype.name):
+    if not native(attrs, node.inputs[0].dtype, array.dtype.name) is BF16:
         return None
     # [O/oc, C/ic, kh, kw, ic, oc] -> [kh, kw, C, O] -> the native GEMM's B
     ob, cb, kh, kw, ic, oc = array.shape
     hwio = array.transpose(2, 3, 1, 4, 0, 5).reshape(kh, kw, cb * ic, ob * oc)
-    return PackPlan("bf16pairs", pack_conv_weight_bf16(hwio), {"_bf16_w": (kh, kw)})
+    return PackPlan("bf16pairs", pack_conv_weight_native(BF16, hwio), {"_bf16_w": (kh, kw)})
 
 
 def _conv2d_nchwc_bf16(x, w, attrs, out_shape):
-    """A blocked bf16 conv on the native GEMM (``conv.conv_gemm_bf16``): in whole-channel
+    """A blocked bf16 conv on the native GEMM (``conv.conv_gemm``): in whole-channel
     blocks (``[N, 1, H, W, C]``, NHWC) its input is read in place and its sums come out in
     the output's layout, ``[N, OH*OW, O]``: no layout change either way."""
     n, cb, h, wd, ic = shape_of(x)
@@ -123,7 +123,7 @@ def _conv2d_nchwc_bf16(x, w, attrs, out_shape):
         w = te.compute((shape_of(w)[0] * w_oc, ch, *kernel),
                        lambda o, cc, i, j: w_blk[o // w_oc, cc // ic, i, j, cc % ic, o % w_oc],
                        name="w_oihw")
-    cp = conv_gemm_bf16(lambda b, i, j, cc: x[b, cc // ic, i, j, cc % ic], (n, ch, h, wd),
+    cp = conv_gemm(BF16, lambda b, i, j, cc: x[b, cc // ic, i, j, cc % ic], (n, ch, h, wd),
                         kernel, (oh, ow), attrs["strides"], attrs["pads"], attrs["dilations"],
                         w, packed, nhwc=x if cb == 1 else None)
     return te.compute(out_shape, lambda b, o, i, j, co: cp[b, i * ow + j, o * oc + co],
@@ -134,7 +134,7 @@ def _conv2d_nchwc_bf16(x, w, attrs, out_shape):
 def conv2d_nchwc(inputs, attrs, out_types):
     x, w = inputs
     out_shape = tuple(out_types[0].shape)
-    if gemm_bf16.native(attrs, dtype_of(x), dtype_of(w)):
+    if native(attrs, dtype_of(x), dtype_of(w)) is BF16:
         # an im2col GEMM, which reads and writes whole-channel blocks (NHWC, what the layout
         # pass plans for bf16) in place, other blocks through the NHWC copy it pads into
         return _conv2d_nchwc_bf16(x, w, attrs, out_shape)

@@ -20,8 +20,8 @@ from tvm import te, tirx
 
 from kiln.codegen.lower import Tiling, lowering
 from kiln.codegen.ops import common as c
-from kiln.codegen.ops import gemm_bf16
 from kiln.codegen.ops.common import const, dtype_of, shape_of, widen
+from kiln.codegen.ops.gemm_native import NativeGemm, native
 from kiln.codegen.ops.reduce import reduce_rows
 
 RAW_B_MAX_K = 64  # a runtime B with a longer K is packed per call (see ``matmul``)
@@ -124,26 +124,26 @@ def _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape):
     return te.compute(out_shape, lambda *i: out[i].astype(dtype), name="matmul_round")
 
 
-def _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape, a_vec,
-                 b_packed: bool):
-    """A bfloat16 matmul through kiln's native GEMM (``gemm_bf16.py``: float32 sums, rounded
-    to bfloat16). With one B for every batch, the batches are one GEMM of all their rows
-    (ConvNeXt's [1, 7, 7, 768] @ W: 49 rows, not 7 GEMMs of 7)."""
+def _matmul_native(gemm: NativeGemm, a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim,
+                   out_shape, a_vec, b_packed: bool):
+    """A matmul through one of kiln's native GEMMs (``gemm_native.py``: bfloat16 with
+    float32 sums rounded to bfloat16, or uint8 x int8 in int32). With one B for every batch,
+    the batches are one GEMM of all their rows (ConvNeXt's [1, 7, 7, 768] @ W: 49 rows, not
+    7 GEMMs of 7)."""
     if out_batch and not a_vec and tuple(shape_of(a)[:-2]) == tuple(out_batch) and (
             b_packed or not b_batch):
         dims, rows = (*out_batch, m), prod(out_batch) * m
-        a_in = gemm_bf16.a_rows(a, lambda bidx, r, k: a[(*_unravel(r, dims), k)], (), rows,
-                                k_dim)
-        bp = b if b_packed else gemm_bf16.pack_b_stage(lambda bb, k, j: b[k, j], (), k_dim, n)
-        cp = gemm_bf16.gemm_bf16(a_in, bp, (), rows, k_dim)
+        a_in = gemm.a_rows(a, lambda bidx, r, k: a[(*_unravel(r, dims), k)], (), rows, k_dim)
+        bp = b if b_packed else gemm.pack_b_stage(lambda bb, k, j: b[k, j], (), k_dim, n)
+        cp = gemm.gemm(a_in, bp, (), rows, k_dim)
         return te.compute(out_shape, lambda *idx: cp[0, _ravel(idx[:-1], dims), idx[-1]],
                           name="matmul")
-    a_in = gemm_bf16.a_rows(a, a_at, out_batch, m, k_dim)
+    a_in = gemm.a_rows(a, a_at, out_batch, m, k_dim)
     if b_packed:
         bp = b
     else:
-        bp = gemm_bf16.pack_b_stage(lambda bb, k, j: b[(*b_b(bb), k, j)], out_batch, k_dim, n)
-    cp = gemm_bf16.gemm_bf16(a_in, bp, out_batch, m, k_dim)
+        bp = gemm.pack_b_stage(lambda bb, k, j: b[(*b_b(bb), k, j)], out_batch, k_dim, n)
+    cp = gemm.gemm(a_in, bp, out_batch, m, k_dim)
     nbat = len(out_batch)
 
     def out_fn(*idx):
@@ -155,29 +155,35 @@ def _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape, a_
     return te.compute(out_shape, out_fn, name="matmul")
 
 
-@lowering("matmul")
+@lowering("matmul", "matmul_integer")
 def matmul(inputs, attrs, out_types):
     a, b = inputs
     out_shape = tuple(out_types[0].shape)
     a_shape, b_shape = shape_of(a), shape_of(b)
     tiles = c.tiling(attrs)
-    packed, bf16_b = attrs.get("_packed_b"), attrs.get("_bf16_b")
+    packed = attrs.get("_packed_b")
+    native_b = attrs.get("_bf16_b") or attrs.get("_native_b")
+    gemm = native(attrs, dtype_of(a), dtype_of(b))
+    if out_types[0].dtype == "int32" and dtype_of(a) != "int32" and gemm is None:
+        # matmul_integer without a native kernel: the int32 matmul of the widened operands
+        a = te.compute(a_shape, lambda *i: a[i].astype("int32"), name="widen_a")
+        b = te.compute(b_shape, lambda *i: b[i].astype("int32"), name="widen_b")
     a_vec, b_vec = len(a_shape) == 1, (not packed and len(b_shape) == 1)
     k_dim = a_shape[-1]
     m = 1 if a_vec else a_shape[-2]
     n = 1 if b_vec else out_shape[-1]
     a_batch = () if a_vec else a_shape[:-2]
-    # (a weight packed for the native bf16 GEMM is one matrix: ``pack.py``)
-    b_batch = b_shape[:-3] if packed else (() if b_vec or bf16_b else b_shape[:-2])
+    # (a weight packed for a native GEMM is one matrix: ``pack.py``)
+    b_batch = b_shape[:-3] if packed else (() if b_vec or native_b else b_shape[:-2])
     out_batch = out_shape[: len(out_shape) - (0 if a_vec else 1) - (0 if b_vec else 1)]
     a_b, b_b = _batch_reader(a_batch, out_batch), _batch_reader(b_batch, out_batch)
 
     def a_at(bidx, i, k):
         return a[k] if a_vec else a[(*a_b(bidx), i, k)]
 
-    if gemm_bf16.native(attrs, dtype_of(a), dtype_of(b)) and not b_vec and not packed:
-        return _matmul_bf16(a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim, out_shape,
-                            a_vec, bool(bf16_b))
+    if gemm is not None and not b_vec and not packed:
+        return _matmul_native(gemm, a, b, a_at, b_b, b_batch, out_batch, m, n, k_dim,
+                              out_shape, a_vec, bool(native_b))
     if n == 1 and not packed:
         # matrix-vector: out[..., i] = sum_k a[..., i, k] * b[..., k, (0)]
         def read(idx):

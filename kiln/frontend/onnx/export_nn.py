@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.errors import UnsupportedOpError
+from kiln.errors import KilnError, UnsupportedOpError
 from kiln.frontend.onnx.dtypes import to_onnx_dtype
 from kiln.frontend.onnx.export_ops import _scalar, check_static, exports
 from kiln.frontend.onnx.exporter import Exporter
@@ -138,6 +138,27 @@ def _conv(e, node, ins, outs):
     e.add("Conv", ins, outs, kernel_shape=list(node.inputs[1].shape[2:]),
           strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a["dilations"]),
           group=a["groups"])
+
+
+@exports("conv2d_integer")
+def _conv_integer(e, node, ins, outs):
+    """ConvInteger pads with x's zero point and subtracts it from every tap, so
+    ``pad_value`` p adds back p times each output channel's weight sum."""
+    a, (x, w) = node.attrs, node.inputs
+    if x.dtype not in ("int8", "uint8") or w.dtype not in ("int8", "uint8"):
+        raise KilnError(f"conv2d_integer of {x.type} and {w.type} has no ONNX form "
+                        "(ConvInteger takes 8-bit operands)")
+    p = a["pad_value"]
+    conv = dict(kernel_shape=list(w.shape[2:]), strides=list(a["strides"]), pads=list(a["pads"]),
+                dilations=list(a["dilations"]), group=a["groups"])
+    if p == 0:
+        e.add("ConvInteger", ins[:2], outs, **conv)
+        return
+    y = e.add1("ConvInteger", [*ins[:2], e.const(p, x.dtype)], **conv)
+    wide = e.add1("Cast", [ins[1]], to=to_onnx_dtype("int32"))
+    sums = e.add1("ReduceSum", [wide, e.ints([1, 2, 3], "axes")], keepdims=1)  # [O, 1, 1, 1]
+    per_channel = e.add1("Reshape", [sums, e.ints([-1, 1, 1], "shape")])
+    e.add("Add", [y, e.add1("Mul", [per_channel, e.const(p, "int32")])], outs)
 
 
 @exports("conv_transpose2d")

@@ -60,6 +60,14 @@ def _same(e: Exporter, node: Node, ins: list[str], outs: list[str]) -> None:
     e.add(op, ins, outs)
 
 
+@exports("matmul_integer")
+def _matmul_integer(e, node, ins, outs):
+    if all(v.dtype in ("int8", "uint8") for v in node.inputs):
+        e.add("MatMulInteger", ins, outs)
+    else:  # int32 operands: ONNX's MatMul takes them
+        e.add("MatMul", [e.add1("Cast", [i], to=to_onnx_dtype("int32")) for i in ins], outs)
+
+
 @exports("not_equal")
 def _not_equal(e, node, ins, outs):
     e.add("Not", [e.add1("Equal", ins)], outs)

@@ -32,6 +32,7 @@ from kiln.ir.ops.registry import (
     same_dtype,
     static_dim,
 )
+from kiln.ir.ops.linalg import INTEGER_OPERANDS, integer_sum_product
 from kiln.ir.types import Dim, TensorType
 
 _AXES = ("H", "W")  # names of spatial axes in messages (1-D convolutions use "W")
@@ -61,9 +62,11 @@ def _flag(attrs: dict, key: str) -> bool:
     return attrs[key]
 
 
-def _spatial(x: TensorType, r: int) -> tuple[Dim, Dim, tuple[int, ...]]:
-    """(batch, channels, spatial sizes) of a float [N, C, *spatial] input; spatial static."""
-    require_float(x)
+def _spatial(x: TensorType, r: int, floats: bool = True) -> tuple[Dim, Dim, tuple[int, ...]]:
+    """(batch, channels, spatial sizes) of a [N, C, *spatial] input (a float one unless
+    ``floats`` is False); spatial static."""
+    if floats:
+        require_float(x)
     if x.rank != r + 2:
         dims = ", ".join(("N", "C") + _AXES[2 - r:])
         fail(f"x must have rank {r + 2} ([{dims}]), got rank {x.rank}")
@@ -142,11 +145,12 @@ def _windows(x: np.ndarray, kernel, strides, dilations, pads, outs, fill) -> np.
     return view[(..., *taps, *(slice(None, None, d) for d in dilations))]
 
 
-def _conv(x, w, b, strides, pads, dilations, groups) -> np.ndarray:
-    """Grouped convolution (cross-correlation) over the last len(strides) axes."""
+def _conv(x, w, b, strides, pads, dilations, groups, fill=0) -> np.ndarray:
+    """Grouped convolution (cross-correlation) over the last len(strides) axes, the input
+    padded with ``fill``."""
     r, (n, c), kernel = len(strides), x.shape[:2], w.shape[2:]
     outs = _out_sizes(x.shape[2:], kernel, strides, pads, dilations)
-    win = _windows(x, kernel, strides, dilations, pads, outs, 0)
+    win = _windows(x, kernel, strides, dilations, pads, outs, fill)
     win = win.reshape(n, groups, c // groups, *outs, *kernel)
     wg = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
     o, k = "xyz"[:r], "ijk"[:r]
@@ -165,11 +169,18 @@ def _conv_flops(in_types, out_types, attrs):
 # -- convolutions ------------------------------------------------------------------------------
 
 
-def _conv_infer(r: int):
+def _conv_infer(r: int, integer: bool = False):
     def infer(types, attrs):
         x = types[0]
-        n, c, sizes = _spatial(x, r)
-        same_dtype(types)
+        n, c, sizes = _spatial(x, r, floats=not integer)
+        if integer:
+            for t, which in zip(types, ("x", "the weight")):
+                if t.dtype not in INTEGER_OPERANDS:
+                    fail(f"{which} must be int8, uint8 or int32, got {t.dtype}")
+            if not isinstance(attrs["pad_value"], int) or isinstance(attrs["pad_value"], bool):
+                _bad(f"pad_value must be an int, got {attrs['pad_value']!r}")
+        else:
+            same_dtype(types)
         strides, pads, dilations = _window_attrs(attrs, r)
         c, g = _groups(attrs, c)
         o, cg, *kernel = _weight(types, r)
@@ -180,7 +191,7 @@ def _conv_infer(r: int):
             fail(f"groups={g} does not divide the weight's {o} output channels")
         _check_bias(types, o)
         outs = _out_sizes(sizes, kernel, strides, pads, dilations)
-        return TensorType((n, o) + _check_out(outs, sizes), x.dtype)
+        return TensorType((n, o) + _check_out(outs, sizes), "int32" if integer else x.dtype)
 
     return infer
 
@@ -203,6 +214,17 @@ def conv1d(x, w, b=None, *, strides, pads, dilations, groups):
 def conv2d(x, w, b=None, *, strides, pads, dilations, groups):
     """x[N, C, H, W] * w[O, C/groups, kh, kw] (+ b[O]) -> [N, O, H', W']."""
     return _conv(x, w, b, strides, pads, dilations, groups)
+
+
+@register("conv2d_integer", kind=ANCHOR, epilogue=True, infer=_conv_infer(2, integer=True),
+          attrs={**_conv_attrs(2), "pad_value": 0}, arity=2, flops=_conv_flops)
+def conv2d_integer(x, w, *, strides, pads, dilations, groups, pad_value):
+    """x[N, C, H, W] * w[O, C/groups, kh, kw] of integers, summed in int32, x padded with
+    ``pad_value`` (a quantized input's zero point: what its 0.0 is stored as)."""
+    def conv(xs, ws):
+        return _conv(xs, ws, None, strides, pads, dilations, groups, fill=pad_value)
+
+    return integer_sum_product(x, w, conv)
 
 
 def _conv_transpose_infer(types, attrs):

@@ -59,7 +59,8 @@ def tiling(node: Node, target: Target) -> Tiling:
     dtype = node.outputs[0].dtype if node.outputs else "float32"
     return Tiling(target.lanes(dtype), GEMM_ROWS, GEMM_VECTORS, CONV_PIXELS,
                   GEMM_BLOCK_BYTES, TASKS_PER_CORE * target.num_cores,
-                  bf16_dot="avx512_bf16" in target.features)
+                  bf16_dot="avx512_bf16" in target.features,
+                  int8_dot="avx512_vnni" in target.features)
 
 
 # anchor kind -> fn(sch, block, lanes, cores, epilogue) -> names of the blocks it scheduled

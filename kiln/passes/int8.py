@@ -1,0 +1,252 @@
+"""Quantized models on integer kernels: a matmul or convolution whose operands are
+dequantized int8/uint8 tensors becomes a ``matmul_integer``/``conv2d_integer`` of the
+quantized values, summed exactly in int32, followed by an elementwise epilogue that makes
+the float result: ``(sums - zero-point correction) * scale_x * scale_w`` (+ bias).
+
+ONNX's quantized models (QDQ form: ``onnxruntime.quantization.quantize_static``;
+QLinearConv/QLinearMatMul, which the importer writes as the same QDQ pattern) import as
+float arithmetic: each DequantizeLinear is ``(cast(q) - zero) * scale``, each
+QuantizeLinear ``cast(clip(round(x / scale) + zero))``. This pass runs before constant
+folding, while a weight is still its integer array and its dequantization, and matches
+
+    matmul(dq(x_q), W)      W = [transpose/reshape of] dq(w_q), a constant
+    conv2d(dq(x_q), W, b?)
+
+where ``dq(x_q)`` is ``(cast(x_q) - zx) * sx`` with one scale and zero point (per tensor),
+and W's scale is per tensor or per output channel. With ``x' = x_q (+ 128 for int8:
+the kernels multiply unsigned by signed bytes)`` and ``zx' = zx (+ 128)``,
+
+    sum_k (x_q - zx) sx (w_q - zw) sw = sx sw [sum_k x' w - zx' sum_k w],   w = w_q - zw
+
+so the weight becomes the int8 array ``w`` (it must fit: symmetric int8 weights, or uint8
+ones of zero point 128, the two forms onnxruntime writes), ``zx' sum_k w`` a constant per
+output column, and a convolution pads ``x'`` with ``zx'`` (what its 0.0 is stored as).
+The QuantizeLinear after it (requantization) is elementwise, so fusion computes it in the
+integer kernel's epilogue. The results equal the float graph's up to float rounding (the
+integer sums are exact, the float ones were not), which can move a requantized value by
+one step where it lay on a rounding boundary.
+
+It applies where the target has a native int8 dot product (AVX512-VNNI; AMX-INT8 where
+present): elsewhere integer kernels would not be faster than the float ones, and the graph
+is left as it is. ``disable=["int8"]`` keeps the float form anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kiln.ir.graph import Graph, GraphBuilder, Node, Value
+from kiln.ir.ops.registry import INJECTIVE, get_op
+from kiln.passes.canonicalize import Constants
+from kiln.passes.context import PassContext
+from kiln.passes.manager import graph_pass
+from kiln.passes.rewrite import copy_node, finish, start
+
+QUANTIZED = ("int8", "uint8")
+MAX_SUM_TERMS = (1 << 31) // (255 * 128)  # products per int32 sum that cannot overflow
+_SHAPE_OPS = ("transpose", "reshape", "squeeze", "unsqueeze", "flatten")
+
+
+def integer_target(target) -> bool:
+    """Does ``target`` multiply uint8 by int8 natively (AVX512-VNNI)?"""
+    return "avx512_vnni" in getattr(target, "features", ())
+
+
+@dataclass
+class Activation:
+    """A dequantized activation ``(cast(q) - zero) * scale``, per tensor."""
+
+    q: Value
+    zero: int
+    scale: float
+
+
+@dataclass
+class Weight:
+    """A constant dequantized weight, as the op reads it: ``(q - zero) * scale`` with
+    ``values`` = q - zero (int32) and ``scale`` broadcast to its shape."""
+
+    values: np.ndarray
+    scale: np.ndarray
+
+
+class _Matcher:
+    def __init__(self, graph: Graph):
+        self.consts = Constants(graph)
+        self.producer: dict[Value, Node] = {v: n for n in graph.nodes for v in n.outputs}
+
+    def _small(self, v: Value) -> np.ndarray | None:
+        """The array of a constant ``v`` (a scale, a zero point), or None."""
+        if not self.consts.is_constant(v) or not v.type.is_static:
+            return None
+        return np.asarray(self.consts.array(v))
+
+    def _dequantize(self, v: Value) -> tuple[Value, Value | None, Value] | None:
+        """(q, zero or None, scale) of ``v = (cast(q) - zero) * scale`` (or ``cast(q) *
+        scale``), q of an 8-bit integer type, the cast to float32."""
+        node = self.producer.get(v)
+        if node is None or node.op != "mul" or v.dtype != "float32":
+            return None
+        for inner, scale in (node.inputs, node.inputs[::-1]):
+            sub = self.producer.get(inner)
+            zero = None
+            if sub is not None and sub.op == "sub":
+                inner, zero = sub.inputs
+                if self._small(zero) is None:
+                    continue
+            cast = self.producer.get(inner)
+            if (cast is not None and cast.op == "cast" and cast.inputs[0].dtype in QUANTIZED
+                    and self._small(scale) is not None):
+                return cast.inputs[0], zero, scale
+        return None
+
+    def activation(self, v: Value) -> Activation | None:
+        found = self._dequantize(v)
+        if found is None:
+            return None
+        q, zero, scale = found
+        s = self._small(scale)
+        z = self._small(zero) if zero is not None else np.zeros(1)
+        if s.size != 1 or z.size != 1 or not np.isfinite(s).all() or z.flat[0] != round(
+                float(z.flat[0])):
+            return None
+        return Activation(q, int(z.flat[0]), float(s.flat[0]))
+
+    def weight(self, v: Value) -> Weight | None:
+        """The constant weight ``v``: shape ops (a Gemm's transpose) over a dequantized
+        constant, evaluated on the integer values and on the scale alike."""
+        chain: list[Node] = []
+        node = self.producer.get(v)
+        while node is not None and node.op in _SHAPE_OPS and get_op(node.op).kind == INJECTIVE:
+            chain.append(node)
+            node = self.producer.get(node.inputs[0])
+        found = self._dequantize(chain[-1].inputs[0] if chain else v)
+        if found is None:
+            return None
+        q, zero, scale = found
+        q_arr = self._small(q)
+        if q_arr is None:
+            return None
+        values = q_arr.astype(np.int32)
+        if zero is not None:
+            z = self._small(zero)
+            if np.any(z != np.round(z)):
+                return None
+            values = values - z.astype(np.int32)
+        s = np.broadcast_to(self._small(scale).astype(np.float32), values.shape)
+        for node in reversed(chain):
+            op = get_op(node.op)
+            values = op.reference(values, **node.attrs)
+            s = op.reference(np.ascontiguousarray(s), **node.attrs)
+        return Weight(np.asarray(values), np.asarray(s))
+
+
+def _per_channel(scale: np.ndarray, axis: int) -> np.ndarray | None:
+    """The scale along ``axis`` if it is the same across every other axis, else None."""
+    moved = np.moveaxis(scale, axis, 0).reshape(scale.shape[axis], -1)
+    col = moved[:, 0]
+    return col if np.all(moved == col[:, None]) else None
+
+
+class _Rewriter:
+    def __init__(self, b: GraphBuilder, graph: Graph):
+        self.b, self.match = b, _Matcher(graph)
+        self.unsigned: dict[Value, Value] = {}  # an int8 activation + 128, as uint8
+
+    def const(self, name: str, array: np.ndarray) -> Value:
+        return self.b.param(self.b.free_name(name), np.ascontiguousarray(array))
+
+    def as_unsigned(self, q: Value, env_q: Value, origin: str) -> Value:
+        """``q`` itself when it is uint8, else int8 + 128 as uint8 (one per value)."""
+        if q.dtype == "uint8":
+            return env_q
+        if q not in self.unsigned:
+            b = self.b
+            wide = b.op("cast", [env_q], {"dtype": "int32"}, origin=origin)[0]
+            up = b.op("add", [wide, self.const(f"{q.name}_offset", np.array(128, np.int32))],
+                      origin=origin)[0]
+            self.unsigned[q] = b.op("cast", [up], {"dtype": "uint8"}, origin=origin)[0]
+        return self.unsigned[q]
+
+    def epilogue(self, node: Node, sums: Value, correction: np.ndarray, scale: np.ndarray,
+                 shape: tuple) -> Value:
+        """float32 ``(sums + correction) * scale``, both constants laid along ``shape``."""
+        b, origin = self.b, node.origin
+        name = node.outputs[0].name
+        if np.any(correction):
+            corr = self.const(f"{name}_zero_correction", correction.astype(np.int32)
+                              .reshape(shape))
+            sums = b.op("add", [sums, corr], origin=origin)[0]
+        y = b.op("cast", [sums], {"dtype": "float32"}, origin=origin)[0]
+        scale = scale.astype(np.float32)
+        s = scale[:1].reshape(()) if np.all(scale == scale[0]) else scale.reshape(shape)
+        return b.op("mul", [y, self.const(f"{name}_scale", s)], origin=origin)[0]
+
+    def matmul(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
+        x, w = self.match.activation(node.inputs[0]), self.match.weight(node.inputs[1])
+        if x is None or w is None or w.values.ndim != 2 or node.inputs[0].type.rank < 2:
+            return None
+        k = w.values.shape[0]
+        col_scale = _per_channel(w.scale, 1)
+        if col_scale is None or not _fits(w.values) or k > MAX_SUM_TERMS:
+            return None
+        zx = x.zero + (128 if x.q.dtype == "int8" else 0)
+        a = self.as_unsigned(x.q, env[x.q], node.origin)
+        w8 = self.const(f"{node.inputs[1].name}_int8", w.values.astype(np.int8))
+        sums = self.b.op("matmul_integer", [a, w8], origin=node.origin)[0]
+        correction = -zx * w.values.sum(axis=0, dtype=np.int64)
+        n = w.values.shape[1]
+        return [self.epilogue(node, sums, correction, x.scale * col_scale.astype(np.float64),
+                              (n,))]
+
+    def conv2d(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
+        x, w = self.match.activation(node.inputs[0]), self.match.weight(node.inputs[1])
+        if x is None or w is None:
+            return None
+        out_scale = _per_channel(w.scale, 0)
+        o = w.values.shape[0]
+        if out_scale is None or not _fits(w.values) or w.values[0].size > MAX_SUM_TERMS:
+            return None
+        zx = x.zero + (128 if x.q.dtype == "int8" else 0)
+        a = self.as_unsigned(x.q, env[x.q], node.origin)
+        w8 = self.const(f"{node.inputs[1].name}_int8", w.values.astype(np.int8))
+        sums = self.b.op("conv2d_integer", [a, w8], {**node.attrs, "pad_value": zx},
+                         origin=node.origin)[0]
+        correction = -zx * w.values.reshape(o, -1).sum(axis=1, dtype=np.int64)
+        y = self.epilogue(node, sums, correction, x.scale * out_scale.astype(np.float64),
+                          (o, 1, 1))
+        if len(node.inputs) > 2:
+            bias = self.b.op("reshape", [env[node.inputs[2]]], {"shape": (o, 1, 1)},
+                             origin=node.origin)[0]
+            y = self.b.op("add", [y, bias], origin=node.origin)[0]
+        return [y]
+
+
+def _fits(values: np.ndarray) -> bool:
+    return values.size > 0 and values.min() >= -128 and values.max() <= 127
+
+
+@graph_pass("int8")
+def integer_kernels(graph: Graph, ctx: PassContext | None = None) -> Graph:
+    """Quantized matmuls and convolutions on integer kernels (see the module's doc)."""
+    if ctx is None or not integer_target(ctx.target):
+        return graph
+    if not any(v.dtype in QUANTIZED for n in graph.nodes for v in n.inputs):
+        return graph
+    b, env = start(graph)
+    rewrite = _Rewriter(b, graph)
+    for node in graph.nodes:
+        outs = None
+        if node.op == "matmul":
+            outs = rewrite.matmul(node, env)
+        elif node.op == "conv2d":
+            outs = rewrite.conv2d(node, env)
+        if outs is None:
+            outs = copy_node(b, node, [env[v] for v in node.inputs])
+        else:
+            outs[0] = b.rename(outs[0], node.outputs[0].name) if not b.has_name(
+                node.outputs[0].name) else outs[0]
+        env.update(zip(node.outputs, outs))
+    return finish(b, graph, env)
