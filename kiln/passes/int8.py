@@ -156,7 +156,7 @@ class _Rewriter:
         self.unsigned: dict[Value, Value] = {}  # an int8 activation + 128, as uint8
 
     def const(self, name: str, array: np.ndarray) -> Value:
-        return self.b.param(self.b.free_name(name), np.ascontiguousarray(array))
+        return self.b.param(self.b.free_name(name), np.array(array, order="C"))
 
     def as_unsigned(self, q: Value, env_q: Value, origin: str) -> Value:
         """``q`` itself when it is uint8, else int8 + 128 as uint8 (one per value)."""

@@ -24,7 +24,7 @@ from kiln.frontend.onnx.validate import (
 from kiln.ir.types import is_float, to_numpy_dtype
 
 # what every window op (convolutions, pools) checks of its attributes
-_WINDOW = {
+WINDOW_ATTRS = {
     "strides": per_spatial_axis(1, low=1), "dilations": per_spatial_axis(1, low=1),
     "pads": per_spatial_axis(2, low=0), "kernel_shape": per_spatial_axis(1, low=1),
     "auto_pad": one_of("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"),
@@ -98,25 +98,31 @@ def _output_padding_below_stride(n: NodeContext) -> str | None:
 
 
 _CONV = Spec(ranks={0: (3, None), 1: (3, None), 2: (1, 1)},
-             attrs={**_WINDOW, "group": at_least(1)},
+             attrs={**WINDOW_ATTRS, "group": at_least(1)},
              checks=(same_rank(0, 1), _kernel_matches_weight,
                      _bias_per_channel(lambda w, group: w[0])))
 
 
 @converter("Conv", 11, 22, spec=_CONV)
 def conv(n: NodeContext) -> Ref:
-    x, w, b = n.x, n.inputs[1], n.input(2)
-    r = _spatial_rank(n, x, (1, 2))
+    return convolve(n, n.x, n.inputs[1], n.input(2))
+
+
+def convolve(n: NodeContext, x: Ref, w: Ref, b: Ref | None = None, integer: bool = False,
+             **extra: Any) -> Ref:
+    """``conv1d``/``conv2d`` (``integer``: ``conv2d_integer``) of x and w (+ b) with the
+    window attributes of Conv-like node ``n``."""
+    r = _spatial_rank(n, x, (2,) if integer else (1, 2))
     kernel = tuple(static(n, d, "the kernel size") for d in w.shape[2:])
     strides, pads, dilations = window(n, x, kernel)
     args = [x, w] + ([b] if b is not None else [])
-    return n.op(f"conv{r}d", *args, strides=strides, pads=pads, dilations=dilations,
-                groups=int(n.attr("group", 1)))
+    return n.op("conv2d_integer" if integer else f"conv{r}d", *args, strides=strides,
+                pads=pads, dilations=dilations, groups=int(n.attr("group", 1)), **extra)
 
 
 _CONV_TRANSPOSE = Spec(
     ranks={0: (3, None), 1: (3, None), 2: (1, 1)},
-    attrs={**_WINDOW, "group": at_least(1), "output_padding": per_spatial_axis(1, low=0),
+    attrs={**WINDOW_ATTRS, "group": at_least(1), "output_padding": per_spatial_axis(1, low=0),
            "output_shape": all_of(per_spatial_axis(1), at_least(1))},
     checks=(same_rank(0, 1), _kernel_matches_weight,
             _bias_per_channel(lambda w, group: w[1] * group), _output_padding_below_stride))
@@ -213,7 +219,7 @@ def _pool(n: NodeContext, op: str) -> Ref:
 
 
 _POOL = Spec(ranks={0: (3, None)},
-             attrs={**_WINDOW, "ceil_mode": flag, "count_include_pad": flag,
+             attrs={**WINDOW_ATTRS, "ceil_mode": flag, "count_include_pad": flag,
                     "storage_order": flag, "p": at_least(1)})
 
 
