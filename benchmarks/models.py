@@ -6,6 +6,7 @@
     python benchmarks/models.py --list
     python benchmarks/models.py --json results.json             # also save the figures
     python benchmarks/models.py --precision bf16                 # kiln bf16 vs OpenVINO's default
+    python benchmarks/models.py --precision int8                 # quantized models, 3 engines
 
 Seventeen architectures (``--list``) are built from their configurations with random weights:
 the transformers with ``transformers``' model classes (BERT-base, DistilBERT, GPT-2 small,
@@ -45,6 +46,15 @@ onnxruntime, and their accuracy against onnxruntime fp32 (largest error and mean
 over the output's largest magnitude, and top-1 agreement over the rows of a logits output);
 above ``--low-tol`` (0.25: bf16 on these random-weight CNNs errs by up to 0.11, OpenVINO's
 bf16 alike) an output is flagged ``!``.
+
+``--precision int8`` quantizes each exported model as an onnxruntime user does:
+``onnxruntime.quantization.quantize_static`` (QDQ form, uint8 activations and int8 weights
+per channel: the x86 form, VNNI's; OpenVINO 2026.4 refuses to compile int8 activations with
+"No suitable implementations"), calibrated on ``CALIBRATION`` random inputs like the model's (cached
+beside the float model), and runs that model on kiln (``kiln int8``, at the highest of
+``--levels``), onnxruntime (``onnxruntime int8``) and OpenVINO (``openvino int8``); the
+second table gives their times beside kiln fp32 and their accuracy against onnxruntime
+fp32 (the quantization's error, which all three share, plus each engine's own).
 """
 
 from __future__ import annotations
@@ -380,6 +390,49 @@ def accuracy(got, want: list) -> dict[str, Any]:
     return out
 
 
+CALIBRATION = 8  # random inputs that calibrate a static quantization
+
+
+def calibration_inputs(inputs: dict, count: int = CALIBRATION) -> list[dict]:
+    """Random inputs like ``inputs``: float inputs drawn anew (standard normal), integer ones
+    (token ids, masks) kept."""
+    import numpy as np
+
+    rng = np.random.default_rng(2024)
+    return [{k: rng.standard_normal(a.shape).astype(a.dtype) if a.dtype.kind == "f" else a
+             for k, a in inputs.items()} for _ in range(count)]
+
+
+def cached_int8(path: Path, inputs: dict) -> tuple[Path, bool]:
+    """``path`` quantized by onnxruntime's static quantization (QDQ, uint8 activations,
+    int8 per-channel weights), made once beside it. (path, whether it was made now)"""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    out = path.with_name(path.stem + "-u8s8.onnx")
+    if out.exists() and out.stat().st_mtime >= path.stat().st_mtime:
+        return out, False
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calibration_inputs(inputs))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        quantize_static(str(path), tmp, Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out, True
+
+
 def child(args) -> int:
     """Build, export, compile, check and time one model; results (also partial ones, stage
     by stage) go to ``args._result`` as JSON."""
@@ -458,6 +511,21 @@ def child(args) -> int:
         timed.append(("onnxruntime", lambda: sess.run(None, inputs)))
     else:
         res["reference"] = ort_entry  # (not timed)
+    int8_path = None
+    if args.precision == "int8":
+        stage("quantizing with onnxruntime.quantization (or reading the cache)")
+        t0 = time.perf_counter()
+        int8_path, fresh = cached_int8(path, inputs)
+        res["int8_onnx"], res["quantize_s"] = str(int8_path), time.perf_counter() - t0
+        log(f"{item}: {'quantized' if fresh else 'cached'} {int8_path}")
+        if "onnxruntime" in engines:
+            def make_ort_int8():
+                t0 = time.perf_counter()
+                s8 = ort.InferenceSession(str(int8_path), opts,
+                                          providers=["CPUExecutionProvider"])
+                return (lambda: s8.run(None, inputs)), {"compile_s": time.perf_counter() - t0,
+                                                        "low": True}
+            record("onnxruntime int8", make_ort_int8)
 
     if "kiln" in engines:
         import kiln
@@ -475,11 +543,11 @@ def child(args) -> int:
         if args.precision != "fp32":
             def make_kiln_low():
                 t0 = time.perf_counter()
-                graph = kiln.from_onnx(str(path))
+                graph = kiln.from_onnx(str(int8_path or path))
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     compiled = kiln.compile(graph, opt_level=max(args.levels),
-                                            precision=args.precision)
+                                            precision="fp32" if int8_path else args.precision)
                 info = {"compile_s": time.perf_counter() - t0,
                         "kernels": len(compiled.build.kernels), "low": True,
                         "warnings": [str(w.message) for w in caught
@@ -488,7 +556,7 @@ def child(args) -> int:
             record(f"kiln {args.precision}", make_kiln_low)
 
     if "openvino" in engines:
-        def make_openvino(default: bool = False):
+        def make_openvino(default: bool = False, model_path: Path = path):
             import openvino as ov
 
             t0 = time.perf_counter()
@@ -496,7 +564,7 @@ def child(args) -> int:
             config = {"INFERENCE_NUM_THREADS": args.threads, "PERFORMANCE_HINT": "LATENCY"}
             if not default:
                 config["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+            compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
             request = compiled.create_infer_request()
             outputs = compiled.outputs
 
@@ -508,7 +576,9 @@ def child(args) -> int:
             return run, {"compile_s": time.perf_counter() - t0, "properties": props,
                          "low": default}
         record("openvino", make_openvino)
-        if args.precision != "fp32":
+        if int8_path is not None:
+            record("openvino int8", lambda: make_openvino(default=True, model_path=int8_path))
+        elif args.precision != "fp32":
             record("openvino default", lambda: make_openvino(default=True))
 
     if "pytorch" in engines:
@@ -751,8 +821,11 @@ def print_report(rows: list[dict], args, meta: dict) -> None:
 
 def print_precision_report(rows: list[dict], args) -> None:
     """kiln at ``--precision`` beside kiln fp32, OpenVINO's default and onnxruntime, with the
-    reduced-precision engines' accuracy against onnxruntime fp32."""
+    reduced-precision engines' accuracy against onnxruntime fp32 (int8: beside onnxruntime
+    and OpenVINO on the same quantized model)."""
     low, ovd = f"kiln {args.precision}", "openvino default"
+    if args.precision == "int8":
+        return print_int8_report(rows, args)
 
     def ms(r, label):
         e = r.get("engines", {}).get(label, {})
@@ -797,6 +870,53 @@ def print_precision_report(rows: list[dict], args) -> None:
     sys.stdout.flush()
 
 
+def print_int8_report(rows: list[dict], args) -> None:
+    low, o8, ov8 = "kiln int8", "onnxruntime int8", "openvino int8"
+    print(f"\nint8 (onnxruntime's quantize_static: QDQ, uint8 activations, int8 per-channel "
+          f"weights): kiln fp32 = best "
+          f"of O{'/O'.join(map(str, args.levels))}; kiln int8 at O{max(args.levels)}; speedup "
+          "= kiln fp32 ms / kiln int8 ms; ort8/kiln, ov8/kiln = onnxruntime's, OpenVINO's "
+          "int8 ms / kiln int8 ms (above 1: kiln faster); errors vs onnxruntime fp32 over the "
+          "output's largest magnitude; top-1 = argmax agreement over the logits' rows")
+    width = max([len(r["model"]) for r in rows] + [5]) + 2
+    heads = ["fp32 ms", "int8 ms", "speedup", "ort8 ms", "ort8/kiln", "OV8 ms", "ov8/kiln",
+             "max err", "top-1", "ort8 max", "ort8 top1", "OV8 top1"]
+    print(f"{'model':<{width}}" + "".join(f"{h:>10}" for h in heads))
+    columns: dict[str, list[float]] = {"speedup": [], "ort8": [], "ov8": []}
+
+    def got(r, label):
+        e = r.get("engines", {}).get(label, {})
+        return e, (e.get("ms") if not e.get("mismatch") else None)
+
+    def fmt(x, spec="{:.2f}"):
+        return "-" if x is None else spec.format(x)
+
+    for r in rows:
+        best = best_kiln(r, args.levels)
+        k32 = best["ms"] if best and not best.get("mismatch") else None
+        (e, k8), (oe, ort8), (ve, ov8_ms) = got(r, low), got(r, o8), got(r, ov8)
+        ratios = {"speedup": k32 / k8 if k32 and k8 else None,
+                  "ort8": ort8 / k8 if ort8 and k8 else None,
+                  "ov8": ov8_ms / k8 if ov8_ms and k8 else None}
+        for k, v in ratios.items():
+            if v:
+                columns[k].append(v)
+        cells = [_ms_text(k32), _ms(r, low), fmt(ratios["speedup"]), _ms(r, o8),
+                 fmt(ratios["ort8"]), _ms(r, ov8), fmt(ratios["ov8"]),
+                 fmt(e.get("max_rel"), "{:.1e}"), fmt(e.get("top1"), "{:.0%}"),
+                 fmt(oe.get("max_rel"), "{:.1e}"), fmt(oe.get("top1"), "{:.0%}"),
+                 fmt(ve.get("top1"), "{:.0%}")]
+        print(f"{r['model']:<{width}}" + "".join(f"{c:>10}" for c in cells))
+    for what, key in (("speedup (kiln fp32 / kiln int8)", "speedup"),
+                      ("ort8/kiln (onnxruntime int8 / kiln int8)", "ort8"),
+                      ("ov8/kiln (OpenVINO int8 / kiln int8)", "ov8")):
+        xs = columns[key]
+        if xs:
+            geo = math.exp(sum(math.log(x) for x in xs) / len(xs))
+            print(f"geometric mean {what}: {geo:.2f} over {len(xs)} models")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -814,8 +934,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per model")
     p.add_argument("--tol", type=float, default=1e-3,
                    help="largest error allowed, relative to the output's largest magnitude")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
-                   help="also run kiln at this precision and OpenVINO at its default one")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16", "int8"),
+                   help="also run kiln at this precision and OpenVINO at its default one "
+                        "(int8: the model quantized by onnxruntime, on all three)")
     p.add_argument("--low-tol", type=float, default=0.25,
                    help="--tol for the reduced-precision engines (bf16 on random-weight "
                         "CNNs errs by 0.05-0.11 of the logits' largest magnitude, OpenVINO's "

@@ -10,7 +10,8 @@ QuantizeLinear ``cast(clip(round(x / scale) + zero))``. This pass runs before co
 folding, while a weight is still its integer array and its dequantization, and matches
 
     matmul(dq(x_q), W)      W = [transpose/reshape of] dq(w_q), a constant
-    conv2d(dq(x_q), W, b?)
+    conv2d(dq(x_q), W, b?)          (one group: depthwise and grouped convolutions have
+                                     no native integer kernel and stay float)
 
 where ``dq(x_q)`` is ``(cast(x_q) - zx) * sx`` with one scale and zero point (per tensor),
 and W's scale is per tensor or per output channel. With ``x' = x_q (+ 128 for int8:
@@ -45,6 +46,10 @@ from kiln.passes.manager import graph_pass
 from kiln.passes.rewrite import copy_node, finish, start
 
 QUANTIZED = ("int8", "uint8")
+# ops that only move values (a pad adds 0.0, which every quantization holds exactly):
+# quantize(op(dequantize(q))) with the same scale and zero point is op(q) (and
+# quantize(dequantize(q)) is q)
+_MOVES = ("pad", "reshape", "transpose", "flatten", "squeeze", "unsqueeze", "slice")
 MAX_SUM_TERMS = (1 << 31) // (255 * 128)  # products per int32 sum that cannot overflow
 _SHAPE_OPS = ("transpose", "reshape", "squeeze", "unsqueeze", "flatten")
 
@@ -102,6 +107,55 @@ class _Matcher:
                 return cast.inputs[0], zero, scale
         return None
 
+    def _quantize(self, q: Value) -> tuple[Value, Value, Value | None] | None:
+        """(x, scale, zero or None) of ``q = cast(clip(round(x / scale) [+ zero]))``, the
+        importer's QuantizeLinear."""
+        cast = self.producer.get(q)
+        if cast is None or cast.op != "cast" or q.dtype not in QUANTIZED:
+            return None
+        clip = self.producer.get(cast.inputs[0])
+        if clip is None or clip.op != "clip":
+            return None
+        node, zero = self.producer.get(clip.inputs[0]), None
+        if node is not None and node.op == "add":
+            node, zero = self.producer.get(node.inputs[0]), node.inputs[1]
+        if node is None or node.op != "round":
+            return None
+        div = self.producer.get(node.inputs[0])
+        if div is None or div.op != "div":
+            return None
+        return div.inputs[0], div.inputs[1], zero
+
+    def _same(self, a: Value | None, b: Value | None) -> bool:
+        """Are constants ``a`` and ``b`` (None: 0) one and the same number?"""
+        arrays = [np.zeros(1) if v is None else self._small(v) for v in (a, b)]
+        return all(x is not None and x.size == 1 for x in arrays) and float(
+            arrays[0].flat[0]) == float(arrays[1].flat[0])
+
+    def requantized(self, q: Value) -> tuple[list[Node], Value, int] | None:
+        """(moves, x, zero point) where ``q`` quantizes ``moves(dequantize(x))`` with the scale and
+        zero point x was dequantized with, to x's type: then ``q`` is ``moves(x)`` and
+        ``dequantize(q)`` is ``moves(dequantize(x))``, exactly."""
+        found = self._quantize(q)
+        if found is None:
+            return None
+        v, scale, zero = found
+        moves: list[Node] = []
+        node = self.producer.get(v)
+        while node is not None and node.op in _MOVES and self._moves_values(node):
+            moves.append(node)
+            node = self.producer.get(node.inputs[0])
+        dq = self._dequantize(node.outputs[0]) if node is not None else None
+        if dq is None or dq[0].dtype != q.dtype or not self._same(dq[2], scale) or not (
+                self._same(dq[1], zero)):
+            return None
+        return moves[::-1], dq[0], int(self._small(zero).flat[0]) if zero is not None else 0
+
+    @staticmethod
+    def _moves_values(node: Node) -> bool:
+        return node.op != "pad" or (node.attrs["mode"] == "constant"
+                                    and node.attrs["value"] == 0.0)
+
     def activation(self, v: Value) -> Activation | None:
         found = self._dequantize(v)
         if found is None:
@@ -155,6 +209,31 @@ class _Rewriter:
         self.b, self.match = b, _Matcher(graph)
         self.unsigned: dict[Value, Value] = {}  # an int8 activation + 128, as uint8
 
+    def requantize(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
+        """A QuantizeLinear of (moved) values dequantized with its own parameters: the moves
+        on the quantized tensor itself (a pad fills with the zero point; no moves: the
+        quantized tensor)."""
+        found = self.match.requantized(node.outputs[0])
+        if found is None:
+            return None
+        moves, x, zero = found
+        y = env[x]
+        for move in moves:
+            attrs = dict(move.attrs)
+            if move.op == "pad":
+                attrs["value"] = float(zero)
+            y = self.b.op(move.op, [y, *(env[v] for v in move.inputs[1:])], attrs,
+                          origin=move.origin)[0]
+        return [y]
+
+    def dequantize(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
+        """A DequantizeLinear of such a requantization: the float moves it came from."""
+        found = self.match._dequantize(node.outputs[0])
+        if found is None or self.match.requantized(found[0]) is None:
+            return None
+        v = self.match._quantize(found[0])[0]
+        return [env[v]]
+
     def const(self, name: str, array: np.ndarray) -> Value:
         return self.b.param(self.b.free_name(name), np.array(array, order="C"))
 
@@ -202,6 +281,8 @@ class _Rewriter:
                               (n,))]
 
     def conv2d(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
+        if node.attrs["groups"] != 1:
+            return None  # (no native grouped kernel: the float ones are faster)
         x, w = self.match.activation(node.inputs[0]), self.match.weight(node.inputs[1])
         if x is None or w is None:
             return None
@@ -243,10 +324,13 @@ def integer_kernels(graph: Graph, ctx: PassContext | None = None) -> Graph:
             outs = rewrite.matmul(node, env)
         elif node.op == "conv2d":
             outs = rewrite.conv2d(node, env)
+        elif node.op == "cast":
+            outs = rewrite.requantize(node, env)
+        elif node.op == "mul":
+            outs = rewrite.dequantize(node, env)
         if outs is None:
             outs = copy_node(b, node, [env[v] for v in node.inputs])
-        else:
-            outs[0] = b.rename(outs[0], node.outputs[0].name) if not b.has_name(
-                node.outputs[0].name) else outs[0]
+        elif node.op != "mul" and not b.has_name(node.outputs[0].name):
+            outs[0] = b.rename(outs[0], node.outputs[0].name)  # (a value made here)
         env.update(zip(node.outputs, outs))
     return finish(b, graph, env)
