@@ -330,7 +330,7 @@ def integer_kernels(graph: Graph, ctx: PassContext | None = None) -> Graph:
             outs = rewrite.dequantize(node, env)
         if outs is None:
             outs = copy_node(b, node, [env[v] for v in node.inputs])
-        elif node.op != "mul" and not b.has_name(node.outputs[0].name):
-            outs[0] = b.rename(outs[0], node.outputs[0].name)  # (a value made here)
+        elif node.op in ("matmul", "conv2d") and not b.has_name(node.outputs[0].name):
+            outs[0] = b.rename(outs[0], node.outputs[0].name)  # (the epilogue made here)
         env.update(zip(node.outputs, outs))
     return finish(b, graph, env)

@@ -192,16 +192,20 @@ def _float_to_int(v, dtype: str):
     if dtype_of(v) in ("float16", "bfloat16"):
         v = v.astype("float32")  # exact, and the bounds below are float32 constants
     fdt, info = dtype_of(v), np.iinfo(dtype)
-    # v is read six times below: bound once, or a chain of casts (requantizations) would
-    # grow six-fold per cast (three of them took TVM 20 s to compile)
-    var = tirx.Var("cast_in", fdt)
-    low, top = const(float(info.min), fdt), const(float(info.max + 1), fdt)  # powers of two
-    inside = tirx.all(var >= low, var < top)  # false for NaN
-    exact = tirx.Select(inside, var, const(0, fdt)).astype(dtype)  # no fptosi out of range
+    low = const(float(info.min), fdt)
+    if np.finfo(fdt).nmant + 1 >= info.bits:
+        # the bounds are exact floats: clamp, and read v only twice (a chain of casts, as
+        # in requantizations, inlines each operand into the next: six reads a cast grew
+        # three of them 200-fold, and TVM took 20 s over such a kernel)
+        clamped = tirx.min(tirx.max(v, low), const(float(info.max), fdt))
+        return tirx.Select(c.isnan(v), const(0, dtype), clamped.astype(dtype))
+    top = const(float(info.max + 1), fdt)  # a power of two
+    inside = tirx.all(v >= low, v < top)  # false for NaN
+    exact = tirx.Select(inside, v, const(0, fdt)).astype(dtype)  # no fptosi out of range
     zero = const(0, fdt)
-    beyond = tirx.Select(var > zero, const(int(info.max), dtype),
-                         tirx.Select(var < zero, const(int(info.min), dtype), const(0, dtype)))
-    return tirx.Let(var, v, tirx.Select(inside, exact, beyond))
+    beyond = tirx.Select(v > zero, const(int(info.max), dtype),
+                         tirx.Select(v < zero, const(int(info.min), dtype), const(0, dtype)))
+    return tirx.Select(inside, exact, beyond)
 
 
 def _clip(x, lo, hi):
