@@ -142,3 +142,34 @@ def test_quantized_artifacts_keep_int8_weights(tmp_path):
     np.testing.assert_array_equal(loaded.run(feeds)[0], compiled.run(feeds)[0])
     with np.load(compiled.artifact / "weights.npz") as weights:
         assert any(weights[name].dtype == np.int8 for name in weights.files)
+
+
+def test_chained_requantizations_stay_small():
+    """GELU quantized after every op (what quantize_static makes of BERT's): each float->int
+    cast reads its operand twice, so inlined, the kernel's expression doubled per
+    requantization; a big expression read twice is computed once instead, and the kernel
+    stays small (and right)."""
+    from kiln.codegen.build import schedule_graph
+
+    b = GraphBuilder("gelu8")
+    x = b.input("x", TensorType((4, 96), "float32"))
+
+    def requantize(v, scale):
+        s = b.param(b.free_name("s"), np.array(scale, np.float32))
+        q = b.op("cast", [b.op("clip", [b.op("round", [b.op("div", [v, s])[0]])[0]],
+                               {"min": 0.0, "max": 255.0})[0]], {"dtype": "uint8"})[0]
+        return b.op("mul", [b.op("cast", [q], {"dtype": "float32"})[0], s])[0]
+
+    half = b.param("half", np.array(0.5, np.float32))
+    e = requantize(b.op("erf", [requantize(x, 0.02)])[0], 0.01)
+    y = requantize(b.op("add", [e, half])[0], 0.01)
+    y = requantize(b.op("mul", [requantize(x, 0.02), y])[0], 0.02)
+    b.output(requantize(b.op("mul", [y, half])[0], 0.02))
+    graph = b.build()
+    optimized = kiln.optimize(graph, 2)
+    funcs = schedule_graph(optimized, HOST).funcs.values()
+    assert sum(len(str(f)) for f in funcs) < 30_000
+    feeds = {"x": np.random.default_rng(0).uniform(0, 5, (4, 96)).astype(np.float32)}
+    (got,) = kiln.compile(graph, opt_level=2).run(feeds)
+    (want,) = interpret(graph, feeds)
+    within_one_step(got, want, 0.02)

@@ -50,15 +50,50 @@ def extents(sch, loops) -> list[int]:
     return [extent(sch, lp) for lp in loops]
 
 
+# An intermediate whose expression (with what was inlined into it) has this many nodes is
+# computed once into a buffer when its consumers read it more than once, not inlined at
+# every read: a chain of requantizations (each float->int cast reads its operand twice)
+# over GELU's erf grew 16-fold inlined, and BERT int8's GELU kernel ran 10x slower
+REPEAT_NODES = 48
+
+
 def inline_injective(sch, keep=()) -> None:
-    """Inline every injective intermediate stage into its consumers (where TVM can)."""
+    """Inline every injective intermediate stage into its consumers (where TVM can), except
+    big expressions read more than once (``REPEAT_NODES``)."""
     for b in blocks(sch):
         if is_output(sch, b) or is_reduction(sch, b) or kind(sch, b) or name(sch, b) in keep:
+            continue
+        if _costly_to_repeat(sch, b):
             continue
         try:
             sch.compute_inline(b)
         except ScheduleError:
             pass
+
+
+def _costly_to_repeat(sch, block) -> bool:
+    body = sch.get(block).body
+    if expr_size(getattr(body, "value", body)) < REPEAT_NODES:
+        return False
+    buffer = str(sch.get(block).writes[0].source)
+    reads = 0
+    for consumer in sch.get_consumers(block):
+        cbody = sch.get(consumer).body
+        reads += len(loads_of(getattr(cbody, "value", cbody), buffer))
+    return reads > 1
+
+
+def expr_size(expr) -> int:
+    """Nodes in a TIR expression tree (repeated subtrees counted each time)."""
+    size = 1
+    for attr in _CHILDREN:
+        child = getattr(expr, attr, None)
+        if child is None or isinstance(child, (str, int, float)):
+            continue
+        for c in (child if isinstance(child, (list, tuple)) or hasattr(child, "__len__")
+                  and not hasattr(child, "ty") else [child]):
+            size += expr_size(c)
+    return size
 
 
 def vectorize_inner(sch, loop, lanes: int, unroll_rest: bool = False) -> None:
