@@ -240,3 +240,25 @@ def test_compile_with_a_reduced_precision(model_file, tmp_path, capsys):
     with pytest.warns(kiln.errors.PrecisionWarning, match="no AVX512-BF16"):
         assert main(argv + ["--target", "x86-64-v3"]) == 0
     assert "nothing runs in bfloat16" in capsys.readouterr().out
+
+
+def test_compile_a_quantized_model_says_what_runs_on_integer_kernels(tmp_path, capsys):
+    """onnxruntime's quantize_static model: the int8 line counts the integer matmuls and
+    convolutions and says why the others stay float (the depthwise one)."""
+    import onnx
+
+    from kiln.targets import host_target
+    from tests.quantized_models import quantized
+
+    path = tmp_path / "q.onnx"
+    onnx.save(quantized(tmp_path), path)
+    assert main(["compile", str(path), "-o", str(tmp_path / "q.kiln")]) == 0
+    text = capsys.readouterr().out
+    if "avx512_vnni" in host_target().features:
+        assert ("int8: 4 of 5 quantized matmuls/convolutions on integer kernels; float: 1 "
+                "grouped and depthwise convolutions; native kernels: kiln_gemm_u8s8") in text
+    else:
+        assert "int8:" not in text  # (the pass applies only with VNNI)
+    assert main(["compile", str(path), "-o", str(tmp_path / "f.kiln"), "--disable",
+                 "int8"]) == 0
+    assert "int8:" not in capsys.readouterr().out

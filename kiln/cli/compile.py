@@ -48,6 +48,9 @@ def cmd_compile(args) -> int:
           f"(O{args.opt_level}) in {seconds:.1f} s; wrote {path}")
     if args.precision != "fp32":
         _precision_summary(compiled.build, args.precision)
+    int8 = compiled.reports.get("int8")
+    if int8 is not None and (int8.integer or int8.kept):
+        print(f"  {int8}; native kernels: {', '.join(compiled.build.natives) or 'none'}")
     gpu = compiled.build.gpu
     if gpu:
         launches = sum(len(gpu["kernels"].get(k.func, {}).get("launches", []))

@@ -73,10 +73,12 @@ def _writing(path: str | os.PathLike) -> Iterator[None]:
 class CompiledModel:
     """A compiled graph, loaded with kiln's runtime: ``run`` it, or ``save`` the artifact."""
 
-    def __init__(self, result: BuildResult, artifact: Path, workdir: str):
+    def __init__(self, result: BuildResult, artifact: Path, workdir: str,
+                 reports: dict[str, Any] | None = None):
         from kiln.runtime import load
 
         self.build = result
+        self.reports = reports or {}  # what the passes decided (PassContext.reports)
         self.artifact = artifact
         self._workdir = workdir
         # a GPU artifact is built anywhere, loaded where it runs (on first use)
@@ -169,7 +171,8 @@ def compile(
     converted once), keeping float32 for sums, statistics and softmax
     (``kiln/passes/precision.py``); inputs and outputs keep their types. Where the target
     has no fast instructions for it, a ``PrecisionWarning`` says so and it compiles in
-    float32.
+    float32. A quantized model (QDQ ONNX) runs its matmuls and convolutions on int8 kernels
+    where the target has AVX512-VNNI (the ``int8`` pass; ``reports["int8"]`` says which).
     """
     graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
                            precision, pass_options)
@@ -180,7 +183,7 @@ def compile(
     workdir = tempfile.mkdtemp(prefix="kiln-")
     try:
         artifact = write(result, Path(workdir) / f"{_safe(graph.name)}.kiln")
-        return CompiledModel(result, artifact, workdir)
+        return CompiledModel(result, artifact, workdir, ctx.reports)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

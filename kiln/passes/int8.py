@@ -34,7 +34,8 @@ is left as it is. ``disable=["int8"]`` keeps the float form anywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -114,8 +115,10 @@ class _Matcher:
         if cast is None or cast.op != "cast" or q.dtype not in QUANTIZED:
             return None
         clip = self.producer.get(cast.inputs[0])
-        if clip is None or clip.op != "clip":
-            return None
+        info = np.iinfo(q.dtype)
+        if clip is None or clip.op != "clip" or (clip.attrs["min"], clip.attrs["max"]) != (
+                float(info.min), float(info.max)):
+            return None  # (only a clip to q's whole range saturates as QuantizeLinear does)
         node, zero = self.producer.get(clip.inputs[0]), None
         if node is not None and node.op == "add":
             node, zero = self.producer.get(node.inputs[0]), node.inputs[1]
@@ -149,6 +152,9 @@ class _Matcher:
         if dq is None or dq[0].dtype != q.dtype or not self._same(dq[2], scale) or not (
                 self._same(dq[1], zero)):
             return None
+        s = float(self._small(scale).flat[0])
+        if not (np.isfinite(s) and s != 0.0):
+            return None
         return moves[::-1], dq[0], int(self._small(zero).flat[0]) if zero is not None else 0
 
     @staticmethod
@@ -163,10 +169,13 @@ class _Matcher:
         q, zero, scale = found
         s = self._small(scale)
         z = self._small(zero) if zero is not None else np.zeros(1)
-        if s.size != 1 or z.size != 1 or not np.isfinite(s).all() or z.flat[0] != round(
-                float(z.flat[0])):
+        if s.size != 1 or z.size != 1 or not np.isfinite(s).all():
             return None
-        return Activation(q, int(z.flat[0]), float(s.flat[0]))
+        zero_point = float(z.flat[0])
+        info = np.iinfo(q.dtype)
+        if zero_point != round(zero_point) or not info.min <= zero_point <= info.max:
+            return None  # (the kernels pad with it: a value of q's type)
+        return Activation(q, int(zero_point), float(s.flat[0]))
 
     def weight(self, v: Value) -> Weight | None:
         """The constant weight ``v``: shape ops (a Gemm's transpose) over a dequantized
@@ -205,8 +214,8 @@ def _per_channel(scale: np.ndarray, axis: int) -> np.ndarray | None:
 
 
 class _Rewriter:
-    def __init__(self, b: GraphBuilder, graph: Graph):
-        self.b, self.match = b, _Matcher(graph)
+    def __init__(self, b: GraphBuilder, graph: Graph, report: "Int8Report"):
+        self.b, self.match, self.report = b, _Matcher(graph), report
         self.unsigned: dict[Value, Value] = {}  # an int8 activation + 128, as uint8
 
     def requantize(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
@@ -263,33 +272,50 @@ class _Rewriter:
         s = scale[:1].reshape(()) if np.all(scale == scale[0]) else scale.reshape(shape)
         return b.op("mul", [y, self.const(f"{name}_scale", s)], origin=origin)[0]
 
+    def kept(self, reason: str) -> None:
+        """Count a quantized op that keeps its float form (the caller copies it)."""
+        self.report.kept[reason] += 1
+
     def matmul(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
-        x, w = self.match.activation(node.inputs[0]), self.match.weight(node.inputs[1])
-        if x is None or w is None or w.values.ndim != 2 or node.inputs[0].type.rank < 2:
-            return None
-        k = w.values.shape[0]
+        x = self.match.activation(node.inputs[0])
+        if x is None:
+            return None  # not a quantized product
+        w = self.match.weight(node.inputs[1])
+        if w is None:
+            return self.kept("products of two activations (attention)")
+        if w.values.ndim != 2 or node.inputs[0].type.rank < 2:
+            return self.kept("batched weights or vector operands")
         col_scale = _per_channel(w.scale, 1)
-        if col_scale is None or not _fits(w.values) or k > MAX_SUM_TERMS:
-            return None
+        if col_scale is None:
+            return self.kept("weight scales that vary along K")
+        if not _fits(w.values) or w.values.shape[0] > MAX_SUM_TERMS:
+            return self.kept("weights beyond int8 (w - zero point)")
         zx = x.zero + (128 if x.q.dtype == "int8" else 0)
         a = self.as_unsigned(x.q, env[x.q], node.origin)
         w8 = self.const(f"{node.inputs[1].name}_int8", w.values.astype(np.int8))
         sums = self.b.op("matmul_integer", [a, w8], origin=node.origin)[0]
         correction = -zx * w.values.sum(axis=0, dtype=np.int64)
         n = w.values.shape[1]
+        self.report.integer += 1
         return [self.epilogue(node, sums, correction, x.scale * col_scale.astype(np.float64),
                               (n,))]
 
     def conv2d(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
-        if node.attrs["groups"] != 1:
-            return None  # (no native grouped kernel: the float ones are faster)
-        x, w = self.match.activation(node.inputs[0]), self.match.weight(node.inputs[1])
-        if x is None or w is None:
+        x = self.match.activation(node.inputs[0])
+        if x is None:
             return None
+        if node.attrs["groups"] != 1:
+            # no native grouped kernel: the float ones are faster
+            return self.kept("grouped and depthwise convolutions")
+        w = self.match.weight(node.inputs[1])
+        if w is None:
+            return self.kept("convolutions by a computed weight")
         out_scale = _per_channel(w.scale, 0)
         o = w.values.shape[0]
-        if out_scale is None or not _fits(w.values) or w.values[0].size > MAX_SUM_TERMS:
-            return None
+        if out_scale is None:
+            return self.kept("weight scales that vary within an output channel")
+        if not _fits(w.values) or w.values[0].size > MAX_SUM_TERMS:
+            return self.kept("weights beyond int8 (w - zero point)")
         zx = x.zero + (128 if x.q.dtype == "int8" else 0)
         a = self.as_unsigned(x.q, env[x.q], node.origin)
         w8 = self.const(f"{node.inputs[1].name}_int8", w.values.astype(np.int8))
@@ -302,7 +328,25 @@ class _Rewriter:
             bias = self.b.op("reshape", [env[node.inputs[2]]], {"shape": (o, 1, 1)},
                              origin=node.origin)[0]
             y = self.b.op("add", [y, bias], origin=node.origin)[0]
+        self.report.integer += 1
         return [y]
+
+
+@dataclass
+class Int8Report:
+    """What the pass did with a model's quantized matmuls and convolutions (those whose input
+    is a dequantized tensor): how many run on integer kernels, and why the others kept
+    their float form. ``PassContext.reports["int8"]``; ``kiln compile`` prints it."""
+
+    integer: int = 0
+    kept: Counter = field(default_factory=Counter)  # reason -> count
+
+    def __str__(self) -> str:
+        total = self.integer + sum(self.kept.values())
+        text = f"int8: {self.integer} of {total} quantized matmuls/convolutions on integer kernels"
+        if self.kept:
+            text += "; float: " + ", ".join(f"{n} {why}" for why, n in self.kept.most_common())
+        return text
 
 
 def _fits(values: np.ndarray) -> bool:
@@ -317,7 +361,8 @@ def integer_kernels(graph: Graph, ctx: PassContext | None = None) -> Graph:
     if not any(v.dtype in QUANTIZED for n in graph.nodes for v in n.inputs):
         return graph
     b, env = start(graph)
-    rewrite = _Rewriter(b, graph)
+    report = ctx.reports["int8"] = Int8Report()
+    rewrite = _Rewriter(b, graph, report)
     for node in graph.nodes:
         outs = None
         if node.op == "matmul":

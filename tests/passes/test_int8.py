@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kiln
-from kiln.ir import interpret, parse, verify
+from kiln.ir import GraphBuilder, TensorType, interpret, parse, verify
 from kiln.passes.context import PassContext
 from kiln.passes.manager import optimize
 from kiln.targets import resolve_target
@@ -132,3 +134,83 @@ def test_a_hand_written_pattern_is_exact():
     after = run_pass(verify(parse(QDQ_MATMUL, per_tensor_scale)))
     scale = [n for n in after.nodes if n.op == "mul"][-1].inputs[1]
     assert scale.type.shape == ()  # one scale for all columns
+
+
+# -- hypothesis: random quantized layers -------------------------------------------------------
+
+
+def _dequantized(b, q, zero, scale):
+    f = b.op("cast", [q], {"dtype": "float32"})[0]
+    if zero is not None:
+        f = b.op("sub", [f, b.param(b.free_name("zero"), np.array(zero, np.float32))])[0]
+    return b.op("mul", [f, b.param(b.free_name("scale"), np.asarray(scale, np.float32))])[0]
+
+
+def _quantized(b, v, zero, scale, dtype):
+    info = np.iinfo(dtype)
+    y = b.op("round", [b.op("div", [v, b.param(b.free_name("scale"),
+                                                np.array(scale, np.float32))])[0]])[0]
+    y = b.op("add", [y, b.param(b.free_name("zero"), np.array(zero, np.float32))])[0]
+    y = b.op("clip", [y], {"min": float(info.min), "max": float(info.max)})[0]
+    return b.op("cast", [y], {"dtype": dtype})[0]
+
+
+@st.composite
+def quantized_layers(draw):
+    """A QDQ layer as quantize_static writes it: x quantized (int8 or uint8, any zero point),
+    a weight int8 per tensor or per output channel (or uint8 of zero point 128), a conv
+    (stride, padding, dilation) or a matmul (batched rows, a Gemm's transposed weight), a
+    bias, a ReLU or not, the output requantized and dequantized."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    dtype = draw(st.sampled_from(["uint8", "int8"]))
+    info = np.iinfo(dtype)
+    zx = draw(st.integers(int(info.min), int(info.max)))
+    sx = draw(st.sampled_from([0.02, 0.1, 0.37]))
+    conv = draw(st.booleans())
+    c, o = draw(st.integers(1, 9)), draw(st.integers(1, 20))
+    b = GraphBuilder("qlayer")
+    if conv:
+        k = draw(st.sampled_from([1, 2, 3]))
+        shape = (1, c, draw(st.integers(k, 9)), draw(st.integers(k, 9)))
+        w_shape = (o, c, k, k)
+        attrs = {"strides": (draw(st.integers(1, 2)),) * 2,
+                 "pads": tuple(draw(st.integers(0, k - 1)) for _ in range(4)),
+                 "dilations": (1, draw(st.integers(1, 2)))}
+    else:
+        shape = (*draw(st.sampled_from([(), (2,)])), draw(st.integers(1, 7)), c)
+        w_shape = (c, o)
+    x = b.input("x", TensorType(shape, "float32"))
+    q = _quantized(b, x, zx, sx, dtype)
+    per_channel = draw(st.booleans())
+    scale_shape = ((o, 1, 1, 1) if conv else (1, o)) if per_channel else ()
+    sw = rng.uniform(0.001, 0.05, scale_shape).astype(np.float32)
+    unsigned_w = draw(st.booleans())
+    w_q = rng.integers(-128, 128, w_shape)
+    w_q = (w_q + 128).astype(np.uint8) if unsigned_w else w_q.astype(np.int8)
+    w = _dequantized(b, b.param("w", w_q), 128 if unsigned_w else None, sw)
+    xd = _dequantized(b, q, zx, sx)
+    if conv:
+        bias = [b.param("bias", rng.standard_normal(o).astype(np.float32))]
+        y = b.op("conv2d", [xd, w, *bias], attrs)[0]
+    else:
+        if draw(st.booleans()):  # a Gemm's transB: the weight stored [o, c]
+            wt = b.param("wt", np.ascontiguousarray(w_q.T))
+            w = b.op("transpose", [_dequantized(b, wt, 128 if unsigned_w else None,
+                                                sw.T if per_channel else sw)])[0]
+        y = b.op("matmul", [xd, w])[0]
+    if draw(st.booleans()):
+        y = b.op("relu", [y])[0]
+    sy = draw(st.sampled_from([0.05, 0.3]))
+    out = _dequantized(b, _quantized(b, y, 3, sy, "uint8"), 3, sy)
+    b.output(out)
+    data = rng.uniform(-3, 3, shape).astype(np.float32)
+    return b.build(), {"x": data}, sy
+
+
+@given(quantized_layers())
+def test_random_quantized_layers_keep_their_meaning(case):
+    graph, feeds, step = case
+    after = run_pass(graph)
+    assert "conv2d" not in ops(after) and "matmul" not in ops(after)
+    diff = np.abs(interpret(after, feeds)[0].astype(np.float64) - interpret(graph, feeds)[0])
+    assert diff.max() <= step * 1.01
