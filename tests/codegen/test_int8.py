@@ -173,3 +173,27 @@ def test_chained_requantizations_stay_small():
     (got,) = kiln.compile(graph, opt_level=2).run(feeds)
     (want,) = interpret(graph, feeds)
     within_one_step(got, want, 0.02)
+
+
+def test_dynamically_quantized_models_match_onnxruntime(tmp_path):
+    """quantize_dynamic's form: DynamicQuantizeLinear (the scale of each call's input), then
+    MatMulInteger/ConvInteger with that zero point; the matmul runs on the native kernel,
+    its zero points as corrections."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tests.quantized_models import float_model
+
+    src, dst = tmp_path / "f.onnx", tmp_path / "d.onnx"
+    onnx.save(float_model(), src)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    graph = kiln.from_onnx(str(dst))
+    compiled = kiln.compile(graph, opt_level=2)
+    if "avx512_vnni" in HOST.features:
+        assert compiled.build.natives == ("kiln_gemm_u8s8",)
+    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    for seed in (1, 2):
+        feeds = inputs(seed)
+        want = session.run(None, feeds)[0]
+        np.testing.assert_allclose(compiled.run(feeds)[0], want, rtol=0,
+                                   atol=1e-3 * np.abs(want).max())

@@ -288,13 +288,41 @@ def matmul(n: NodeContext) -> Ref:
 @converter("MatMulInteger", 10, spec=Spec(ranks={0: (1, None), 1: (1, None), 2: (0, 1),
                                                3: (0, 1)}))
 def matmul_integer(n: NodeContext) -> Ref:
-    """(A - a_zero_point) @ (B - b_zero_point) in int32."""
-    a, b = (n.cast(r, "int32") for r in n.inputs[:2])
-    za, zb = n.input(2), n.input(3)
+    """(A - a_zero_point) @ (B - b_zero_point) in int32: 8-bit operands multiply as they are
+    (``matmul_integer``: kiln's int8 kernels where the CPU has them), the zero points
+    become corrections, A's times B's column sums (a constant for a weight), B's times A's
+    row sums, and K times both."""
+    a, b = n.inputs[:2]
+    za, zb = (None if z is None or (z.is_const and not np.any(z.const)) else z
+              for z in (n.input(2), n.input(3)))  # (a zero point of 0 corrects nothing)
+    if a.rank < 2 or b.rank < 2:
+        return _matmul_integer_widened(n, a, b, za, zb)
+    if a.dtype == "int8":  # the kernels read unsigned A: A + 128, its zero point + 128
+        a = n.cast(n.op("add", n.cast(a, "int32"), 128), "uint8")
+        za = n.op("add", n.cast(za, "int32"), 128) if za is not None else n.const_like(
+            128, n.cast(a, "int32"))
+    y = n.op("matmul_integer", a, b)
+    k = b.shape[-2]
     if za is not None:
         za = n.cast(za, "int32")
-        a = n.op("sub", a, za if za.rank == 0 or a.rank < 2 else
-                 n.op("reshape", za, shape=(-1, 1)))  # a per-row zero point of A
+        za = za if za.rank == 0 else n.op("reshape", za, shape=(-1, 1))  # per row of A
+        col_sums = n.op("sum", n.cast(b, "int32"), axes=(b.rank - 2,))
+        y = n.op("sub", y, n.op("mul", za, col_sums))
+    if zb is not None:
+        zb = n.cast(zb, "int32")
+        row_sums = n.op("sum", n.cast(a, "int32"), axes=(a.rank - 1,), keepdims=True)
+        y = n.op("sub", y, n.op("mul", row_sums, zb))
+        if za is not None:
+            y = n.op("add", y, n.op("mul", n.op("mul", za, zb), k))
+    return y
+
+
+def _matmul_integer_widened(n: NodeContext, a: Ref, b: Ref, za: Ref | None,
+                            zb: Ref | None) -> Ref:
+    """A vector operand: the int32 matmul of the zero-point-subtracted operands."""
+    a, b = n.cast(a, "int32"), n.cast(b, "int32")
+    if za is not None:
+        a = n.op("sub", a, n.cast(za, "int32"))
     if zb is not None:
         b = n.op("sub", b, n.cast(zb, "int32"))
     return n.op("matmul", a, b)
