@@ -10,11 +10,12 @@ import ctypes
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
 
 import kiln
 from kiln.ir import GraphBuilder, TensorType, interpret
 from kiln.targets import host_target
-from tests.passes.test_int8 import output_step, within_one_step
+from tests.passes.test_int8 import output_step, quantized_layers, within_one_step
 from tests.quantized_models import inputs, quantized
 
 HOST = host_target()
@@ -197,3 +198,14 @@ def test_dynamically_quantized_models_match_onnxruntime(tmp_path):
         want = session.run(None, feeds)[0]
         np.testing.assert_allclose(compiled.run(feeds)[0], want, rtol=0,
                                    atol=1e-3 * np.abs(want).max())
+
+
+@needs_vnni
+@settings(max_examples=10)
+@given(quantized_layers())
+def test_random_quantized_layers_compile_to_what_the_pass_made(case):
+    """The int8 pass's graph of a random quantized layer (tests/passes/test_int8.py),
+    compiled: the integer kernels (native on this CPU) against the interpreter."""
+    graph, feeds, step = case
+    want = interpret(kiln.optimize(graph, 2), feeds)[0]
+    within_one_step(kiln.compile(graph, opt_level=2).run(feeds)[0], want, step)
