@@ -190,4 +190,6 @@ def compile(
 
 
 def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "model"
+    """The graph's name as a file name: safe characters, at most 100 of them (a fused
+    group's graph is named after all of its ops)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:100] or "model"
