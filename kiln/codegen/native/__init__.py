@@ -68,7 +68,8 @@ def _built(name: str, suffix: str, extra: tuple[str, ...]) -> Path:
     once per source, flags and compiler, and cached."""
     source, flags = NATIVES[name]
     cc = _compiler()
-    text = (_HERE / source).read_bytes()
+    text = (_HERE / source).read_bytes() + b"".join(
+        h.read_bytes() for h in sorted(_HERE.glob("*.h")))  # (the headers it includes)
     args = (*_COMMON_FLAGS, *flags, *extra)
     key = hashlib.sha256(text + repr((cc, args)).encode()).hexdigest()[:20]
     path = _cache_dir() / f"{name}-{key}{suffix}"

@@ -21,45 +21,21 @@
  * loops use).
  */
 #include <immintrin.h>
-#include <stdint.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#include <cpuid.h>
 
-typedef struct {
-  void* sync_handle;
-  int32_t num_task;
-} TVMParallelGroupEnv;
-typedef int (*FTVMParallelLambda)(int task_id, TVMParallelGroupEnv* penv, void* cdata);
-extern int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task);
+#include "tiles.h"
 
 enum { ROWS = 32, COLS = 32, KSTEP = 32, AVX_ROWS = 8 };
 
 /* -1: not decided yet; 0: AVX512-BF16 only; 1: AMX */
 static int use_amx = -1;
 
-static int amx_available(void) {
-  unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-  if (!(d & (1u << 22)) || !(d & (1u << 24))) return 0; /* AMX-BF16, AMX-TILE */
-  /* Linux hands out the 8 KB of tile state only to processes that ask (ARCH_REQ_XCOMP_PERM
-   * for XFEATURE_XTILEDATA); without it the first tile instruction raises SIGILL */
-  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-}
 
 /* Select the path: 1 AMX where available, 0 AVX512-BF16; returns the path in use. Tests
  * call it to cover both paths on an AMX machine. */
 int kiln_gemm_bf16_use_amx(int wanted) {
-  use_amx = wanted && amx_available();
+  use_amx = wanted && kiln_amx_available(22);
   return use_amx;
 }
-
-typedef struct {
-  uint8_t palette, start_row, reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} TileConfig;
 
 typedef struct {
   const uint16_t* a;
@@ -183,16 +159,7 @@ static int task(int task_id, TVMParallelGroupEnv* env, void* data) {
   int begin = (int)((int64_t)total * task_id / tasks);
   int end = (int)((int64_t)total * (task_id + 1) / tasks);
   int amx = use_amx;
-  if (amx) {
-    TileConfig cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; ++t) {
-      cfg.rows[t] = 16;
-      cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
-  }
+  if (amx) kiln_configure_tiles();
   for (int i = begin; i < end; ++i) block(g, i, amx);
   if (amx) _tile_release();
   return 0;

@@ -87,30 +87,13 @@ def _costly_to_repeat(sch, block) -> bool:
 
 def computes_float32(expr) -> bool:
     """Does the expression compute any float32 value?"""
-    if str(getattr(expr, "ty", "")) == "float32":
-        return True
-    for attr in _CHILDREN:
-        child = getattr(expr, attr, None)
-        if child is None or isinstance(child, (str, int, float)):
-            continue
-        for c in (child if isinstance(child, (list, tuple)) or hasattr(child, "__len__")
-                  and not hasattr(child, "ty") else [child]):
-            if computes_float32(c):
-                return True
-    return False
+    return str(getattr(expr, "ty", "")) == "float32" or any(
+        computes_float32(c) for c in subexpressions(expr))
 
 
 def expr_size(expr) -> int:
     """Nodes in a TIR expression tree (repeated subtrees counted each time)."""
-    size = 1
-    for attr in _CHILDREN:
-        child = getattr(expr, attr, None)
-        if child is None or isinstance(child, (str, int, float)):
-            continue
-        for c in (child if isinstance(child, (list, tuple)) or hasattr(child, "__len__")
-                  and not hasattr(child, "ty") else [child]):
-            size += expr_size(c)
-    return size
+    return 1 + sum(expr_size(c) for c in subexpressions(expr))
 
 
 def vectorize_inner(sch, loop, lanes: int, unroll_rest: bool = False) -> None:
@@ -130,6 +113,18 @@ def vectorize_inner(sch, loop, lanes: int, unroll_rest: bool = False) -> None:
 _CHILDREN = ("a", "b", "value", "condition", "true_value", "false_value", "args", "indices")
 
 
+def subexpressions(expr) -> list:
+    """The direct operands of a TIR expression (a load's indices, a call's arguments)."""
+    out: list = []
+    for attr in _CHILDREN:
+        child = getattr(expr, attr, None)
+        if child is None or isinstance(child, (str, int, float)):
+            continue
+        out.extend(child if isinstance(child, (list, tuple)) or hasattr(child, "__len__")
+                   and not hasattr(child, "ty") else [child])
+    return out
+
+
 def loads_of(expr, buffer_name: str | None) -> list:
     """The index tuples with which ``expr`` reads the buffer called ``buffer_name`` (every
     buffer for None)."""
@@ -139,13 +134,8 @@ def loads_of(expr, buffer_name: str | None) -> list:
         if type(e).__name__ in ("TensorLoad", "BufferLoad") and \
                 (buffer_name is None or str(e.source) == buffer_name):
             found.append(list(e.indices))
-        for attr in _CHILDREN:
-            child = getattr(e, attr, None)
-            if child is None or isinstance(child, (str, int, float)):
-                continue
-            for c in (child if isinstance(child, (list, tuple)) or hasattr(child, "__len__")
-                      and not hasattr(child, "ty") else [child]):
-                walk(c)
+        for c in subexpressions(e):
+            walk(c)
 
     walk(expr)
     return found
