@@ -406,8 +406,10 @@ def test_pipeline_runs_verifies_times_and_dumps():
     out = optimize(g, 1, verify=True, dump_after={"cse"}, dump=dumps.append, records=records)
     assert [n.op for n in out.nodes] == ["exp", "mul"]
     assert dumps and dumps[0].startswith("// after cse")
-    # the 7 canonicalization passes, then the precision policy (float32: no change)
-    assert all(isinstance(r, PassRecord) for r in records) and len(records) == 8
+    # the int8 pass (no quantized ops: no change), the 7 canonicalization passes, then the
+    # precision policy (float32: no change)
+    assert all(isinstance(r, PassRecord) for r in records) and len(records) == 9
+    assert [r.name for r in records][::8] == ["int8", "precision"]
     kept = optimize(g, 1, disable={"simplify"})
     assert [n.op for n in kept.nodes] == ["add", "exp", "mul"]
     assert optimize(g, 0) is g
