@@ -262,3 +262,15 @@ def test_compile_a_quantized_model_says_what_runs_on_integer_kernels(tmp_path, c
     assert main(["compile", str(path), "-o", str(tmp_path / "f.kiln"), "--disable",
                  "int8"]) == 0
     assert "int8:" not in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly(model_file, monkeypatch, capsys):
+    """``kiln show ... | head -1``: the reader left, writing raises BrokenPipeError; kiln
+    stops quietly (status 0), no internal error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", closed)
+    assert main(["show", f"{model_file}:make_tiny", "-i", "x=2x3"]) == 0
+    closed.close()
+    assert "internal error" not in capsys.readouterr().err

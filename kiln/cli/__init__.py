@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             return _internal_error(args.command, e, debug)
         print(f"kiln {args.command}: error: {error_text(error)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``kiln bench m.kiln | head``): stop quietly, as cat does;
+        # stdout goes to devnull so that Python's exit flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         return _internal_error(args.command, e, debug)
 
