@@ -225,7 +225,8 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
             if perm == tuple(range(out_t.rank)):
                 return [inner.inputs[0]]
             return emit(b, node, "transpose", [inner.inputs[0]], {"perm": perm})
-        if inner is not None and inner.op == "pad" and node.op in ("conv1d", "conv2d"):
+        if inner is not None and inner.op == "pad" and node.op in ("conv1d", "conv2d",
+                                                                    "conv2d_integer"):
             pads = _pads_into_conv(inner, node)
             if pads is not None:
                 return emit(b, node, node.op, [inner.inputs[0], *ins[1:]],
@@ -243,12 +244,14 @@ def simplify(graph: Graph, ctx: PassContext | None = None) -> Graph:
 
 
 def _pads_into_conv(pad: Node, conv: Node) -> tuple[int, ...] | None:
-    """The conv's pads with a zero ``pad`` of its input's spatial axes added (exporters
-    write TensorFlow's "same" padding as a Pad before the Conv), or None when the pad is not
-    zero padding of spatial axes only."""
+    """The conv's pads with a ``pad`` of its input's spatial axes added (exporters write
+    TensorFlow's "same" padding as a Pad before the Conv), or None when the pad is not
+    padding of spatial axes only with what the conv pads with (zero; an integer conv's
+    ``pad_value``, a quantized input's zero point)."""
     rank = pad.outputs[0].type.rank
     begins, ends = pad.attrs["pads"][:rank], pad.attrs["pads"][rank:]
-    if pad.attrs["mode"] != "constant" or pad.attrs["value"] != 0 \
+    fill = conv.attrs.get("pad_value", 0)
+    if pad.attrs["mode"] != "constant" or pad.attrs["value"] != fill \
             or any(begins[:2]) or any(ends[:2]) or min(pad.attrs["pads"]) < 0:
         return None
     spatial = rank - 2

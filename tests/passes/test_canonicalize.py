@@ -232,6 +232,26 @@ def test_zero_pad_folds_into_the_conv():
         }""")
 
 
+def test_a_zero_point_pad_folds_into_the_integer_conv():
+    """A quantized input padded with its zero point (what a Pad of a dequantized tensor
+    becomes in the int8 pass) folds into conv2d_integer padding with it; another value
+    stays a pad."""
+    check(simplify_dce, """
+        graph g(%x: uint8[1, 3, 8, 8], %w: int8[4, 3, 3, 3]) {
+          %p: uint8[1, 3, 9, 9] = pad(%x) {pads=(0, 0, 0, 0, 0, 0, 1, 1), value=7.0}
+          %y: int32[1, 4, 4, 4] = conv2d_integer(%p, %w) {strides=(2, 2), pad_value=7}
+          %z: int32[1, 4, 4, 4] = conv2d_integer(%p, %w) {strides=(2, 2), pad_value=0}
+          return %y, %z
+        }""", """
+        graph g(%x: uint8[1, 3, 8, 8], %w: int8[4, 3, 3, 3]) {
+          %p: uint8[1, 3, 9, 9] = pad(%x) {pads=(0, 0, 0, 0, 0, 0, 1, 1), value=7.0}
+          %y: int32[1, 4, 4, 4] = conv2d_integer(%x, %w) {strides=(2, 2), pads=(0, 0, 1, 1),
+                                                          pad_value=7}
+          %z: int32[1, 4, 4, 4] = conv2d_integer(%p, %w) {strides=(2, 2)}
+          return %y, %z
+        }""")
+
+
 def test_small_integer_powers_become_products():
     check(simplify_dce, """
         graph g(%x: float32[2, 3]) {
