@@ -51,8 +51,12 @@ def float_model() -> onnx.ModelProto:
 def quantized(tmp_path, *, fmt: str = "QDQ", activations: str = "QInt8",
               weights: str = "QInt8", per_channel: bool = False) -> onnx.ModelProto:
     """``float_model`` quantized by onnxruntime's static quantization."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Calibration(CalibrationDataReader):
         def __init__(self):

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
-from kiln.ir.ops.registry import INJECTIVE, get_op
+from kiln.ir.ops.registry import get_op
 from kiln.passes.canonicalize import Constants
 from kiln.passes.context import PassContext
 from kiln.passes.manager import graph_pass
@@ -52,7 +52,6 @@ QUANTIZED = ("int8", "uint8")
 # quantize(dequantize(q)) is q)
 _MOVES = ("pad", "reshape", "transpose", "flatten", "squeeze", "unsqueeze", "slice")
 MAX_SUM_TERMS = (1 << 31) // (255 * 128)  # products per int32 sum that cannot overflow
-_SHAPE_OPS = ("transpose", "reshape", "squeeze", "unsqueeze", "flatten")
 
 
 def integer_target(target) -> bool:
@@ -67,6 +66,18 @@ class Activation:
     q: Value
     zero: int
     scale: float
+
+
+@dataclass
+class Requantization:
+    """``q = quantize(moves(dequantize(x)))`` with x's own scale and zero point: ``q`` is
+    ``moves(x)`` (a pad filling with ``zero``) and ``dequantize(q)`` is ``moved``, the float
+    value the moves made, exactly."""
+
+    moves: list[Node]
+    x: Value
+    zero: int
+    moved: Value
 
 
 @dataclass
@@ -89,7 +100,7 @@ class _Matcher:
             return None
         return np.asarray(self.consts.array(v))
 
-    def _dequantize(self, v: Value) -> tuple[Value, Value | None, Value] | None:
+    def dequantized(self, v: Value) -> tuple[Value, Value | None, Value] | None:
         """(q, zero or None, scale) of ``v = (cast(q) - zero) * scale`` (or ``cast(q) *
         scale``), q of an 8-bit integer type, the cast to float32."""
         node = self.producer.get(v)
@@ -135,10 +146,8 @@ class _Matcher:
         return all(x is not None and x.size == 1 for x in arrays) and float(
             arrays[0].flat[0]) == float(arrays[1].flat[0])
 
-    def requantized(self, q: Value) -> tuple[list[Node], Value, int] | None:
-        """(moves, x, zero point) where ``q`` quantizes ``moves(dequantize(x))`` with the scale and
-        zero point x was dequantized with, to x's type: then ``q`` is ``moves(x)`` and
-        ``dequantize(q)`` is ``moves(dequantize(x))``, exactly."""
+    def requantized(self, q: Value) -> Requantization | None:
+        """``q`` as a requantization of moved values (see ``Requantization``), or None."""
         found = self._quantize(q)
         if found is None:
             return None
@@ -148,14 +157,15 @@ class _Matcher:
         while node is not None and node.op in _MOVES and self._moves_values(node):
             moves.append(node)
             node = self.producer.get(node.inputs[0])
-        dq = self._dequantize(node.outputs[0]) if node is not None else None
+        dq = self.dequantized(node.outputs[0]) if node is not None else None
         if dq is None or dq[0].dtype != q.dtype or not self._same(dq[2], scale) or not (
                 self._same(dq[1], zero)):
             return None
         s = float(self._small(scale).flat[0])
         if not (np.isfinite(s) and s != 0.0):
             return None
-        return moves[::-1], dq[0], int(self._small(zero).flat[0]) if zero is not None else 0
+        zero_point = int(self._small(zero).flat[0]) if zero is not None else 0
+        return Requantization(moves[::-1], dq[0], zero_point, v)
 
     @staticmethod
     def _moves_values(node: Node) -> bool:
@@ -163,7 +173,7 @@ class _Matcher:
                                     and node.attrs["value"] == 0.0)
 
     def activation(self, v: Value) -> Activation | None:
-        found = self._dequantize(v)
+        found = self.dequantized(v)
         if found is None:
             return None
         q, zero, scale = found
@@ -182,10 +192,10 @@ class _Matcher:
         constant, evaluated on the integer values and on the scale alike."""
         chain: list[Node] = []
         node = self.producer.get(v)
-        while node is not None and node.op in _SHAPE_OPS and get_op(node.op).kind == INJECTIVE:
+        while node is not None and node.op in _MOVES and self._moves_values(node):
             chain.append(node)
             node = self.producer.get(node.inputs[0])
-        found = self._dequantize(chain[-1].inputs[0] if chain else v)
+        found = self.dequantized(chain[-1].inputs[0] if chain else v)
         if found is None:
             return None
         q, zero, scale = found
@@ -214,7 +224,7 @@ def _per_channel(scale: np.ndarray, axis: int) -> np.ndarray | None:
 
 
 class _Rewriter:
-    def __init__(self, b: GraphBuilder, graph: Graph, report: "Int8Report"):
+    def __init__(self, b: GraphBuilder, graph: Graph, report: Int8Report):
         self.b, self.match, self.report = b, _Matcher(graph), report
         self.unsigned: dict[Value, Value] = {}  # an int8 activation + 128, as uint8
 
@@ -225,23 +235,20 @@ class _Rewriter:
         found = self.match.requantized(node.outputs[0])
         if found is None:
             return None
-        moves, x, zero = found
-        y = env[x]
-        for move in moves:
+        y = env[found.x]
+        for move in found.moves:
             attrs = dict(move.attrs)
             if move.op == "pad":
-                attrs["value"] = float(zero)
+                attrs["value"] = float(found.zero)
             y = self.b.op(move.op, [y, *(env[v] for v in move.inputs[1:])], attrs,
                           origin=move.origin)[0]
         return [y]
 
     def dequantize(self, node: Node, env: dict[Value, Value]) -> list[Value] | None:
         """A DequantizeLinear of such a requantization: the float moves it came from."""
-        found = self.match._dequantize(node.outputs[0])
-        if found is None or self.match.requantized(found[0]) is None:
-            return None
-        v = self.match._quantize(found[0])[0]
-        return [env[v]]
+        found = self.match.dequantized(node.outputs[0])
+        requantization = self.match.requantized(found[0]) if found is not None else None
+        return None if requantization is None else [env[requantization.moved]]
 
     def const(self, name: str, array: np.ndarray) -> Value:
         return self.b.param(self.b.free_name(name), np.array(array, order="C"))

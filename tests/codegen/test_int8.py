@@ -23,7 +23,8 @@ HOST = host_target()
 # the generic integer kernels are still checked (test_generic_integer_kernels)
 needs_vnni = pytest.mark.skipif("avx512_vnni" not in HOST.features,
                                 reason="this CPU has no AVX512-VNNI, which the native int8 "
-                                       "GEMM needs")
+                                       "GEMM needs (the int8 pass keeps the float form here; "
+                                       "test_generic_integer_kernels covers the rest)")
 GENERIC = "llvm -mcpu=skylake-avx512"  # AVX-512 without VNNI: the TVM integer sums
 
 

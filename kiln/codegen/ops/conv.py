@@ -26,7 +26,6 @@ import numpy as np
 from tvm import te, tirx
 
 from kiln.codegen.lower import lowering
-from kiln.codegen.ops.gemm_native import BF16, U8S8, NativeGemm, native
 from kiln.codegen.ops.common import (
     const,
     dtype_of,
@@ -36,6 +35,7 @@ from kiln.codegen.ops.common import (
     tiling,
     widen,
 )
+from kiln.codegen.ops.gemm_native import BF16, U8S8, NativeGemm, native
 from kiln.codegen.ops.linalg import b_reader, gemm_stage
 from kiln.codegen.pack import PackPlan, packer
 from kiln.ir.graph import Node

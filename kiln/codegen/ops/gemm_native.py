@@ -39,11 +39,7 @@ class NativeGemm:
     b_dtype: str
     c_dtype: str
     group: int  # K elements per 32-bit lane of B
-
-    @property
-    def k_block(self) -> int:
-        """K elements per AMX tile row (64 bytes)."""
-        return 64 // np.dtype(self.a_dtype if self.a_dtype != "bfloat16" else "uint16").itemsize
+    k_block: int  # K elements per AMX tile row (64 bytes); the kernels' K step
 
     def padded_k(self, k: int) -> int:
         return -(-k // self.k_block) * self.k_block
@@ -112,8 +108,8 @@ class NativeGemm:
         return te.extern((nbatch, m, n_pad), [a, bp], call, name=self.name, dtype=self.c_dtype)
 
 
-BF16 = NativeGemm("kiln_gemm_bf16", "bfloat16", "bfloat16", "bfloat16", group=2)
-U8S8 = NativeGemm("kiln_gemm_u8s8", "uint8", "int8", "int32", group=4)
+BF16 = NativeGemm("kiln_gemm_bf16", "bfloat16", "bfloat16", "bfloat16", group=2, k_block=32)
+U8S8 = NativeGemm("kiln_gemm_u8s8", "uint8", "int8", "int32", group=4, k_block=64)
 
 
 def native(attrs, a_dtype: str, b_dtype: str) -> NativeGemm | None:

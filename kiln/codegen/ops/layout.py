@@ -100,7 +100,7 @@ def _padded(x, attrs, kernel: tuple[int, int], out_pad: tuple[int, int],
 
 @packer("conv2d_nchwc", 1)
 def _nchwc_weight(node: Node, array: np.ndarray, attrs: dict) -> PackPlan | None:
-    if not native(attrs, node.inputs[0].dtype, array.dtype.name) is BF16:
+    if native(attrs, node.inputs[0].dtype, array.dtype.name) is not BF16:
         return None
     # [O/oc, C/ic, kh, kw, ic, oc] -> [kh, kw, C, O] -> the native GEMM's B
     ob, cb, kh, kw, ic, oc = array.shape

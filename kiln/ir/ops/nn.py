@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from kiln.errors import AttributeError_
 from kiln.ir.ops.constant import random_bits, uniform_from_bits
+from kiln.ir.ops.linalg import INTEGER_OPERANDS, integer_sum_product
 from kiln.ir.ops.registry import (
     ANCHOR,
     BROADCAST,
@@ -32,7 +33,6 @@ from kiln.ir.ops.registry import (
     same_dtype,
     static_dim,
 )
-from kiln.ir.ops.linalg import INTEGER_OPERANDS, integer_sum_product
 from kiln.ir.types import Dim, TensorType
 
 _AXES = ("H", "W")  # names of spatial axes in messages (1-D convolutions use "W")
