@@ -50,12 +50,20 @@ bf16 alike) an output is flagged ``!``.
 ``--precision int8`` quantizes each exported model as an onnxruntime user does:
 ``onnxruntime.quantization.quantize_static`` (QDQ form, uint8 activations and int8 weights
 per channel: the x86 form, VNNI's; OpenVINO 2026.4 refuses to compile int8 activations with
-"No suitable implementations"), calibrated on ``CALIBRATION`` random inputs like the model's (cached
-beside the float model), and runs that model on kiln (``kiln int8``, at the highest of
+"No suitable implementations"), calibrated on ``CALIBRATION`` inputs (the image classifiers:
+random crops of photographs, ``images.py``; the others: random inputs like the model's), cached
+beside the float model, and runs that model on kiln (``kiln int8``, at the highest of
 ``--levels``), onnxruntime (``onnxruntime int8``) and OpenVINO (``openvino int8``); the
 second table gives their times beside kiln fp32, kiln's largest error against onnxruntime
 int8 (the same quantized model: flagged above ``--low-tol``), and each engine's accuracy
 against onnxruntime fp32 (the quantization's error, which all three share, plus its own).
+
+With a reduced precision, the image classifiers also run on photographs: the two dozen views
+of the colour photographs that ship inside scikit-image (``images.py``: centre crops and their
+mirror images, ImageNet's normalization), and a third table gives each reduced-precision
+engine's top-1 agreement with onnxruntime fp32 on them and its errors, beside the number of
+distinct classes fp32 picks (random weights favour a few classes: where it picks one, top-1
+agreement says little).
 """
 
 from __future__ import annotations
@@ -391,14 +399,42 @@ def accuracy(got, want: list) -> dict[str, Any]:
     return out
 
 
-CALIBRATION = 8  # random inputs that calibrate a static quantization
+def photo_accuracy(run: Callable[[dict], Any], feeds: list[dict], want: list) -> dict:
+    """A reduced-precision engine on the photographs (``images.evaluation``) against the
+    float32 reference's logits ``want``: top-1 agreement over all the images, and the largest
+    and mean absolute error over the logits' largest magnitude."""
+    import numpy as np
+
+    firsts = [run(f)[0] for f in feeds]
+    got = np.concatenate([np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float64)
+                          for x in firsts])
+    ref = np.concatenate(want).astype(np.float64)
+    scale = np.abs(ref).max()
+    return {"top1": float((got.argmax(-1) == ref.argmax(-1)).mean()), "count": len(ref),
+            "max_rel": float(np.abs(got - ref).max() / scale),
+            "mean_rel": float(np.abs(got - ref).mean() / scale)}
+
+
+def image_size(inputs: dict) -> int | None:
+    """The side of an image classifier's square input (its one input, ``pixel_values``)."""
+    a = inputs.get("pixel_values")
+    return a.shape[-1] if a is not None and len(inputs) == 1 else None
+
+
+CALIBRATION = 8  # inputs that calibrate a static quantization
+QUANT_VERSION = 2  # in the quantized model's file name; 2: image models calibrate on photos
 
 
 def calibration_inputs(inputs: dict, count: int = CALIBRATION) -> list[dict]:
-    """Random inputs like ``inputs``: float inputs drawn anew (standard normal), integer ones
-    (token ids, masks) kept."""
+    """Inputs like ``inputs``: for image classifiers, random crops of the photographs
+    (``images.calibration``), for others the float inputs drawn anew (standard normal) and
+    integer ones (token ids, masks) kept."""
     import numpy as np
 
+    size = image_size(inputs)
+    if size is not None:
+        batch = inputs["pixel_values"].shape[0]
+        return [{"pixel_values": a} for a in sibling("images").calibration(size, batch, count)]
     rng = np.random.default_rng(2024)
     return [{k: rng.standard_normal(a.shape).astype(a.dtype) if a.dtype.kind == "f" else a
              for k, a in inputs.items()} for _ in range(count)]
@@ -410,7 +446,7 @@ def cached_int8(path: Path, inputs: dict) -> tuple[Path, bool]:
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
 
-    out = path.with_name(path.stem + "-u8s8.onnx")
+    out = path.with_name(path.stem + f"-u8s8-q{QUANT_VERSION}.onnx")
     if out.exists() and out.stat().st_mtime >= path.stat().st_mtime:
         return out, False
 
@@ -496,6 +532,9 @@ def child(args) -> int:
             if info.get("low"):
                 entry.update(accuracy(got, reference))
                 entry["fp32_max_rel"] = compare(got, reference)[1]
+                if photo_feeds:
+                    stage(f"{label}: {len(photo_feeds)} batches of photographs")
+                    entry["photos"] = photo_accuracy(run, photo_feeds, photo_reference)
             timed.append((label, run))
             log(f"{item}: {label}: max error {entry['max_abs']:.2e} abs, {entry['max_rel']:.2e} "
                 f"rel{'  MISMATCH' if entry['mismatch'] else ''}"
@@ -513,11 +552,19 @@ def child(args) -> int:
     t0 = time.perf_counter()
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     reference = sess.run(None, inputs)
+    photo_feeds, photo_reference = [], []
+    if args.precision != "fp32" and image_size(inputs) is not None:
+        photo_feeds = [{"pixel_values": a} for a in
+                       sibling("images").evaluation(image_size(inputs), batch)]
+        photo_reference = [sess.run(None, f)[0] for f in photo_feeds]
+        # how many classes fp32 picks among the photographs: with random weights, few (then
+        # top-1 agreement says little)
+        res["photo_classes"] = len({int(i) for w in photo_reference for i in w.argmax(-1)})
     ort_entry = {"compile_s": time.perf_counter() - t0, "max_abs": 0.0, "max_rel": 0.0,
                  "mismatch": False}
     if "onnxruntime" in engines:
         res["engines"]["onnxruntime"] = ort_entry
-        timed.append(("onnxruntime", lambda: sess.run(None, inputs)))
+        timed.append(("onnxruntime", lambda feed=inputs: sess.run(None, feed)))
     else:
         res["reference"] = ort_entry  # (not timed)
     int8_path = int8_reference = None
@@ -534,7 +581,7 @@ def child(args) -> int:
             res["engines"]["onnxruntime int8"] = {"error": f"{type(e).__name__}: {e}"}
             log(f"{item}: onnxruntime int8 FAILED: {e}")
         if "onnxruntime" in engines and int8_reference is not None:
-            record("onnxruntime int8", lambda: ((lambda: s8.run(None, inputs)),
+            record("onnxruntime int8", lambda: ((lambda feed=inputs: s8.run(None, feed)),
                                                 {"low": True}), "int8")
 
     if "kiln" in engines:
@@ -548,7 +595,7 @@ def child(args) -> int:
                 compiled = kiln.compile(graph, opt_level=level)
                 info = {"compile_s": time.perf_counter() - t0, "import_s": t1 - t0,
                         "kernels": len(compiled.build.kernels)}
-                return (lambda: compiled.run(inputs)), info
+                return (lambda feed=inputs: compiled.run(feed)), info
             record(f"kiln O{level}", make_kiln)
         if args.precision != "fp32":
             def make_kiln_low():
@@ -562,7 +609,7 @@ def child(args) -> int:
                         "kernels": len(compiled.build.kernels), "low": True,
                         "warnings": [str(w.message) for w in caught
                                      if w.category.__name__ == "PrecisionWarning"]}
-                return (lambda: compiled.run(inputs)), info
+                return (lambda feed=inputs: compiled.run(feed)), info
             record(f"kiln {args.precision}", make_kiln_low,
                    "int8" if int8_path is not None else "reference")
 
@@ -579,8 +626,8 @@ def child(args) -> int:
             request = compiled.create_infer_request()
             outputs = compiled.outputs
 
-            def run():
-                result = request.infer(inputs)
+            def run(feed=inputs):
+                result = request.infer(feed)
                 return [result[o] for o in outputs]
             props = {k: str(compiled.get_property(k)) for k in (
                 "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS")}
@@ -896,6 +943,37 @@ def print_precision_report(rows: list[dict], args) -> None:
     sys.stdout.flush()
 
 
+def print_photo_report(rows: list[dict], args) -> None:
+    """The reduced-precision engines on the photographs (image classifiers only): top-1
+    agreement with onnxruntime fp32 and the mean error over the logits' largest magnitude."""
+    labels = ([f"kiln {args.precision}", "openvino default"] if args.precision != "int8" else
+              ["kiln int8", "onnxruntime int8", "openvino int8"])
+    rows = [r for r in rows if any("photos" in r.get("engines", {}).get(label, {})
+                                   for label in labels)]
+    if not rows:
+        return
+    count = next(e["photos"]["count"] for r in rows for e in r["engines"].values()
+                 if "photos" in e)
+    print(f"\n{args.precision} on {count} photographs (scikit-image's, centre crops and their "
+          "mirror images): classes = distinct fp32 top-1 classes among them (random weights: "
+          "few; then top-1 agreement says little); top-1 = argmax agreement with onnxruntime "
+          "fp32; mean, max = error over the logits' largest magnitude")
+    width = max([len(r["model"]) for r in rows] + [5]) + 2
+    heads = [f"{label.replace('openvino', 'OV').replace('onnxruntime', 'ort')} {what}"
+             for label in labels for what in ("top-1", "mean", "max")]
+    print(f"{'model':<{width}}{'classes':>8}" + "".join(f"{h:>17}" for h in heads))
+    for r in rows:
+        cells = []
+        for label in labels:
+            p = r["engines"].get(label, {}).get("photos", {})
+            cells += ["-" if "top1" not in p else f"{p['top1']:.0%}",
+                      "-" if "mean_rel" not in p else f"{p['mean_rel']:.1e}",
+                      "-" if "max_rel" not in p else f"{p['max_rel']:.1e}"]
+        print(f"{r['model']:<{width}}{r.get('photo_classes', '-'):>8}"
+              + "".join(f"{c:>17}" for c in cells))
+    sys.stdout.flush()
+
+
 def print_int8_report(rows: list[dict], args) -> None:
     low, o8, ov8 = "kiln int8", "onnxruntime int8", "openvino int8"
     print(f"\nint8 (onnxruntime's quantize_static: QDQ, uint8 activations, int8 per-channel "
@@ -1021,6 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(rows, args, meta)
     if args.precision != "fp32":
         print_precision_report(rows, args)
+        print_photo_report(rows, args)
     return 1 if any(r.get("error") or any("error" in e or e.get("mismatch") for e in
                                            r.get("engines", {}).values()) for r in rows) else 0
 
