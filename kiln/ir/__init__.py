@@ -1,6 +1,7 @@
 """kiln's graph IR: types, values, nodes, graphs, the op table, verifier, text form and the
 numpy interpreter. Imports nothing of kiln but ``kiln.errors``."""
 
+from kiln.ir.dims import Sym, symbol
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.interpreter import interpret
 from kiln.ir.ops import OPS, get_op, infer_node, register
@@ -16,6 +17,6 @@ def parse(text: str, weights=None) -> Graph:
 
 
 __all__ = [
-    "DTYPES", "OPS", "Dim", "Graph", "GraphBuilder", "Node", "TensorType", "Value",
-    "get_op", "infer_node", "interpret", "parse", "register", "verify",
+    "DTYPES", "OPS", "Dim", "Graph", "GraphBuilder", "Node", "Sym", "TensorType", "Value",
+    "get_op", "infer_node", "interpret", "parse", "register", "symbol", "verify",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 from kiln.errors import InputError, KilnError
 from kiln.ir.graph import Graph, Value
 from kiln.ir.ops import get_op, infer_node
-from kiln.ir.types import HALF_DTYPES, TensorType, to_numpy_dtype
+from kiln.ir.types import HALF_DTYPES, Sym, TensorType, to_numpy_dtype
 
 
 def bind_shape(v: Value, array: np.ndarray, bindings: dict[str, int], what: str) -> None:
@@ -26,19 +26,59 @@ def bind_shape(v: Value, array: np.ndarray, bindings: dict[str, int], what: str)
         )
     if array.ndim != t.rank:
         raise InputError(f"{what} %{v.name} expects shape {t}, got {tuple(array.shape)}")
-    for want, got in zip(t.shape, array.shape):
-        if isinstance(want, str):
+    # names first (an expression such as 2*N is checked once N has its size)
+    pairs = sorted(zip(t.shape, array.shape), key=lambda p: not _is_name(p[0]))
+    for want, got in pairs:
+        if _is_name(want):
             if bindings.setdefault(want, got) != got:
                 raise InputError(
                     f"{what} %{v.name}: dimension {want} is {got} here but "
                     f"{bindings[want]} in an earlier input (shape {t}, got {array.shape})"
                 )
+        elif isinstance(want, Sym):
+            unbound = sorted(want.symbols - set(bindings))
+            if unbound:
+                raise InputError(
+                    f"{what} %{v.name}: dimension {want} (shape {t}) needs the size of "
+                    f"{', '.join(unbound)}, which no input dimension gives on its own")
+            if want.evaluate(bindings) != got:
+                raise InputError(
+                    f"{what} %{v.name}: dimension {want} is {want.evaluate(bindings)} with "
+                    f"{_sizes(want, bindings)}, got {got} (shape {t}, got {array.shape})")
         elif want != got:
             raise InputError(f"{what} %{v.name} expects shape {t}, got {tuple(array.shape)}")
 
 
+def _is_name(d) -> bool:
+    return isinstance(d, Sym) and d.is_name
+
+
+def _sizes(d: Sym, bindings: Mapping[str, int]) -> str:
+    return ", ".join(f"{s}={bindings[s]}" for s in sorted(d.symbols))
+
+
 def resolve(t: TensorType, bindings: Mapping[str, int]) -> tuple:
-    return tuple(bindings.get(d, d) if isinstance(d, str) else d for d in t.shape)
+    """``t``'s shape with the symbolic sizes ``bindings`` fixes evaluated (others kept)."""
+    return tuple(_resolve_dim(d, bindings) for d in t.shape)
+
+
+def _resolve_dim(d, bindings: Mapping[str, int]):
+    if isinstance(d, Sym) and d.symbols <= bindings.keys():
+        return d.evaluate(bindings)
+    return d
+
+
+def resolve_attrs(attrs: Mapping, bindings: Mapping[str, int]) -> Mapping:
+    """Attributes with the symbolic sizes in them (a reshape's target shape) evaluated."""
+    def fix(v):
+        if isinstance(v, Sym):
+            return _resolve_dim(v, bindings)
+        if isinstance(v, tuple) and any(isinstance(x, (Sym, tuple)) for x in v):
+            return tuple(fix(x) for x in v)
+        return v
+    if not bindings or not any(isinstance(v, (Sym, tuple)) for v in attrs.values()):
+        return attrs
+    return {k: fix(v) for k, v in attrs.items()}
 
 
 def interpret(
@@ -70,7 +110,7 @@ def interpret(
         env[v] = np.asarray(weights[v.name])
         bind_shape(v, env[v], bindings, "parameter")
     for node in graph.nodes:
-        results = run_node(node, [env[v] for v in node.inputs])
+        results = run_node(node, [env[v] for v in node.inputs], bindings)
         for v, r in zip(node.outputs, results):
             if r.dtype.name != v.dtype or r.shape != resolve(v.type, bindings):
                 if r.dtype.name == v.dtype and _binds_new_symbols(v.type, r.shape, bindings):
@@ -89,17 +129,20 @@ def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) ->
     if len(shape) != t.rank:
         return False
     for want, got in zip(t.shape, shape):
-        if isinstance(want, str):
+        if _is_name(want):
             if bindings.setdefault(want, got) != got:
                 return False
-        elif want != got:
+        elif _resolve_dim(want, bindings) != got:
             return False
     return True
 
 
-def run_node(node, args: list[np.ndarray]) -> list[np.ndarray]:
-    """Run one node's reference; failures are reported with the node they happened in."""
-    return _call_reference(node.op, args, node.attrs, [v.dtype for v in node.outputs],
+def run_node(node, args: list[np.ndarray], bindings: Mapping[str, int] | None = None
+             ) -> list[np.ndarray]:
+    """Run one node's reference (its symbolic attributes sized by ``bindings``); failures
+    are reported with the node they happened in."""
+    attrs = resolve_attrs(node.attrs, bindings) if bindings else node.attrs
+    return _call_reference(node.op, args, attrs, [v.dtype for v in node.outputs],
                            node.describe())
 
 

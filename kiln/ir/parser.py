@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kiln.errors import KilnError, ParseError
+from kiln.ir.dims import Dim, parse_dim
 from kiln.ir.graph import Graph, GraphBuilder, Value
 from kiln.ir.types import TensorType
 
@@ -27,6 +28,7 @@ _TOKEN = re.compile(
   | (?P<number>-?(?:\d+\.\d*(?:[eE][-+]?\d+)?|\d*\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d+))
   | (?P<ident>-?[A-Za-z_][A-Za-z0-9_]*)
   | (?P<punct>[()\[\]{},:=])
+  | (?P<arith>//|[-+*])
     """,
     re.VERBOSE,
 )
@@ -101,21 +103,40 @@ def _name(tok: tuple[str, str, int]) -> str:
 def _type(toks: _Tokens) -> TensorType:
     kind, dtype, line = toks.next()
     toks.expect("[")
-    dims: list[int | str] = []
+    dims: list[Dim] = []
     while not toks.accept("]"):
-        k, text, dline = toks.next()
-        if k == "number" and text.isdigit():
-            dims.append(int(text))
-        elif k == "ident":
-            dims.append(text)
-        else:
-            raise ParseError(f"line {dline}: {text or 'end of text'!r} is not a dimension")
+        dims.append(_dim(toks))
         if toks.peek()[1] != "]":
             toks.expect(",")
     try:
         return TensorType(tuple(dims), dtype)
     except KilnError as e:
         raise ParseError(f"line {line}: {e}") from None
+
+
+def _dim(toks: _Tokens) -> Dim:
+    """One dimension of a type: a number, a name or an expression of them (``2*N + 1``),
+    up to the next comma or closing bracket outside parentheses."""
+    parts, depth, line = [], 0, toks.peek()[2]
+    while True:
+        kind, text, line = toks.peek()
+        if kind == "eof" or (depth == 0 and text in (",", "]", ")")):
+            break
+        if (kind not in ("number", "ident", "arith") and text not in "()") or (
+                kind == "number" and not text.lstrip("-").isdigit()):
+            raise ParseError(f"line {line}: {text!r} is not a dimension")
+        depth += {"(": 1, ")": -1}.get(text, 0)
+        parts.append(text)
+        toks.next()
+    if not parts:
+        raise ParseError(f"line {line}: {text or 'end of text'!r} is not a dimension")
+    try:
+        dim = parse_dim(" ".join(parts))
+    except KilnError as e:
+        raise ParseError(f"line {line}: {e}") from None
+    if isinstance(dim, int) and dim < 0:
+        raise ParseError(f"line {line}: {' '.join(parts)!r} is not a dimension")
+    return dim
 
 
 def _attr_value(toks: _Tokens) -> Any:

@@ -1,19 +1,19 @@
 """Dtypes and tensor types.
 
-A dimension is an ``int`` (static) or a ``str`` (a named symbolic size, such as a batch or a
-sequence length). A ``TensorType`` is a shape of such dimensions and a dtype name.
+A dimension is an ``int`` (static) or a ``Sym`` (``kiln.ir.dims``: a symbolic size such as a
+batch or a sequence length, or an expression of them like ``2*N``). A ``TensorType`` is a shape
+of such dimensions and a dtype name; dims given as text (``"N"``, ``"S//2"``) are parsed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
 from kiln.errors import KilnError
-
-Dim = Union[int, str]
+from kiln.ir.dims import Dim as Dim  # (re-exported: the types of shapes live here too)
+from kiln.ir.dims import Sym, as_dim
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 INT_DTYPES = ("int8", "uint8", "int32", "int64")
@@ -59,21 +59,24 @@ def is_int(dtype: str) -> bool:
 
 @dataclass(frozen=True)
 class TensorType:
-    """The static type of a value: a shape (ints and symbolic names) and a dtype."""
+    """The static type of a value: a shape (ints and symbolic sizes) and a dtype."""
 
     shape: tuple[Dim, ...]
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         shape = tuple(self.shape)
+        dims = []
         for d in shape:
-            if isinstance(d, bool) or not isinstance(d, (int, str, np.integer)):
-                raise KilnError(f"dimension {d!r} in shape {shape} is neither an int nor a name")
-            if isinstance(d, (int, np.integer)) and d < 0:
+            if not isinstance(d, (Sym, int)) or isinstance(d, bool):
+                try:
+                    d = as_dim(d)
+                except KilnError as e:
+                    raise KilnError(f"dimension {d!r} in shape {shape}: {e}") from None
+            if isinstance(d, int) and d < 0:
                 raise KilnError(f"negative dimension in shape {shape}")
-            if isinstance(d, str) and not d.isidentifier():
-                raise KilnError(f"symbolic dimension {d!r} must be an identifier")
-        object.__setattr__(self, "shape", tuple(d if isinstance(d, str) else int(d) for d in shape))
+            dims.append(d if isinstance(d, Sym) else int(d))
+        object.__setattr__(self, "shape", tuple(dims))
         check_dtype(self.dtype)
 
     @property

@@ -229,6 +229,24 @@ def test_symbolic_dims_become_dim_params():
         assert ort_run(model, feeds)[0].shape == (n, 2)
 
 
+def test_size_expressions_export_as_computed_shapes():
+    """A reshape to (2*N, S, 3) reads N and S from the input's shape and computes 2*N; the
+    output's dim_param is the expression, and it imports back as one."""
+    def fn(x):
+        return kiln.ops.reshape(x, (x.size(0) * 2, x.size(1), 3))
+
+    graph = kiln.trace(fn, x=kiln.TensorSpec(("N", "S", 6)))
+    assert str(graph.outputs[0].type) == "float32[2*N, S, 3]"
+    model = kiln.to_onnx(graph)
+    assert [d.dim_param or d.dim_value for d in
+            model.graph.output[0].type.tensor_type.shape.dim] == ["2*N", "S", 3]
+    for n, s in [(1, 1), (3, 2)]:
+        x = np.arange(6 * n * s, dtype=np.float32).reshape(n, s, 6)
+        (got,) = ort_run(model, {"x": x})
+        np.testing.assert_array_equal(got, x.reshape(2 * n, s, 3))
+    assert kiln.from_onnx(model).outputs[0].type == graph.outputs[0].type
+
+
 def test_fused_graphs_inline():
     """After fusion (O2) the fused nodes' sub-graphs export inline."""
     from tests.onnx.util import example

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import kiln
-from kiln.errors import KilnError, ShapeError, UnsupportedOpError
+from kiln.errors import InputError, KilnError, ShapeError, UnsupportedOpError
 from kiln.frontend.onnx.registry import CONVERTERS
 from tests.onnx.util import assert_close, import_and_compare, ort_run, rand
 
@@ -71,6 +71,40 @@ def test_symbolic_dims_survive_shape_computations():
     for n in (1, 4):
         feeds = {"x": rand(n, 3, 4)}
         assert_close(kiln.interpret(graph, feeds), ort_run(m, feeds))
+
+
+def test_shape_arithmetic_on_symbols_gives_size_expressions():
+    """[N, S, 8] -> [N*S, 8] and -> [N, 4*S, 2] with the sizes computed by Shape, Gather,
+    Mul and Div nodes (what exporters write for flatten and head splits), no input_shapes."""
+    g = [helper.make_node("Shape", ["x"], ["s"]),
+         helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+         helper.make_node("Gather", ["s", "i1"], ["t"], axis=0),
+         helper.make_node("Mul", ["n", "t"], ["nt"]),
+         helper.make_node("Concat", ["nt", "eight"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["x", "shape"], ["y"]),
+         helper.make_node("Mul", ["t", "eight"], ["t8"]),
+         helper.make_node("Div", ["t8", "two"], ["t4"]),
+         helper.make_node("Concat", ["n", "t4", "two"], ["shape2"], axis=0),
+         helper.make_node("Reshape", ["x", "shape2"], ["z"])]
+    inits = [init("i0", np.array([0])), init("i1", np.array([1])), init("two", np.array([2])),
+             init("eight", np.array([8]))]
+    m = model(g, [vi("x", ["N", "S", 8])], [vi("y", [None, 8]), vi("z", [None, None, 2])],
+              inits)
+    graph = kiln.from_onnx(m)
+    assert [str(v.type) for v in graph.outputs] == ["float32[N*S, 8]", "float32[N, 4*S, 2]"]
+    for n, s in [(1, 1), (2, 6), (3, 5)]:
+        feeds = {"x": rand(n, s, 8)}
+        assert_close(kiln.interpret(graph, feeds), ort_run(m, feeds))
+
+
+def test_expression_dim_params_read_back_as_expressions():
+    m = model([helper.make_node("Identity", ["x"], ["y"])],
+              [vi("x", ["N", "2*N + 1", "seq-len"])], [vi("y", ["N", "2*N + 1", "seq-len"])])
+    graph = kiln.from_onnx(m)
+    assert str(graph.inputs[0].type) == "float32[N, 2*N + 1, seq_len]"
+    assert kiln.from_onnx(m, input_shapes={"N": 3}).inputs[0].shape == (3, 7, "seq_len")
+    with pytest.raises(InputError, match=r"dimension 2\*N \+ 1 is 5 with N=2, got 4"):
+        kiln.interpret(graph, {"x": rand(2, 4, 1)})
 
 
 def _two_inputs():

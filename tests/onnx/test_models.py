@@ -93,14 +93,19 @@ def test_symbolic_batch_lstm_zero_state():
     assert graph.inputs[0].shape == (4, "batch", 6)
 
 
-def test_symbolic_attention_needs_fixed_batch():
-    """Multi-head attention reshapes to batch * heads, which kiln cannot name: the error says
-    which dim to fix, and fixing it works."""
+def test_symbolic_attention_runs_at_any_batch():
+    """Multi-head attention reshapes to batch * heads: a size expression (``batch*4``), so
+    the model imports with its symbolic batch and runs at any batch; fixing it works too."""
     data = torch_export(EncoderLayer(), (rand(2, 5, 16),), ["x"], {"x": {0: "batch"}})
-    with pytest.raises(kiln.KilnError, match=r"input_shapes=\{'batch': SIZE\}"):
-        kiln.from_onnx(data)
-    graph = import_and_compare(data, {"x": rand(3, 5, 16)}, input_shapes={"batch": 3})
-    assert graph.inputs[0].shape == (3, 5, 16)
+    graph = kiln.from_onnx(data)
+    assert graph.inputs[0].shape == ("batch", 5, 16)
+    assert any(isinstance(d, kiln.ir.Sym) and not d.is_name
+               for v in graph.all_values() for d in v.type.shape)
+    for batch in (1, 3):
+        feeds = {"x": rand(batch, 5, 16)}
+        assert_close(kiln.interpret(graph, feeds), ort_run(data, feeds))
+    fixed = import_and_compare(data, {"x": rand(3, 5, 16)}, input_shapes={"batch": 3})
+    assert fixed.inputs[0].shape == (3, 5, 16)
 
 
 # -- an ImageNet CNN written in kiln's DSL ------------------------------------------------------

@@ -8,9 +8,10 @@ ONNX tensor) only when an emitted node reads it; a uniform constant that ONNX di
 becomes a ``full`` node instead.
 
 Shapes with symbolic dimensions fold too: ``Shape`` of a [N, 3] tensor is the constant
-['N', 3] (a numpy object array), which Gather, Concat, Unsqueeze, Slice, Reshape ... carry
-along, so a reshape to [N, -1] keeps its symbol. Arithmetic on a symbol folds only where the
-result is certain (N * 1, N + 0); anything else is an error that says which dims to fix.
+['N', 3] (a numpy object array of dims), which Gather, Concat, Unsqueeze, Slice, Reshape ...
+carry along, so a reshape to [N, -1] keeps its symbol. Arithmetic on symbols gives size
+expressions (N * 12, N * S, S // 2: ``kiln.ir.dims``); a comparison or max/min folds where
+the result is certain; anything else is an error that says which dims to fix.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 
 from kiln.errors import KilnError, ShapeError, UnsupportedOpError
+from kiln.ir.dims import as_dim, exact_quotient, symbols_in
 from kiln.ir.graph import GraphBuilder, Value
 from kiln.ir.interpreter import evaluate
 from kiln.ir.ops import get_op, infer_node
@@ -109,31 +111,37 @@ _INT_OPS = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda 
 
 
 def _sym_binary(op: str):
-    """An elementwise function on dims: ints compute; a symbol passes where the result is
-    certain whatever its size, else _SymbolicError."""
+    """An elementwise function on dims: ints compute; with symbols, +, - and * give size
+    expressions (``kiln.ir.dims``), so does a division by a positive number or by a size
+    that divides exactly, and a comparison or a max/min where the result is certain whatever
+    the sizes; anything else is a _SymbolicError."""
 
     def f(a, b):
         sa, sb = isinstance(a, str), isinstance(b, str)
         if not (sa or sb):
             return _INT_OPS[op](int(a), int(b))
-        if op in ("equal", "not_equal"):
-            if sa and sb and a == b:
-                return op == "equal"
-            other = b if sa else a
-            if not isinstance(other, str) and other < 0:  # a dimension is never negative
+        a, b = as_dim(a), as_dim(b)
+        if op in ("add", "sub", "mul"):
+            return _INT_OPS[op](a, b)
+        if op == "div":
+            # (dims are sizes, >= 0: ONNX's truncating division is the floor)
+            quotient = exact_quotient(a, b) if b != 0 else None
+            if quotient is not None:
+                return quotient
+            if isinstance(b, int) and b > 0:
+                return a // b
+            raise _SymbolicError(op, a, b)
+        diff = a - b
+        if isinstance(diff, int):  # a fixed difference decides comparisons and max/min
+            return {"equal": diff == 0, "not_equal": diff != 0,
+                    "maximum": a if diff >= 0 else b, "minimum": b if diff >= 0 else a}[op]
+        # a named size is never negative
+        name, other = (a, b) if sa else (b, a)
+        if name.is_name and isinstance(other, int) and other <= 0:
+            if op in ("equal", "not_equal") and other < 0:
                 return op == "not_equal"
-        elif op == "add" and (a == 0 or b == 0):
-            return b if a == 0 else a
-        elif op == "sub" and b == 0:
-            return a
-        elif op == "mul" and (a == 1 or b == 1):
-            return b if a == 1 else a
-        elif op == "mul" and (a == 0 or b == 0):
-            return 0
-        elif op == "div" and b == 1:
-            return a
-        elif op == "maximum" and (a == b or (not sa and a <= 0) or (not sb and b <= 0)):
-            return b if not sa else a
+            if op in ("maximum", "minimum"):
+                return name if op == "maximum" else other
         raise _SymbolicError(op, a, b)
 
     return np.frompyfunc(f, 2, 1)
@@ -164,8 +172,8 @@ def fold_symbolic(op: str, arrays: list[np.ndarray], attrs: dict) -> list[np.nda
 
 
 def _fix(*dims: Any) -> str:
-    names = ", ".join(f"{d!r}: SIZE" for d in dict.fromkeys(d for d in dims
-                                                              if isinstance(d, str)))
+    names = ", ".join(f"{str(d)!r}: SIZE" for d in sorted(symbols_in(as_dim(d) for d in dims
+                                                                     if isinstance(d, str))))
     return f"fix it with from_onnx(..., input_shapes={{{names}}})"
 
 

@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from kiln.errors import KilnError, UnsupportedOpError
 from kiln.frontend.onnx.dtypes import to_onnx_dtype
+from kiln.ir.dims import symbol
 from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.types import Dim, TensorType, to_numpy_dtype
 
@@ -96,20 +97,35 @@ class Exporter:
                 reshape and sum(isinstance(d, str) for d in dims) == 1):
             return self.ints([-1 if isinstance(d, str) else d for d in dims], "shape")
         shapes: dict[Value, str] = {}
-        pieces = []
-        for d in dims:
+
+        def size(d: Dim) -> str:
+            """A 1-element int64 tensor holding the size ``d``."""
             if isinstance(d, int):
-                pieces.append(self.ints([d]))
-                continue
+                return self.ints([d])
             src = next((s for s in sources if d in s.shape), None)
-            if src is None:
+            if src is not None:  # read from an input's shape
+                if src not in shapes:
+                    shapes[src] = self.add1("Shape", [self.name(src)])
+                return self.add1("Gather", [shapes[src], self.ints([src.shape.index(d)])],
+                                 axis=0)
+            if d.is_name:
                 raise UnsupportedOpError(f"cannot export shape {tuple(dims)}: symbolic dim "
                                          f"{d!r} is in none of the inputs")
-            if src not in shapes:
-                shapes[src] = self.add1("Shape", [self.name(src)])
-            pieces.append(self.add1("Gather", [shapes[src], self.ints([src.shape.index(d)])],
-                                    axis=0))
-        return self.add1("Concat", pieces, axis=0)
+            total = None  # an expression: computed from the sizes it names
+            for coef, factors in d.terms:
+                term = None
+                for f in factors:
+                    # (sizes are >= 0, so ONNX's truncating Div is the floor division)
+                    x = (size(symbol(f)) if isinstance(f, str) else
+                         self.add1("Div", [size(f[0]), self.ints([f[1]])]))
+                    term = x if term is None else self.add1("Mul", [term, x])
+                if term is None or coef != 1:
+                    term = (self.ints([coef]) if term is None
+                            else self.add1("Mul", [term, self.ints([coef])]))
+                total = term if total is None else self.add1("Add", [total, term])
+            return total
+
+        return self.add1("Concat", [size(d) for d in dims], axis=0)
 
     def emit(self, node: Node) -> None:
         from kiln.frontend.onnx.export_ops import EXPORTERS

@@ -33,6 +33,7 @@ from kiln.frontend.onnx.validate import (
     check_spec,
     check_text,
 )
+from kiln.ir.dims import Sym, as_dim, parse_dim
 from kiln.ir.graph import Graph, GraphBuilder
 from kiln.ir.types import Dim, TensorType
 
@@ -246,10 +247,17 @@ def _check_supported(graph: onnx.GraphProto, opset: int) -> None:
 # -- types --------------------------------------------------------------------------------------
 
 
-def symbol(name: str) -> str:
-    """A dim_param as a kiln symbolic dim (an identifier)."""
+def symbol(name: str) -> Dim:
+    """A dim_param as a kiln symbolic dim: a size expression as kiln writes them (``2*N``,
+    read back as that expression), else an identifier made of it."""
+    try:
+        dim = parse_dim(name)
+        if isinstance(dim, Sym) and dim == name:
+            return dim
+    except KilnError:
+        pass
     s = re.sub(r"\W", "_", name)
-    return s if s and not s[0].isdigit() else f"d_{s}"
+    return as_dim(s if s and not s[0].isdigit() else f"d_{s}")
 
 
 def _declared_type(vi: onnx.ValueInfoProto, what: str) -> TensorType:
@@ -297,7 +305,7 @@ def _input_types(graph: onnx.GraphProto, given: dict[str, Any]) -> dict[str, Ten
                 if isinstance(have, int) and have != want:
                     raise ShapeError(f"input_shapes gives {key!r} the shape {shape}, which "
                                      f"contradicts the model's {t}")
-                if isinstance(have, str):
+                if isinstance(have, Sym) and have.is_name:
                     if bind.setdefault(have, want) != want:
                         raise ShapeError(f"input_shapes gives dim {have!r} two sizes: "
                                          f"{bind[have]} and {want}")
@@ -309,8 +317,19 @@ def _input_types(graph: onnx.GraphProto, given: dict[str, Any]) -> dict[str, Ten
             raise KilnError(f"input_shapes names {key!r}, which is neither an input of the "
                             f"model ({', '.join(names)}) nor one of its symbolic dims "
                             f"({', '.join(sorted(symbols)) or 'none'})")
-    return {n: TensorType(tuple(bind.get(d, d) if isinstance(d, str) else d for d in t.shape),
-                          t.dtype) for n, t in types.items()}
+    sizes = {k: v for k, v in bind.items() if isinstance(v, int)}
+
+    def fixed(d: Dim) -> Dim:
+        if isinstance(d, Sym) and not d.is_name and d.symbols <= sizes.keys():
+            return d.evaluate(sizes)  # an expression of fixed sizes (2*N with N given)
+        return bind.get(d, d) if isinstance(d, Sym) else d
+    out = {n: TensorType(tuple(fixed(d) for d in t.shape), t.dtype) for n, t in types.items()}
+    for key, shape in given.items():
+        if key in out and tuple(out[key].shape) != tuple(shape):
+            raise ShapeError(f"input_shapes gives {key!r} the shape {tuple(shape)}, which "
+                             f"contradicts the model's {types[key]} ({out[key]} with the "
+                             "sizes given)")
+    return out
 
 
 def _contradiction(declared: onnx.TypeProto, t: TensorType) -> str | None:

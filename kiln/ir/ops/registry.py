@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from kiln.errors import AttributeError_, KilnError, ShapeError, UnsupportedOpError
+from kiln.ir.dims import Sym, parse_dim
 from kiln.ir.types import Dim, TensorType, format_types, is_float
 
 REQUIRED = object()  # attribute schema marker: no default, the user must give it
@@ -138,11 +139,29 @@ def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in opdef.attrs.items():
         if key in attrs:
             out[key] = freeze_attr(attrs[key])
+            if key == "shape":  # (reshape, expand, full): sizes given as text become dims
+                out[key] = _shape_attr(out[key])
         elif default is REQUIRED:
             raise AttributeError_(f"missing required attribute {key!r}")
         else:
             out[key] = default
     return out
+
+
+def _shape_attr(value: Any) -> Any:
+    """A ``shape`` attribute's texts (``"N"``, ``"2*N"``: a graph read from its text form)
+    as Syms; anything else as it is, for the op's inference to judge."""
+    if not isinstance(value, tuple):
+        return value
+    out = []
+    for d in value:
+        if isinstance(d, str) and not isinstance(d, Sym):
+            try:
+                d = parse_dim(d)
+            except KilnError as e:
+                raise AttributeError_(f"shape {value!r}: {e}") from None
+        out.append(d)
+    return tuple(out)
 
 
 def infer_node(op: str, inputs: Sequence, attrs: Mapping[str, Any], origin: str = ""):

@@ -1,7 +1,8 @@
 """Shape ops: reshape, transpose, concat, split, slice, gather, take_along_axis, expand,
-squeeze, unsqueeze, pad, flatten, tril/triu and one_hot. Symbolic dims pass through where the
-output keeps them; where a size would be a sum or product of a symbol, inference says which
-dimension must be static."""
+squeeze, unsqueeze, pad, flatten, tril/triu and one_hot. Symbolic dims are size expressions
+(``kiln.ir.dims``): a reshape or flatten multiplies them, a concat or constant pad adds them;
+where an output size would depend on a symbol in another way (a slice clamped to it, a split
+of it), inference says which dimension must be static."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from kiln.errors import AttributeError_, InputError
+from kiln.ir.dims import exact_quotient, symbols_in
+from kiln.ir.dims import product as dims_product
 from kiln.ir.ops.registry import (
     BROADCAST,
     INJECTIVE,
@@ -55,36 +58,20 @@ def _reshape(types, attrs):
     t, target = types[0], _ints(attrs["shape"], "reshape shape", allow_str=True)
     if sum(d == -1 for d in target) > 1 or any(isinstance(d, int) and d < -1 for d in target):
         raise AttributeError_(f"reshape shape {target} may hold -1 once and no other negative")
-    left = [d for d in t.shape if isinstance(d, str)]  # input symbols not matched in target
-    for d in target:
-        if isinstance(d, str):
-            if d not in left:
-                fail(f"symbolic size {d!r} in reshape shape {target} is not in input {t}")
-            left.remove(d)
-    have = math.prod(d for d in t.shape if isinstance(d, int))
-    want = math.prod(d for d in target if isinstance(d, int) and d != -1)
+    unknown = sorted(symbols_in(target) - symbols_in(t.shape))
+    if unknown:
+        fail(f"symbolic size {unknown[0]!r} in reshape shape {target} is not in input {t}")
+    have = dims_product(t.shape)
+    want = dims_product(d for d in target if d != -1)
     if -1 not in target:
-        if left:
-            fail(f"cannot reshape {t} to {target}: symbolic sizes {left} are missing there")
         if have != want:
-            fail(f"cannot reshape {t} to {target}: sizes differ")
-    elif left:  # -1 can stand for one leftover symbol when the static parts agree
-        if len(left) > 1 or have != want:
-            fail(f"cannot reshape {t} to {target}: -1 would be a product of symbols {left}")
-    elif want == 0 or have % want:
-        fail(f"cannot reshape {t} to {target}: -1 has no integer size")
-    if _unknowns(target) > 1:
-        lead, trail = _name_runs(target)
-        if (
-            target[:lead] != t.shape[:lead]
-            or (trail and target[-trail:] != t.shape[-trail:])
-            or _unknowns(target[lead : len(target) - trail]) > 1
-        ):
-            fail(
-                f"cannot reshape {t} to {target}: names must open or close both shapes alike, "
-                "with at most one other name or -1"
-            )
-    fill = left[0] if left else have // max(want, 1)  # what -1 stands for, if present
+            fail(f"cannot reshape {t} to {target}: sizes differ ({have} elements, {want} in "
+                 "the new shape)")
+        return t.with_shape(target)
+    fill = exact_quotient(have, want)  # what -1 stands for
+    if fill is None:
+        fail(f"cannot reshape {t} to {target}: -1 has no integer size ({have} elements "
+             f"over {want})")
     return t.with_shape(tuple(fill if d == -1 else d for d in target))
 
 
@@ -153,7 +140,7 @@ def _concat(types, attrs):
     if len(sizes) == 1:
         size = sizes[0]
     else:
-        size = sum(static_dim(d, f"concat axis {axis}") for d in sizes)
+        size = sum(sizes)  # (an expression where some are symbolic)
     return TensorType(t0.shape[:axis] + (size,) + t0.shape[axis + 1 :], dtype)
 
 
@@ -376,11 +363,8 @@ def _flatten(types, attrs):
     t = types[0]
     shape = t.shape or (1,)
     start, end = _flatten_range(t.rank, attrs)
-    names = [d for d in shape[start : end + 1] if isinstance(d, str)]
-    size = math.prod(d for d in shape[start : end + 1] if isinstance(d, int))
-    if names and (len(names) > 1 or size != 1):
-        fail(f"flattening dims {start}..{end} of {t} would give a product of symbols")
-    return t.with_shape(shape[:start] + (names[0] if names else size,) + shape[end + 1 :])
+    merged = dims_product(shape[start : end + 1])
+    return t.with_shape(shape[:start] + (merged,) + shape[end + 1 :])
 
 
 @register("flatten", kind=INJECTIVE, infer=_flatten, attrs={"start_dim": 1, "end_dim": -1},
@@ -415,7 +399,8 @@ def _pad(types, attrs):
     for i, d in enumerate(t.shape):
         before, after = pads[i], pads[i + t.rank]
         if before or after:
-            d = static_dim(d, f"padded axis {i}")
+            if mode != "constant":  # (its bounds depend on the size)
+                d = static_dim(d, f"axis {i} padded in mode {mode!r}")
             if mode == "reflect" and max(before, after) >= d:
                 fail(f"reflect pads {before}, {after} must be below the size {d} of axis {i}")
             if mode == "edge" and d == 0:
