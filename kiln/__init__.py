@@ -34,6 +34,8 @@ _LAZY = {
     "nn": ("kiln.frontend.nn", None),
     "from_onnx": ("kiln.frontend.onnx.importer", "from_onnx"),
     "to_onnx": ("kiln.frontend.onnx.exporter", "to_onnx"),
+    "compare": ("kiln.debug", "compare"),
+    "bisect": ("kiln.debug", "bisect"),
 }
 
 # what `pip install "kiln[compiler]"` adds to the runtime: import name -> distribution
@@ -41,7 +43,8 @@ COMPILER_DEPENDENCIES = {"tvm": "apache-tvm", "onnx": "onnx", "networkx": "netwo
 COMPILER_INSTALL = 'pip install "kiln[compiler]"'
 # public names that cannot work without one of them (checked before they load: kiln.compile
 # would otherwise fail only after tracing and optimizing, deep inside the build)
-_NEEDS = {"compile": "tvm", "from_onnx": "onnx", "to_onnx": "onnx"}
+_NEEDS = {"compile": "tvm", "from_onnx": "onnx", "to_onnx": "onnx", "compare": "tvm",
+          "bisect": "tvm"}
 
 
 def compiler_not_installed(what: str, module: str):

@@ -10,7 +10,8 @@ and the module names written as strings in lazy tables (``importlib.import_modul
     runtime         the deployable runtime: imports only runtime (never the compiler)
     codegen         imports ir, passes, runtime (the artifact writer) and targets
     top             kiln/__init__ (the lazy public API), kiln.train (tracing + compiled
-                    training), kiln.cli (the ``kiln`` command), kiln.fuzz: anything
+                    training), kiln.cli (the ``kiln`` command), kiln.debug (compare,
+                    bisect), kiln.fuzz: anything
 
 Also: no module under kiln/ imports pytest or hypothesis (but ``kiln fuzz``'s engine, which
 imports hypothesis lazily and says how to install it), nor anything of tests/; and every
@@ -40,6 +41,7 @@ LAYER_OF = {
     "kiln": "top",  # the package itself: its lazy table reaches every layer
     "kiln.train": "top",
     "kiln.cli": "top",
+    "kiln.debug": "top",
     "kiln.fuzz": "top",
 }
 EVERY_LAYER = {"errors", "ir", "targets", "frontend", "passes", "runtime", "codegen", "top"}

@@ -5,13 +5,15 @@
     kiln export examples/mlp.py:MLP --input x=Nx784 -o mlp.onnx  # write ONNX
     kiln compile examples/mlp.py:MLP --input x=1x784 -o mlp.kiln # build an artifact
     kiln run mlp.kiln / kiln bench mlp.kiln                      # run / time it
+    kiln compare model.onnx --reference onnxruntime              # per kernel, vs a reference
+    kiln bisect examples/mlp.py:MLP --input x=2x784              # which pass broke it
     kiln train examples/training/digits_mlp.py:make_model --data digits
     kiln fuzz --examples 500
 
 One module per group of subcommands (``show``: show/interpret/export; ``compile``:
-compile/run/bench; ``train``; ``fuzz``), each registering its parsers; ``common`` holds what
-they share (model references, ``--input`` specs) and imports none of them. Only this module
-imports the subcommand modules, so there is no import cycle.
+compile/run/bench; ``debug``: compare/bisect; ``train``; ``fuzz``), each registering its
+parsers; ``common`` holds what they share (model references, ``--input`` specs) and imports
+none of them. Only this module imports the subcommand modules, so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import traceback
 
 from kiln.cli import compile as compile_commands
-from kiln.cli import fuzz, show, train
+from kiln.cli import debug, fuzz, show, train
 from kiln.cli.common import load_graph, load_model, parse_input
 from kiln.errors import CLIError, KilnError
 
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     show.add_parsers(sub)
     compile_commands.add_parsers(sub)
+    debug.add_parsers(sub)
     train.add_parser(sub)
     fuzz.add_parser(sub)
     return p

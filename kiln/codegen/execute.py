@@ -17,6 +17,18 @@ from kiln.runtime.executor import kernel_check_error
 
 def run_in_process(result, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Call every kernel in order; returns fresh numpy arrays for the outputs."""
+    env = _run(result, inputs)
+    return [env[name].numpy().copy() for name in result.outputs]
+
+
+def run_values(result, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Call every kernel in order; returns every value the kernels read or wrote (inputs,
+    constants, intermediates, outputs) by name, as numpy arrays: a debug run, each value in
+    a buffer of its own (``kiln.compare``)."""
+    return {name: t.numpy().copy() for name, t in _run(result, inputs).items()}
+
+
+def _run(result, inputs: Mapping[str, np.ndarray]) -> dict[str, object]:
     import tvm
 
     from kiln.codegen.build import check_inputs
@@ -51,4 +63,6 @@ def run_in_process(result, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]
             if checked is None:
                 raise
             raise checked from e
-    return [tensor(name).numpy().copy() for name in result.outputs]
+    for name in result.outputs:
+        tensor(name)
+    return env

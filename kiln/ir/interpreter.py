@@ -90,6 +90,22 @@ def interpret(
 
     ``params`` overrides (or supplies) the graph's stored weights by name.
     """
+    env = _run(graph, inputs, params)
+    return [env[v] for v in graph.outputs]
+
+
+def interpret_values(
+    graph: Graph,
+    inputs: Mapping[str, np.ndarray],
+    params: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``graph`` and return every value it holds (inputs, parameters, intermediates and
+    outputs) by name: the reference side of a per-node comparison (``kiln.compare``)."""
+    return {v.name: a for v, a in _run(graph, inputs, params).items()}
+
+
+def _run(graph: Graph, inputs: Mapping[str, np.ndarray],
+         params: Mapping[str, np.ndarray] | None) -> dict[Value, np.ndarray]:
     missing = [v.name for v in graph.inputs if v.name not in inputs]
     extra = sorted(set(inputs) - set(graph.input_names))
     if missing or extra:
@@ -121,7 +137,7 @@ def interpret(
                     f"inference says {v.type}: a bug in op {node.op!r}"
                 )
             env[v] = r
-    return [env[v] for v in graph.outputs]
+    return env
 
 
 def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) -> bool:

@@ -1,0 +1,249 @@
+"""``kiln compare``: every kernel's output against the reference value of the same node.
+
+The model is optimized and built as ``kiln.compile`` does, then run in a debug run that
+keeps every value in a buffer of its own (``codegen.execute.run_values``); the reference
+(kiln's interpreter on the graph before optimization, or onnxruntime on an ONNX file) runs on
+the same inputs. A kernel's outputs keep the names of the nodes they come from (a fused
+group's outputs are its last nodes' values), so each is compared with the reference value of
+that name; values inside a fused group have no buffer and are compared at the group's
+boundary. A value the layout pass keeps blocked (``NCHW16c``) is laid back out to NCHW first;
+a value without a twin (a layout conversion's) is listed without figures.
+
+The first kernel with an output outside the tolerance (``|got - want| <= atol + rtol *
+|want|``, NaN matching NaN) is the divergence: its inputs (as computed by the compiled model)
+and the reference's values for them are saved as ``.npy``, with its node as a graph of its
+own in kiln's text form and its scheduled TIR, so that it reproduces alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from kiln.ir.graph import Graph, GraphBuilder, Node
+from kiln.ir.printer import print_graph
+
+
+@dataclass
+class ValueDiff:
+    """One kernel output against its reference twin (``max_abs`` None: no twin)."""
+
+    name: str
+    shape: tuple
+    max_abs: float | None = None
+    max_rel: float | None = None  # max_abs over the reference's largest magnitude
+    ok: bool = True
+    note: str = ""  # why it has no twin, or how it was matched ("laid out from NCHW16c")
+
+
+@dataclass
+class KernelDiff:
+    """One kernel call: its function, the source nodes it holds, its outputs' errors."""
+
+    index: int
+    func: str
+    sources: list[str]
+    outputs: list[ValueDiff]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+
+@dataclass
+class Comparison:
+    """The result of ``compare``: every kernel in execution order, the first divergence."""
+
+    kernels: list[KernelDiff]
+    reference: str
+    atol: float
+    rtol: float
+    first_divergence: KernelDiff | None = None
+    saved: str | None = None  # the folder holding the divergent kernel's reproduction
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_divergence is None
+
+    def table(self, width: int = 64) -> str:
+        """The per-kernel table, as ``kiln compare`` prints it."""
+        lines = [f"{'#':>4}  {'kernel':<34} {'max abs':>9} {'max rel':>9}  {'':4} holds",
+                 ]
+        for k in self.kernels:
+            for j, o in enumerate(k.outputs):
+                head = f"{k.index:>4}  {k.func[:34]:<34}" if j == 0 else " " * 40
+                figures = ("        -         -" if o.max_abs is None
+                           else f"{o.max_abs:>9.2e} {o.max_rel:>9.2e}")
+                verdict = "BAD" if not o.ok else ("" if o.max_abs is None else "ok")
+                holds = _short(k.sources, width) if j == 0 else ""
+                extra = f"  %{o.name}" + (f" ({o.note})" if o.note else "")
+                lines.append(f"{head} {figures}  {verdict:<4} {holds}{extra}")
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """What a person wants to know first: where the first divergence is, or that there
+        is none."""
+        tol = f"atol {self.atol:g}, rtol {self.rtol:g}"
+        checked = sum(o.max_abs is not None for k in self.kernels for o in k.outputs)
+        if self.ok:
+            return (f"no divergence: {checked} kernel outputs match the {self.reference} "
+                    f"reference ({tol})")
+        k = self.first_divergence
+        bad = next(o for o in k.outputs if not o.ok)
+        lines = [f"first divergence: kernel #{k.index} {k.func}, output %{bad.name} off by "
+                 f"{bad.max_abs:.3g} ({bad.max_rel:.3g} of its largest magnitude; {tol})",
+                 "  it holds:"] + [f"    {s}" for s in k.sources]
+        if self.saved:
+            lines.append(f"  its inputs, node and TIR are in {self.saved}/ (README.txt says "
+                         "how to rerun it alone)")
+        return "\n".join(lines)
+
+
+def compare(graph: Graph, inputs: Mapping[str, np.ndarray], *,
+            reference: str = "interpreter", onnx_model: Any = None, opt_level: int = 2,
+            target: Any = "llvm", precision: str = "fp32", atol: float = 1e-4,
+            rtol: float = 1e-3, save: str | os.PathLike | None = None,
+            layout_budget: float = 0.0, **pass_options: Any) -> Comparison:
+    """Compile ``graph`` (as ``kiln.compile`` would, with these arguments) and compare every
+    kernel's outputs with the ``reference``'s values of the same names: "interpreter" (kiln's
+    numpy interpreter on ``graph`` as given) or "onnxruntime" (``onnx_model``: the ONNX file
+    ``graph`` was imported from, or another version of it). ``save``: a folder for the first
+    divergent kernel's reproduction."""
+    from kiln.codegen.api import optimize
+    from kiln.codegen.build import build
+    from kiln.codegen.execute import run_values
+    from kiln.debug.reference import reference_values
+
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
+    want = reference_values(graph, inputs, reference, onnx_model)
+    optimized = optimize(graph, opt_level, target, precision=precision,
+                         layout_budget=layout_budget, **pass_options)
+    result = build(optimized, target=target)
+    got = run_values(result, inputs)
+    out = Comparison([], reference, atol, rtol)
+    for i, call in enumerate(result.kernels):
+        outs = call.args[len(call.args) - call.num_outputs:]
+        diffs = [_diff(name, got[name], want.get(name), atol, rtol) for name in outs]
+        kernel = KernelDiff(i, call.func, list(call.sources), diffs)
+        out.kernels.append(kernel)
+        if out.first_divergence is None and not kernel.ok:
+            out.first_divergence = kernel
+            if save is not None:
+                out.saved = save_reproduction(os.fspath(save), optimized.nodes[i], i, call,
+                                              result, optimized, got, want)
+    return out
+
+
+def _diff(name: str, got: np.ndarray, want: np.ndarray | None, atol: float,
+          rtol: float) -> ValueDiff:
+    if want is None:
+        return ValueDiff(name, got.shape, note="no reference value of this name")
+    note = ""
+    if got.shape != want.shape:
+        unblocked = _unblock(got, want.shape)
+        if unblocked is None:
+            return ValueDiff(name, got.shape, note=f"shape {list(got.shape)}, the "
+                             f"reference's {list(want.shape)}")
+        got, note = unblocked
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    err = np.abs(g - w)
+    err[np.isnan(g) & np.isnan(w)] = 0
+    err[(g == w)] = 0  # (equal infinities)
+    max_abs = float(np.nanmax(err, initial=0.0)) if err.size else 0.0
+    if np.isnan(err).any():
+        max_abs = float("nan")
+    scale = float(np.abs(w[np.isfinite(w)]).max(initial=0.0))
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    ok = bool(np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True).all())
+    return ValueDiff(name, tuple(got.shape), max_abs, max_rel, ok, note)
+
+
+def _unblock(got: np.ndarray, shape: tuple) -> tuple[np.ndarray, str] | None:
+    """A value the layout pass keeps in ``NCHW{c}c`` laid back out to the reference's NCHW."""
+    from kiln.ir.ops.layout import relayout
+
+    if got.ndim == 5 and len(shape) == 4 and got.shape[1] * got.shape[4] == shape[1] \
+            and (got.shape[0], *got.shape[2:4]) == (shape[0], *shape[2:4]):
+        layout = f"NCHW{got.shape[4]}c"
+        return relayout(got, layout, "NCHW"), f"laid out from {layout}"
+    return None
+
+
+def _short(sources: list[str], width: int) -> str:
+    first = sources[0] if sources else ""
+    more = f" (+{len(sources) - 1} more)" if len(sources) > 1 else ""
+    if len(first) + len(more) > width:
+        first = first[: max(width - len(more) - 3, 10)] + "..."
+    return first + more
+
+
+def save_reproduction(folder: str, node: Node, index: int, call, result, graph: Graph,
+                      got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> str:
+    """Write what reproduces one kernel alone into ``folder/kernel<index>_<func>``: its
+    node as a one-node graph (``node.txt``, kiln's text form), the node's inputs as the
+    compiled model computed them (``inputs/``) and as the reference did (``reference/``,
+    where it has them), the reference's outputs, and the kernel's scheduled TIR. Returns
+    the folder."""
+    path = os.path.join(folder, f"kernel{index}_{call.func}")
+    for sub in ("inputs", "reference"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    files: dict[str, str] = {}
+    for v in dict.fromkeys(node.inputs):
+        array = got.get(v.name)
+        if array is None:
+            array = graph.weights.get(v.name)
+        if array is None or tuple(np.shape(array)) != tuple(v.type.shape):
+            continue
+        files[v.name] = _file(v.name)
+        np.save(os.path.join(path, "inputs", files[v.name]), np.asarray(array))
+        if v.name in want and want[v.name].shape == np.shape(array):
+            np.save(os.path.join(path, "reference", files[v.name]), want[v.name])
+    for v in node.outputs:
+        if v.name in want:
+            np.save(os.path.join(path, "reference", _file(v.name)), want[v.name])
+    with open(os.path.join(path, "node.txt"), "w") as f:
+        f.write(print_graph(_alone(node)) + "\n")
+    with open(os.path.join(path, "kernel.tir.txt"), "w") as f:
+        f.write(result.module[call.func].script())
+    with open(os.path.join(path, "README.txt"), "w") as f:
+        f.write(_README.format(index=index, func=call.func, sources="\n".join(
+            f"  {s}" for s in call.sources)))
+    return path
+
+
+def _alone(node: Node) -> Graph:
+    """``node`` as a graph of its own: its inputs are the graph's inputs."""
+    b = GraphBuilder(f"kernel_{node.op}")
+    for v in dict.fromkeys(node.inputs):
+        b.input(v.name, v.type)
+    b.add_node(node)
+    b.output(*node.outputs)
+    return b.build()
+
+
+def _file(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy"
+
+
+_README = """Kernel #{index} ({func}) was the first to differ from the reference. It holds:
+{sources}
+
+node.txt        the node as a graph of its own (kiln.ir.parse reads it)
+inputs/         its inputs as the compiled model computed them (file names: value names)
+reference/      the reference's values of its inputs and outputs, where it has them
+kernel.tir.txt  the kernel as TVM scheduled it
+
+To run it alone:
+
+    import os, re, numpy as np, kiln
+    graph = kiln.ir.parse(open("node.txt").read())
+    file = lambda name: os.path.join("inputs", re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy")
+    feeds = {{v.name: np.load(file(v.name)) for v in graph.inputs}}
+    want = kiln.interpret(graph, feeds)
+    got = kiln.compile(graph, opt_level=0).run(feeds)
+"""
