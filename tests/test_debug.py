@@ -190,3 +190,22 @@ def test_cli_compare_says_when_inputs_are_random(capsys):
     assert main(["compare", f"{MODEL}:Net", "--input", "x=3x8"]) == 0
     out = capsys.readouterr().out
     assert "random inputs (seed 0) for x" in out and "no divergence" in out
+
+
+def test_compare_against_another_version_of_the_model():
+    """--reference-model: where two exports of a model part ways (here: fc2's weights
+    changed in the second one)."""
+    import onnx
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8),
+                                torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    first = torch_export(model, (FEEDS["x"],), ["x"])
+    with torch.no_grad():
+        model[2].weight[0, 0] += 1.0
+    second = onnx.load_from_string(torch_export(model, (FEEDS["x"],), ["x"]))
+    result = compare(kiln.from_onnx(first), FEEDS, reference="onnxruntime", onnx_model=second)
+    bad = result.first_divergence
+    assert bad is not None and bad.index == 1, result.table()
+    assert result.kernels[0].ok

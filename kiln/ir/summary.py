@@ -1,8 +1,8 @@
-"""Looking at a graph: a per-op-type summary (count, parameters, FLOPs) and Graphviz DOT."""
+"""Looking at a graph: a per-op-type summary (count, parameters, FLOPs); pictures are in
+``picture.py``."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from kiln.ir.graph import Graph
@@ -55,30 +55,4 @@ def format_summary(graph: Graph) -> str:
     total_flops = sum(r.flops for r in rows)
     lines.append(f"{'total':<20}{len(graph.nodes):>7}{_human(total_params):>12}"
                  f"{_human(total_flops):>12}")
-    return "\n".join(lines)
-
-
-def to_dot(graph: Graph) -> str:
-    """The graph in Graphviz DOT: inputs as ellipses, nodes as boxes, edges typed."""
-    q = json.dumps
-    lines = [f"digraph {q(graph.name)} {{", "  rankdir=TB;", "  node [fontname=Helvetica];"]
-    producer: dict = {}
-    for v in graph.inputs:
-        lines.append(f"  {q('in:' + v.name)} [shape=ellipse, label={q(f'{v.name}: {v.type}')}];")
-        producer[v] = "in:" + v.name
-    for i, n in enumerate(graph.nodes):
-        nid = f"n{i}"
-        attrs = ", ".join(f"{k}={v}" for k, v in n.attrs.items() if not hasattr(v, "nodes"))
-        label = n.op + (f"\\n{attrs}" if attrs else "")
-        lines.append(f"  {nid} [shape=box, label=\"{label.replace(chr(34), chr(39))}\"];")
-        for v in n.outputs:
-            producer[v] = nid
-        for v in n.inputs:
-            if v in producer:
-                lines.append(f"  {q(producer[v])} -> {nid} [label={q(str(v.type))}];")
-    for v in graph.outputs:
-        lines.append(f"  {q('out:' + v.name)} [shape=ellipse, label={q(v.name)}];")
-        if v in producer:
-            lines.append(f"  {q(producer[v])} -> {q('out:' + v.name)};")
-    lines.append("}")
     return "\n".join(lines)
