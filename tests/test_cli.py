@@ -142,8 +142,13 @@ def test_compile_run_bench_a_dsl_model_at_o3(tmp_path, capsys, monkeypatch):
 
     assert main(["bench", artifact, "--repeat", "3"]) == 0
     out = capsys.readouterr().out
-    assert "median latency over 3 runs" in out and "conv2d_nchwc" in out
-    assert re.search(r"\(\d+ threads", out)
+    assert "latency over 3 runs" in out and "conv2d_nchwc" in out
+    assert re.search(r"\(\d+ threads.*: median [\d.]+ ms, min [\d.]+, 90th percentile", out)
+    assert re.search(r"intermediates +[\d.]+ MiB", out) and "{" not in out  # not a dict
+    table = out[out.index("kernels, slowest first"):].splitlines()[1:]
+    assert table[0].split()[:4] == ["kernel", "ms", "%", "GFLOP/s"]
+    shares = [float(line.split()[2]) for line in table[1:] if not line.startswith("...")]
+    assert 99 <= sum(shares) <= 101 or "more kernels" in out
 
 
 MISTAKES = textwrap.dedent("""

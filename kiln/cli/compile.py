@@ -154,28 +154,64 @@ def cmd_run(args) -> int:
 
 def cmd_bench(args) -> int:
     from kiln.runtime import load
+    from kiln.runtime.threads import pool_threads
 
     model = load(args.artifact, key=_key(args.key_file))
     inputs = _inputs(model, args.input, args.seed)
-    latency = model.benchmark(inputs, repeat=args.repeat)
-    from kiln.runtime.threads import pool_threads
-
-    print(f"median latency over {args.repeat} runs: {latency * 1e3:.3f} ms ({pool_threads()} "
-          "threads: set TVM_NUM_THREADS to change)")
-    report = model.memory_report()
-    print(f"memory: {report}")
-    profile = sorted(model.profile(inputs, repeat=max(3, args.repeat // 5)),
-                     key=lambda k: -k.seconds)
-    total = sum(k.seconds for k in profile) or 1.0
-    print(f"\n{'kernel':<36}{'ms':>9}{'%':>6}{'GFLOP/s':>9}  source nodes")
-    for k in profile[:args.top]:
-        gf = f"{k.gflops:.1f}" if k.gflops else "-"
-        sources = "; ".join(k.sources)[:80]
-        print(f"{k.func[:35]:<36}{k.seconds * 1e3:>9.3f}{100 * k.seconds / total:>6.1f}"
-              f"{gf:>9}  {sources}")
-    if len(profile) > args.top:
-        print(f"... {len(profile) - args.top} more kernels")
+    ms = np.array(model.timings(inputs, repeat=args.repeat)) * 1e3
+    print(f"latency over {args.repeat} runs ({pool_threads()} threads: set TVM_NUM_THREADS "
+          f"to change): median {np.median(ms):.3f} ms, min {ms.min():.3f}, 90th percentile "
+          f"{np.percentile(ms, 90):.3f}, max {ms.max():.3f}")
+    print(memory_table(model.memory_report()))
+    calls = max(3, args.repeat // 5)
+    profile = sorted(model.profile(inputs, repeat=calls), key=lambda k: -k.seconds)
+    print(f"\nkernels, slowest first (median of {calls} calls each; % = share of the "
+          "kernels' sum):")
+    print(kernel_table(profile, args.top))
     return 0
+
+
+def memory_table(report: dict[str, int]) -> str:
+    """The memory plan as ``kiln bench`` prints it."""
+    def mib(n: int) -> str:
+        return f"{n / 2**20:9.2f} MiB"
+
+    return "\n".join([
+        "memory:",
+        f"  intermediates {mib(report['arena_bytes'])}  (one arena: {report['intermediates']}"
+        f" values in {report['buffers']} buffers; {report['naive_bytes'] / 2**20:.2f} MiB "
+        "with a buffer each)",
+        f"  weights       {mib(report['constant_bytes'])}",
+        f"  inputs/outputs{mib(report['io_buffer_bytes'])}  (small ones; big ones are "
+        "passed without a copy)"])
+
+
+def kernel_table(profile: list, top: int) -> str:
+    """The per-kernel profile: names never cut, the source nodes as whole entries."""
+    total = sum(k.seconds for k in profile) or 1.0
+    shown = profile[:top]
+    width = max([len(k.func) for k in shown] + [6]) + 2
+    lines = [f"{'kernel':<{width}}{'ms':>9}{'%':>7}{'GFLOP/s':>9}  source nodes"]
+    for k in shown:
+        gf = f"{k.gflops:.1f}" if k.gflops else "-"
+        lines.append(f"{k.func:<{width}}{k.seconds * 1e3:>9.3f}{100 * k.seconds / total:>7.1f}"
+                     f"{gf:>9}  {_sources(k.sources)}")
+    if len(profile) > top:
+        rest = sum(k.seconds for k in profile[top:])
+        lines.append(f"... {len(profile) - top} more kernels, {rest * 1e3:.3f} ms "
+                     f"({100 * rest / total:.1f}%) (--top N lists more)")
+    return "\n".join(lines)
+
+
+def _sources(sources, limit: int = 90) -> str:
+    """The first source nodes that fit in ``limit`` characters, whole, and how many more."""
+    out: list[str] = []
+    for i, s in enumerate(sources):
+        more = len(sources) - i
+        if out and len("; ".join(out + [s])) + 12 > limit:
+            return "; ".join(out) + f" (+{more} more)"
+        out.append(s)
+    return "; ".join(out)
 
 
 def add_parsers(sub) -> None:

@@ -241,6 +241,11 @@ class Model:
         """Median seconds of ``run(inputs)`` over ``repeat`` runs, after one warm-up run."""
         return median_seconds(lambda: self.run(inputs), repeat)
 
+    def timings(self, inputs: dict[str, np.ndarray], repeat: int = 100) -> list[float]:
+        """Seconds of each of ``repeat`` runs of ``run(inputs)``, after one warm-up run (for
+        a spread: ``kiln bench`` prints the median, min, 90th percentile and max)."""
+        return run_times(lambda: self.run(inputs), repeat)
+
     def profile(self, inputs: dict[str, np.ndarray], repeat: int = 20) -> list[KernelProfile]:
         """Time each kernel: one warm-up call, then the median of ``repeat`` calls.
 
@@ -377,13 +382,18 @@ def _collector(name: str, index: int, outputs: tuple[TensorInfo, ...], slots: di
 
 def median_seconds(call: Callable[[], Any], repeat: int) -> float:
     """Median seconds of ``call()`` over ``repeat`` calls, after one warm-up call."""
+    return statistics.median(run_times(call, repeat))
+
+
+def run_times(call: Callable[[], Any], repeat: int) -> list[float]:
+    """Seconds of each of ``repeat`` calls of ``call()``, after one warm-up call."""
     call()
     times = []
     for _ in range(max(1, repeat)):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def _with_slots(args: list[Any], dynamic: tuple, dyn: list[Any]) -> list[Any]:
