@@ -14,6 +14,8 @@ import kiln
 from kiln.cli import load_graph, main, parse_input
 from kiln.errors import CLIError
 
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
 MODEL = textwrap.dedent("""
     import numpy as np
     from kiln import nn, ops
@@ -168,6 +170,12 @@ MISTAKES = textwrap.dedent("""
 """)
 
 
+def errors(stderr: str) -> str:
+    """stderr without the progress lines (``kiln [  1.2 s] ...``) that precede an error."""
+    return "".join(line for line in stderr.splitlines(keepends=True)
+                   if not line.startswith("kiln ["))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["show", "{model}:Tiny", "-i", "y=2x3"],
      r"^kiln show: error: --input: Tiny takes \(x\): no spec for 'x'; no input named 'y'"),
@@ -187,7 +195,7 @@ def test_mistakes_are_one_line_without_a_traceback(model_file, tmp_path, capsys,
     mistakes.write_text(MISTAKES)
     argv = [a.format(model=model_file, mistakes=mistakes, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = errors(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(message, err), err
 
@@ -209,7 +217,7 @@ def test_an_error_listing_several_problems_keeps_them_under_its_line(capsys, tmp
                     "    return ops.argmax(x), ops.argmax(x * 2.0)\n")
     assert main(["compile", f"{path}:two", "-i", "x=2x3:bfloat16", "-o",
                  str(tmp_path / "t.kiln")]) == 2
-    lines = capsys.readouterr().err.splitlines()
+    lines = errors(capsys.readouterr().err).splitlines()
     assert lines[0] == "kiln compile: error: UnsupportedOpError: 2 node(s) cannot be compiled:"
     assert len(lines) == 3 and all(line.startswith("    node %") for line in lines[1:])
     assert "kiln cannot compile argmax on bfloat16" in lines[1]
@@ -279,3 +287,30 @@ def test_a_closed_pipe_ends_quietly(model_file, monkeypatch, capsys):
     assert main(["show", f"{model_file}:make_tiny", "-i", "x=2x3"]) == 0
     closed.close()
     assert "internal error" not in capsys.readouterr().err
+
+
+def test_the_command_line_says_what_it_does(tmp_path, capsys):
+    """--version; progress lines with elapsed seconds on a stderr that is not a terminal;
+    random inputs announced; run --print; interpret and run print the same summary."""
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and re.match(r"kiln \d+\.\d+", capsys.readouterr().out)
+    model = os.path.join(EXAMPLES, "mlp.py") + ":MLP"
+    artifact = str(tmp_path / "mlp.kiln")
+    kiln.nn.manual_seed(0)  # (each command builds the model anew, as its own process would)
+    assert main(["compile", model, "--input", "x=1x784", "-o", artifact]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"kiln \[ *[\d.]+ s\] optimizing 'MLP'", err), err
+    kiln.nn.manual_seed(0)
+    assert main(["compile", model, "--input", "x=1x784", "-o", artifact, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["run", artifact, "--print"]) == 0
+    ran = capsys.readouterr().out
+    assert "random inputs (seed 0) for x" in ran and "[[" in ran
+    kiln.nn.manual_seed(0)
+    assert main(["interpret", model, "--input", "x=1x784"]) == 0
+    interpreted = capsys.readouterr().out
+
+    def sums(text):
+        return re.findall(r"output: float32\[1, 10\]  sum=(\S+)", text)
+    assert sums(ran) and sums(ran) == sums(interpreted)

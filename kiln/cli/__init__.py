@@ -33,7 +33,10 @@ __all__ = ["build_parser", "load_graph", "load_model", "main", "parse_input"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kiln`` argument parser, every subcommand registered."""
+    from kiln import __version__
+
     p = argparse.ArgumentParser(prog="kiln", description="kiln: a neural-network compiler")
+    p.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     show.add_parsers(sub)
     compile_commands.add_parsers(sub)

@@ -185,9 +185,14 @@ def random_array(shape: tuple, dtype: str, rng: np.random.Generator) -> np.ndarr
     return rng.standard_normal(shape).astype(dtype)
 
 
-def random_inputs(graph, given: dict, seed: int) -> dict:
+def random_inputs(graph, given: dict, seed: int, say: bool = True) -> dict:
+    """``given``, and random arrays (seeded) for the other inputs of ``graph``; ``say``
+    prints which inputs are random."""
     rng = np.random.default_rng(seed)
     out = dict(given)
+    made = [v.name for v in graph.inputs if v.name not in out]
+    if made and say:
+        print(random_note(made, seed))
     for v in graph.inputs:
         if v.name in out:
             continue
@@ -200,3 +205,16 @@ def random_inputs(graph, given: dict, seed: int) -> dict:
 
 def checksum(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def output_line(name: str, array: np.ndarray) -> str:
+    """One output as ``kiln interpret`` and ``kiln run`` both print it (same inputs, same
+    seed: the sums agree to rounding, the checksums where the bits do)."""
+    total = float(np.sum(array, dtype=np.float64)) if array.size else 0.0
+    return (f"{name}: {array.dtype.name}{list(array.shape)}  sum={total:.6g}  "
+            f"sha256={checksum(array)}")
+
+
+def random_note(names: list[str], seed: int) -> str:
+    return (f"random inputs (seed {seed}) for {', '.join(names)}; give --input "
+            "NAME=FILE.npy to use your own")

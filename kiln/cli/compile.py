@@ -11,12 +11,11 @@ not signed with that key (docs/artifact.md, "Trust").
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import numpy as np
 
-from kiln.cli.common import checksum, load_graph, parse_input, random_array
+from kiln.cli.common import load_graph, output_line, parse_input, random_array, random_note
 from kiln.errors import CLIError
 
 
@@ -34,7 +33,7 @@ def cmd_compile(args) -> int:
         print(fuse_with_report(optimize(graph, 1, target=args.target,
                                         precision=args.precision))[1])
     compiled = kiln_compile(graph, target=args.target, opt_level=args.opt_level,
-                            progress=sys.stderr.isatty(), verify=args.verify,
+                            progress=not args.quiet, verify=args.verify,
                             disable=args.disable, dump_after=dump, records=records,
                             layout_budget=args.layout_budget, precision=args.precision)
     if key is not None:
@@ -123,7 +122,7 @@ def _key(path: str | None) -> bytes | None:
 
 
 def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
-    """Inputs from NAME=FILE.npy, and random ones for the rest."""
+    """Inputs from NAME=FILE.npy, and random ones for the rest (it says which)."""
     given = {}
     for text in specs:
         name, _, array = parse_input(text)
@@ -131,9 +130,13 @@ def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
             raise CLIError(f"--input {text!r}: give a .npy file (the artifact fixes the shape)")
         given[name] = array
     rng = np.random.default_rng(seed)
+    made = []
     for info in model.inputs:
         if info.name not in given:
             given[info.name] = random_array(tuple(info.shape), info.dtype, rng)
+            made.append(info.name)
+    if made:
+        print(random_note(made, seed))
     return given
 
 
@@ -143,7 +146,9 @@ def cmd_run(args) -> int:
     model = load(args.artifact, key=_key(args.key_file))
     outputs = model.run(_inputs(model, args.input, args.seed))
     for info, out in zip(model.outputs, outputs):
-        print(f"{info.name}: {out.dtype.name}{list(out.shape)}  sha256={checksum(out)}")
+        print(output_line(info.name, out))
+        if args.print:
+            print(np.array2string(out, threshold=200, edgeitems=4, precision=5))
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             np.save(os.path.join(args.out, f"{info.name}.npy"), out)
@@ -218,9 +223,13 @@ def add_parsers(sub) -> None:
     """Register compile, run and bench on the ``kiln`` command's subparsers."""
     sp = sub.add_parser("compile", help="compile a model into a deployable artifact")
     sp.add_argument("model", help="FILE.py:NAME or model.onnx")
-    sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]")
+    sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
+                    help="an input's shape (x=1x3x224x224:float32), or a symbolic dim of an "
+                         "ONNX model fixed (batch=1)")
     sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
-    sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3))
+    sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3),
+                    help="0: as written; 1: folded and simplified; 2: + fusion (default); "
+                         "3: + blocked conv layouts, measured")
     sp.add_argument("--target", default="llvm",
                     help="llvm (this CPU), portable, x86-64-v3..., or cuda (NVIDIA GPUs: "
                          "'cuda -arch=sm_90'; built here, run on the GPU machine)")
@@ -235,7 +244,10 @@ def add_parsers(sub) -> None:
                     help="O3: seconds to spend timing conv block sizes (0: cache + heuristic)")
     sp.add_argument("--dump-ir", action="append", default=[], metavar="after=PASS",
                     help="print the IR after a pass (after=fuse, after=all)")
-    sp.add_argument("--disable", action="append", default=[], metavar="PASS")
+    sp.add_argument("--disable", action="append", default=[], metavar="PASS",
+                    help="skip a pass of the pipeline (e.g. fuse, int8)")
+    sp.add_argument("--quiet", "-q", action="store_true",
+                    help="no progress lines on stderr")
     sp.add_argument("--report-fusion", action="store_true",
                     help="print what fused and why the other candidates did not")
     sp.add_argument("--verify", action="store_true", help="verify the IR after every pass")
@@ -250,12 +262,15 @@ def add_parsers(sub) -> None:
         sp.add_argument("artifact", help="NAME.kiln directory or .tar archive")
         sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                         help="inputs not given are random (seeded)")
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=int, default=0,
+                        help="seed of the random inputs (those not given)")
         sp.add_argument("--key-file", metavar="FILE",
                         help="refuse the artifact unless it is signed with the key in FILE")
         sp.set_defaults(fn=fn, command=name)
         if name == "run":
             sp.add_argument("--out", metavar="DIR", help="write each output to DIR/NAME.npy")
+            sp.add_argument("--print", action="store_true",
+                            help="print the outputs' values (numpy's summary of big ones)")
         else:
-            sp.add_argument("--repeat", type=int, default=50)
+            sp.add_argument("--repeat", type=int, default=50, help="timed runs (default 50)")
             sp.add_argument("--top", type=int, default=15, help="kernels to list")

@@ -19,12 +19,7 @@ from kiln.errors import CLIError
 
 def _inputs(args: argparse.Namespace):
     graph, given = load_graph(args.model, args.input)
-    inputs = random_inputs(graph, given, args.seed)
-    made = [v.name for v in graph.inputs if v.name not in given]
-    if made:
-        print(f"random inputs (seed {args.seed}) for {', '.join(made)}; give "
-              "--input NAME=FILE.npy to use your own")
-    return graph, inputs
+    return graph, random_inputs(graph, given, args.seed)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -72,7 +67,8 @@ def add_parsers(sub: Any) -> None:
                         metavar="NAME=SHAPE[:DTYPE]",
                         help="an input shape (random values) or NAME=FILE.npy")
         sp.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-        sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3))
+        sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3),
+                        help="the pipeline to compile with (default 2)")
         sp.add_argument("--target", default="llvm", help="llvm (this CPU), portable, ...")
         sp.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                         help="compile in this precision (loosen --atol/--rtol to match)")

@@ -62,7 +62,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     sp = sub.add_parser("fuzz", help="check the passes on random graphs, some with NaN/inf "
                         "and extreme values (needs hypothesis)")
     sp.add_argument("--examples", type=int, default=500, help="number of graphs to try")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random graphs")
     sp.add_argument("--out", default="fuzz-failures", help="where failing graphs are written")
     sp.add_argument("--compile", action="store_true",
                     help="also compile each graph (O2) against the interpreter (~1 s each)")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.cli.common import checksum, load_graph, random_inputs
+from kiln.cli.common import load_graph, output_line, random_inputs
 from kiln.errors import CLIError
 
 
@@ -78,9 +78,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     inputs = random_inputs(graph, given, args.seed)
     outputs = interpret(graph, inputs)
     for v, out in zip(graph.outputs, outputs):
-        total = float(np.sum(out, dtype=np.float64))
-        print(f"{v.name}: {out.dtype.name}{list(out.shape)}  sum={total:.6g}"
-              f"  sha256={checksum(out)}")
+        print(output_line(v.name, out))
         if args.save:
             os.makedirs(args.save, exist_ok=True)
             np.save(os.path.join(args.save, f"{v.name}.npy"), out)

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kiln.codegen.build import BuildResult, Progress, build, export
+from kiln.codegen.build import BuildResult, Progress, build, export, reporter
 from kiln.codegen.layout_tuning import pass_context
 from kiln.errors import ArtifactError
 from kiln.ir.graph import Graph
@@ -174,13 +174,17 @@ def compile(
     float32. A quantized model (QDQ ONNX) runs its matmuls and convolutions on int8 kernels
     where the target has AVX512-VNNI (the ``int8`` pass; ``reports["int8"]`` says which).
     """
+    report = reporter(progress)
+    report(f"optimizing {graph.name!r} ({len(graph.nodes)} nodes) at O{opt_level}")
     graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
                            precision, pass_options)
+    report(f"lowering and scheduling {len(graph.nodes)} nodes")
     result = build(graph, target=ctx.target, progress=progress)
     layout = ctx.reports.get("layout")
     if layout is not None and layout.choices:
         result.tuning["layout"] = layout.to_json()
     workdir = tempfile.mkdtemp(prefix="kiln-")
+    report("writing and loading the artifact")
     try:
         artifact = write(result, Path(workdir) / f"{_safe(graph.name)}.kiln")
         return CompiledModel(result, artifact, workdir, ctx.reports)

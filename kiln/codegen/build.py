@@ -32,6 +32,7 @@ from kiln.ir.types import TensorType, to_numpy_dtype
 from kiln.targets import Target, resolve_target
 
 Progress = Callable[[str], None]
+_LOADED = time.perf_counter()  # progress lines count seconds from here
 
 # (op, dtype) pairs TVM 0.27 cannot compile: the dtype of the op's first input ("in->out" for
 # cast). Found by compiling every op on every dtype its type rule accepts; refused before
@@ -155,9 +156,12 @@ def _check_static(graph: Graph) -> None:
         )
 
 
-def _reporter(progress: Progress | bool | None) -> Progress:
+def reporter(progress: Progress | bool | None) -> Progress:
+    """``progress`` True: one line per stage on stderr with the seconds since the compiler
+    was loaded (terminal or not: a log shows them too)."""
     if progress is True:
-        return lambda msg: print(f"kiln: {msg}", file=sys.stderr, flush=True)
+        return lambda msg: print(f"kiln [{time.perf_counter() - _LOADED:6.1f} s] {msg}",
+                                 file=sys.stderr, flush=True)
     if callable(progress):
         return progress
     return lambda msg: None
@@ -251,7 +255,7 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     import tvm
 
     t_start = time.perf_counter()
-    report = _reporter(progress)
+    report = reporter(progress)
     done = schedule_graph(graph, target, report)
     tgt, funcs, kernels = done.target, done.funcs, done.kernels
     report(f"compiling {len(funcs)} kernels ({len(kernels)} calls) for "

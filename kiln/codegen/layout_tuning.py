@@ -265,7 +265,7 @@ def pass_context(target: Any = None, opt_level: int | str = 2, layout_budget: fl
     ``layout_cache``; see ``measuring_chooser``; its notes go to the ``layout`` report), and
     the ``precision`` policy, float32 with a warning where the target has no fast
     instructions for it (``Target.slow_precision``)."""
-    from kiln.codegen.build import _reporter
+    from kiln.codegen.build import reporter
     from kiln.passes.precision import precision_dtype
 
     tgt = resolve_target(target)
@@ -276,7 +276,7 @@ def pass_context(target: Any = None, opt_level: int | str = 2, layout_budget: fl
                       PrecisionWarning, stacklevel=3)
         dtype = "float32"
     report = LayoutReport()
-    chooser = measuring_chooser(tgt, layout_budget, layout_cache, _reporter(progress),
+    chooser = measuring_chooser(tgt, layout_budget, layout_cache, reporter(progress),
                                 report.notes)
     return PassContext(target=tgt, opt_level=level_number(opt_level), layout_chooser=chooser,
                        reports={"layout": report}, precision=dtype)
