@@ -314,3 +314,27 @@ def test_the_command_line_says_what_it_does(tmp_path, capsys):
     def sums(text):
         return re.findall(r"output: float32\[1, 10\]  sum=(\S+)", text)
     assert sums(ran) and sums(ran) == sums(interpreted)
+
+
+def test_compile_writes_a_report(tmp_path, capsys):
+    model = os.path.join(EXAMPLES, "mlp.py") + ":MLP"
+    md, page = tmp_path / "r.md", tmp_path / "r.html"
+    for path in (md, page):
+        assert main(["compile", model, "--input", "x=2x784", "-o", str(tmp_path / "m.kiln"),
+                     "-q", "--report", str(path)]) == 0
+        assert f"wrote the report to {path}" in capsys.readouterr().out
+    text = md.read_text()
+    for title in ("## Passes", "## Fused groups", "## Memory", "## Per-kernel profile"):
+        assert title in text
+    assert "| fuse |" in text and "3 fused groups: 2 x `matmul+add+relu`" in text
+    assert re.search(r"\| `k0_fused_matmul_add_relu` \| [\d.]+ \| [\d.]+ \|", text)
+    html_text = page.read_text()
+    assert html_text.startswith("<!DOCTYPE html>")
+    assert "<td><code>k0_fused_matmul_add_relu</code></td>" in html_text
+    assert html_text.count("<table>") == 4  # passes, kernels, memory, profile (no layout at O2)
+    with pytest.raises(SystemExit):
+        main(["compile", model, "--input", "x=2x784", "-o", str(tmp_path / "m.kiln"),
+              "--report"])
+    assert main(["compile", model, "--input", "x=2x784", "-o", str(tmp_path / "m.kiln"),
+                 "-q", "--report", str(tmp_path / "r.txt")]) == 2
+    assert "write FILE.md" in capsys.readouterr().err

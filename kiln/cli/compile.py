@@ -60,6 +60,12 @@ def cmd_compile(args) -> int:
         for r in records:
             print(f"  pass {r.name:<16} {r.seconds * 1e3:8.1f} ms  {r.nodes_before:>5} -> "
                   f"{r.nodes_after} nodes")
+    if args.report:
+        from kiln.cli.report import build_report, write_report
+
+        sections = build_report(compiled, graph, compiled.graph, records, args, seconds)
+        print(write_report(args.report, sections, f"kiln compile {args.model}",
+                           compiled.graph))
     return _check_on_cpu(graph, args) if args.check_on_cpu else 0
 
 
@@ -252,6 +258,9 @@ def add_parsers(sub) -> None:
                     help="print what fused and why the other candidates did not")
     sp.add_argument("--verify", action="store_true", help="verify the IR after every pass")
     sp.add_argument("--verbose", "-v", action="store_true", help="time each pass")
+    sp.add_argument("--report", metavar="FILE.md|FILE.html",
+                    help="write a report: passes, fused groups, layout choices, memory, a "
+                         "per-kernel profile (HTML: with a picture of the graph)")
     sp.add_argument("--sign-key-file", metavar="FILE",
                     help="sign the artifact with the key in FILE (HMAC-SHA256)")
     sp.set_defaults(fn=cmd_compile, command="compile")

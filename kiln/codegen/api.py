@@ -74,10 +74,11 @@ class CompiledModel:
     """A compiled graph, loaded with kiln's runtime: ``run`` it, or ``save`` the artifact."""
 
     def __init__(self, result: BuildResult, artifact: Path, workdir: str,
-                 reports: dict[str, Any] | None = None):
+                 reports: dict[str, Any] | None = None, graph: Graph | None = None):
         from kiln.runtime import load
 
         self.build = result
+        self.graph = graph  # the optimized graph it was built from
         self.reports = reports or {}  # what the passes decided (PassContext.reports)
         self.artifact = artifact
         self._workdir = workdir
@@ -187,7 +188,7 @@ def compile(
     report("writing and loading the artifact")
     try:
         artifact = write(result, Path(workdir) / f"{_safe(graph.name)}.kiln")
-        return CompiledModel(result, artifact, workdir, ctx.reports)
+        return CompiledModel(result, artifact, workdir, ctx.reports, graph)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
