@@ -70,19 +70,19 @@ class Comparison:
     def ok(self) -> bool:
         return self.first_divergence is None
 
-    def table(self, width: int = 64) -> str:
-        """The per-kernel table, as ``kiln compare`` prints it."""
-        lines = [f"{'#':>4}  {'kernel':<34} {'max abs':>9} {'max rel':>9}  {'':4} holds",
-                 ]
+    def table(self) -> str:
+        """The per-kernel table, as ``kiln compare`` prints it: each kernel's worst output,
+        and the ops it holds with the origin of the first (the layer, or the ONNX node)."""
+        width = max([len(k.func) for k in self.kernels] + [6]) + 2
+        lines = [f"{'#':>4}  {'kernel':<{width}}{'max abs':>9} {'max rel':>9}  {'':4}holds"]
         for k in self.kernels:
-            for j, o in enumerate(k.outputs):
-                head = f"{k.index:>4}  {k.func[:34]:<34}" if j == 0 else " " * 40
-                figures = ("        -         -" if o.max_abs is None
-                           else f"{o.max_abs:>9.2e} {o.max_rel:>9.2e}")
-                verdict = "BAD" if not o.ok else ("" if o.max_abs is None else "ok")
-                holds = _short(k.sources, width) if j == 0 else ""
-                extra = f"  %{o.name}" + (f" ({o.note})" if o.note else "")
-                lines.append(f"{head} {figures}  {verdict:<4} {holds}{extra}")
+            checked = [o for o in k.outputs if o.max_abs is not None]
+            worst = max(checked, key=lambda o: (not o.ok, _nan_last(o.max_abs)), default=None)
+            figures = ("        -         -" if worst is None
+                       else f"{worst.max_abs:>9.2e} {worst.max_rel:>9.2e}")
+            verdict = "" if worst is None else ("ok" if k.ok else "BAD")
+            lines.append(f"{k.index:>4}  {k.func:<{width}}{figures}  {verdict:<4}"
+                         f"{holds(k.sources)}")
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -126,9 +126,18 @@ def compare(graph: Graph, inputs: Mapping[str, np.ndarray], *,
     result = build(optimized, target=target)
     got = run_values(result, inputs)
     out = Comparison([], reference, atol, rtol)
+    cast_from = _casts(optimized)
     for i, call in enumerate(result.kernels):
         outs = call.args[len(call.args) - call.num_outputs:]
-        diffs = [_diff(name, got[name], want.get(name), atol, rtol) for name in outs]
+        diffs = []
+        for name in outs:
+            twin = name
+            while twin not in want and twin in cast_from:  # a cast's twin: what it casts
+                twin = cast_from[twin]
+            diffs.append(_diff(name, got[name], want.get(twin), atol, rtol))
+            if twin != name and diffs[-1].max_abs is not None:
+                diffs[-1].note = f"as %{twin}" + (f", {diffs[-1].note}" if diffs[-1].note
+                                                  else "")
         kernel = KernelDiff(i, call.func, list(call.sources), diffs)
         out.kernels.append(kernel)
         if out.first_divergence is None and not kernel.ok:
@@ -163,6 +172,22 @@ def _diff(name: str, got: np.ndarray, want: np.ndarray | None, atol: float,
     return ValueDiff(name, tuple(got.shape), max_abs, max_rel, ok, note)
 
 
+def _casts(graph: Graph) -> dict[str, str]:
+    """Every cast's output name -> its input's name, fused bodies included (a value that a
+    precision policy cast has the reference value of what it casts)."""
+    out = {}
+    for node in graph.nodes:
+        if node.op == "cast":
+            out[node.outputs[0].name] = node.inputs[0].name
+        body = next((v for v in node.attrs.values() if isinstance(v, Graph)), None)
+        if body is not None:
+            inner = _casts(body)
+            names = {b.name: o.name for b, o in zip(body.outputs, node.outputs)}
+            names.update({b.name: o.name for b, o in zip(body.inputs, node.inputs)})
+            out.update({names.get(k, k): names.get(v, v) for k, v in inner.items()})
+    return out
+
+
 def _unblock(got: np.ndarray, shape: tuple) -> tuple[np.ndarray, str] | None:
     """A value the layout pass keeps in ``NCHW{c}c`` laid back out to the reference's NCHW."""
     from kiln.ir.ops.layout import relayout
@@ -174,12 +199,20 @@ def _unblock(got: np.ndarray, shape: tuple) -> tuple[np.ndarray, str] | None:
     return None
 
 
-def _short(sources: list[str], width: int) -> str:
-    first = sources[0] if sources else ""
-    more = f" (+{len(sources) - 1} more)" if len(sources) > 1 else ""
-    if len(first) + len(more) > width:
-        first = first[: max(width - len(more) - 3, 10)] + "..."
-    return first + more
+_DESCRIBED = re.compile(r"\((\w+)(?:, at (.*))?\)$")  # node.describe()'s "(op, at origin)"
+
+
+def holds(sources: list[str]) -> str:
+    """'conv2d_nchwc+add+relu at onnx:/layer1/conv1/Conv': a kernel's ops, and where the first
+    comes from."""
+    parsed = [_DESCRIBED.search(s) for s in sources]
+    ops = "+".join(m.group(1) for m in parsed if m)
+    origin = next((m.group(2) for m in parsed if m and m.group(2)), "")
+    return (ops or "; ".join(sources)) + (f" at {origin}" if origin else "")
+
+
+def _nan_last(x: float) -> float:
+    return float("inf") if x != x else x
 
 
 def save_reproduction(folder: str, node: Node, index: int, call, result, graph: Graph,

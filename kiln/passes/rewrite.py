@@ -48,6 +48,15 @@ def finish(b: GraphBuilder, graph: Graph, env: dict[Value, Value]) -> Graph:
     for old in graph.outputs:
         new = renamed.get(env[old], env[old])
         produced = b.producer(new) is not None
+        if new.name != old.name and produced and new not in outs and b.has_name(old.name):
+            # another node's value holds the output's name (the rewrite put a cast after
+            # it): that value takes a new name, so that the output keeps its own
+            holder = next((v for n in b.nodes for v in n.outputs if v.name == old.name), None)
+            if holder is not None and holder not in outs:
+                fresh = b.rename(holder, b.free_name(old.name))
+                renamed.update({k: fresh for k, v in renamed.items() if v is holder})
+                if env[old] is holder:
+                    new = fresh
         if new.name != old.name and produced and new not in outs and not b.has_name(old.name):
             # a rewritten value takes the output's name
             new = renamed[env[old]] = b.rename(new, old.name)

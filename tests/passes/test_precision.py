@@ -93,8 +93,11 @@ def test_one_cast_per_value_and_type_and_a_widened_value_narrows_to_its_source()
     # the third matmul reads a itself, not a narrowing of its widened copy
     assert casts.count(("x", "bfloat16")) == 1
     assert casts.count(("a", "float32")) == 1
-    third = out.nodes[[n.outputs[0].name for n in out.nodes].index("c")]
+    third = [n for n in out.nodes if n.op == "matmul"][-1]
     assert third.inputs[0].name == "a"
+    # the outputs keep their names (the bf16 matmul behind %c's widening gets another one)
+    assert [v.name for v in out.outputs] == ["b", "t", "c"]
+    assert third.outputs[0].name != "c" and out.producers[out.outputs[2]].op == "cast"
     assert len([p for p in out.params if p.dtype == "bfloat16"]) == 1  # w converted once
 
 
