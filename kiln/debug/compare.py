@@ -233,12 +233,12 @@ def save_reproduction(folder: str, node: Node, index: int, call, result, graph: 
         if array is None or tuple(np.shape(array)) != tuple(v.type.shape):
             continue
         files[v.name] = _file(v.name)
-        np.save(os.path.join(path, "inputs", files[v.name]), np.asarray(array))
+        _save(os.path.join(path, "inputs", files[v.name]), array)
         if v.name in want and want[v.name].shape == np.shape(array):
-            np.save(os.path.join(path, "reference", files[v.name]), want[v.name])
+            _save(os.path.join(path, "reference", files[v.name]), want[v.name])
     for v in node.outputs:
         if v.name in want:
-            np.save(os.path.join(path, "reference", _file(v.name)), want[v.name])
+            _save(os.path.join(path, "reference", _file(v.name)), want[v.name])
     with open(os.path.join(path, "node.txt"), "w") as f:
         f.write(print_graph(_alone(node)) + "\n")
     with open(os.path.join(path, "kernel.tir.txt"), "w") as f:
@@ -247,6 +247,12 @@ def save_reproduction(folder: str, node: Node, index: int, call, result, graph: 
         f.write(_README.format(index=index, func=call.func, sources="\n".join(
             f"  {s}" for s in call.sources)))
     return path
+
+
+def _save(path: str, array) -> None:
+    """np.save, bfloat16 widened to float32 (exact; .npy has no bfloat16 type)."""
+    array = np.asarray(array)
+    np.save(path, array.astype(np.float32) if array.dtype.name == "bfloat16" else array)
 
 
 def _alone(node: Node) -> Graph:
@@ -267,16 +273,20 @@ _README = """Kernel #{index} ({func}) was the first to differ from the reference
 {sources}
 
 node.txt        the node as a graph of its own (kiln.ir.parse reads it)
-inputs/         its inputs as the compiled model computed them (file names: value names)
+inputs/         its inputs as the compiled model computed them (file names: value names;
+                bfloat16 values widened to float32, exactly: numpy's .npy has no bfloat16)
 reference/      the reference's values of its inputs and outputs, where it has them
 kernel.tir.txt  the kernel as TVM scheduled it
 
 To run it alone:
 
     import os, re, numpy as np, kiln
-    graph = kiln.ir.parse(open("node.txt").read())
+    from kiln.ir import parse
+    from kiln.ir.types import to_numpy_dtype
+    graph = parse(open("node.txt").read())
     file = lambda name: os.path.join("inputs", re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".npy")
-    feeds = {{v.name: np.load(file(v.name)) for v in graph.inputs}}
+    feeds = {{v.name: np.load(file(v.name)).astype(to_numpy_dtype(v.dtype))
+              for v in graph.inputs}}
     want = kiln.interpret(graph, feeds)
     got = kiln.compile(graph, opt_level=0).run(feeds)
 """
