@@ -3,8 +3,10 @@
 A ``Sym`` is a polynomial with integer coefficients over named sizes (``N``, ``seq``) and
 over floor divisions of such polynomials by positive integers: the arithmetic models do on
 shapes (``2*N``, ``N*S``, ``S//2 + 1``, ``heads*64``). Every expression has one canonical
-form, so equal sizes compare equal whatever arithmetic made them, and a constant result is a
-plain ``int`` (``(2*N)//N`` is ``2``).
+form, so sums and products compare equal whatever arithmetic made them, and a constant result
+is a plain ``int`` (``(2*N)//N`` is ``2``). A floor division keeps only its remainder part
+(``(2*N + 1)//2`` is ``N``) and nested ones merge; two that are equal in value but not in form
+(``(N + 2)//4``, ``(N//2 + 1)//2``) compare unequal, which shape inference then reports.
 
 ``Sym`` subclasses ``str``: its string is that canonical text (a name alone is the simplest
 Sym), which is what kiln prints, parses back, stores in artifacts and writes as an ONNX
@@ -40,10 +42,12 @@ class _FloorDiv:
 
     @property
     def text(self) -> str:
+        """'N//2' for a name alone, '(N + 1)//2' otherwise."""
         inner = _poly_text(dict(self.num))
-        single = len(self.num) == 1 and self.num[0][1] == 1 and len(self.num[0][0]) == 1
-        return f"{inner}//{self.k}" if single and isinstance(self.num[0][0][0], str) \
-            else f"({inner})//{self.k}"
+        (monomial, coef), *more = self.num
+        name_alone = not more and coef == 1 and len(monomial) == 1 and isinstance(
+            monomial[0], str)
+        return f"{inner}//{self.k}" if name_alone else f"({inner})//{self.k}"
 
 
 def _key(atom) -> str:
