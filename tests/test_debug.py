@@ -209,3 +209,38 @@ def test_compare_against_another_version_of_the_model():
     bad = result.first_divergence
     assert bad is not None and bad.index == 1, result.table()
     assert result.kernels[0].ok
+
+
+class ThreeConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(16, 32, 3, padding=1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1)
+        self.c = nn.Conv2d(32, 32, 1)
+
+    def forward(self, x):
+        return self.c(ops.relu(self.b(ops.relu(self.a(x)))))
+
+
+def test_bisect_blames_one_blocked_convolution(monkeypatch):
+    """A layout rewrite that packs conv b's weights wrong (negated) whenever it blocks b."""
+    layout = PASSES["layout"]
+
+    def wrong_layout(graph, ctx=None):
+        out = layout(graph, ctx)
+        bad = next((n for n in out.nodes if n.op == "conv2d_nchwc" and "[b (" in n.origin),
+                   None)
+        if bad is None:
+            return out
+        weights = dict(out.weights)
+        weights[bad.inputs[1].name] = -weights[bad.inputs[1].name]
+        return dataclasses.replace(out, weights=weights)
+
+    monkeypatch.setitem(PASSES, "layout", wrong_layout)
+    graph = kiln.trace(ThreeConvs(), x=kiln.TensorSpec((1, 16, 8, 8)))
+    feeds = {"x": RNG.standard_normal((1, 16, 8, 8)).astype(np.float32)}
+    result = bisect(graph, feeds, opt_level=3)
+    assert result.culprit == "layout", result.report()
+    (conv,) = result.groups
+    assert "[b (Conv2d)]" in conv, result.report()
+    assert "blocked convolution to blame" in result.report()

@@ -7,7 +7,9 @@ is the culprit, shown as the text IR before and after it. If even the graph befo
 differs, no pass is to blame: the code generated for some node is, and ``compare`` names the
 first kernel that differs. If the culprit is ``fuse``, the fused groups are bisected too:
 groups are undone (the nodes they replaced put back, as they were before fusion) half at a
-time until one group alone makes the difference.
+time until one group alone makes the difference; if it is ``layout``, the convolutions it
+blocks are, the others kept NCHW (``PassContext.layout_only``), until one conv's blocking
+(with the layout conversions it brings) makes the difference.
 
 A search costs about log2(passes) builds, plus log2(groups) for fusion. It assumes that a
 difference, once a pass makes it, stays (a later pass rarely repairs an earlier one's bug).
@@ -37,7 +39,8 @@ class Bisection:
     step: int | None = None  # the culprit's position in ``passes``
     before: str = ""  # text IR before the smallest change that makes the difference
     after: str = ""  # ... and after it
-    groups: list[str] = field(default_factory=list)  # fusion: the group(s) to blame
+    groups: list[str] = field(default_factory=list)  # fusion or layout: the group(s) or
+    # convolution(s) to blame
     kernel: KernelDiff | None = None  # codegen: the first kernel that differs
     builds: int = 0
     log: list[str] = field(default_factory=list)  # one line per build tried
@@ -58,8 +61,9 @@ class Bisection:
             return "\n".join(lines)
         lines.append(f"culprit: pass {self.step + 1} of {len(self.passes)}, {self.culprit!r} "
                      f"({self.builds} builds)")
+        what = "fused group" if self.culprit == "fuse" else "blocked convolution"
         for g in self.groups:
-            lines.append(f"  fused group to blame: {g}")
+            lines.append(f"  {what} to blame: {g}")
         lines.append("the smallest change that makes the difference:")
         lines += ir_diff(self.before, self.after)
         return "\n".join(lines)
@@ -111,7 +115,37 @@ def bisect(graph: Graph, inputs: Mapping[str, np.ndarray], *, opt_level: int = 2
     out.before, out.after = str(graphs[bad - 1]), str(graphs[bad])
     if out.culprit == "fuse":
         _bisect_groups(graphs[bad - 1], graphs[bad], out, differs)
+    elif out.culprit == "layout":
+        _bisect_convs(graphs[bad - 1], ctx, out, differs)
     return out
+
+
+def _bisect_convs(before: Graph, ctx: Any, out: Bisection,
+                  differs: Callable[[Graph, str], bool]) -> None:
+    """Narrow a layout difference to the convolution(s) whose blocking makes it: block
+    half of them (the others stay NCHW) and follow the half that still differs."""
+    from kiln.passes.layout import blocked_convs
+    from kiln.passes.manager import optimize
+
+    convs = blocked_convs(before, "avx512_bf16" in getattr(ctx.target, "features", ()))
+
+    def laid_out(only: list[str]) -> Graph:
+        return optimize(before, ["layout"], ctx=replace(ctx, layout_only=frozenset(only),
+                                                       reports={}))
+
+    suspects = convs
+    while len(suspects) > 1:
+        half = len(suspects) // 2
+        for part in (suspects[:half], suspects[half:]):
+            if differs(laid_out(part), f"{len(part)} of the {len(convs)} convolutions "
+                       "blocked"):
+                suspects = part
+                break
+        else:  # neither half alone: the convolutions differ together
+            break
+    out.before, out.after = str(laid_out([])), str(laid_out(suspects))
+    made = {v.name: n for n in before.nodes for v in n.outputs}
+    out.groups = [made[name].describe() for name in suspects]
 
 
 def _bisect_groups(before: Graph, fused: Graph, out: Bisection,

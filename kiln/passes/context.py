@@ -27,4 +27,6 @@ class PassContext:
     opt_level: int = 2
     layout_chooser: Chooser | None = None
     precision: str = "float32"  # the mixed-precision policy's type (kiln/passes/precision.py)
+    # the convolutions (output value names) the layout pass may block; None: all (bisect)
+    layout_only: frozenset[str] | None = None
     reports: dict[str, Any] = field(default_factory=dict)

@@ -125,8 +125,8 @@ class _Plan:
     cut (``place``); then the sets are joined (union-find), with the channel counts each
     set's block must divide."""
 
-    def __init__(self, graph: Graph, bf16: bool = False):
-        self.graph, self.consts, self.bf16 = graph, Constants(graph), bf16
+    def __init__(self, graph: Graph, bf16: bool = False, only: frozenset[str] | None = None):
+        self.graph, self.consts, self.bf16, self.only = graph, Constants(graph), bf16, only
         self.problems: dict[Node, ConvProblem] = {}
         self.operands: dict[Node, list[Value]] = {}  # blocked node -> operands read blocked
         for node in graph.nodes:
@@ -146,6 +146,8 @@ class _Plan:
         if out is None or out.type.rank != 4 or not out.type.is_static:
             return
         problem = _blockable_conv(node, self.consts, self.bf16)
+        if problem is not None and self.only is not None and out.name not in self.only:
+            return  # kept NCHW (bisect)
         if problem is not None:
             self.problems[node] = problem
             self.operands[node] = []  # its input is read blocked, in a block of its own
@@ -414,12 +416,17 @@ def cancel_transforms(graph: Graph) -> Graph:
     return rebuild(graph, rule)
 
 
+def blocked_convs(graph: Graph, bf16: bool = False) -> list[str]:
+    """The output names of the convolutions the layout pass would run blocked."""
+    return [n.outputs[0].name for n in _Plan(graph, bf16).problems]
+
+
 def block_layout(graph: Graph, options: LayoutOptions | None = None
                  ) -> tuple[Graph, LayoutReport]:
     """The layout rewrite with explicit ``options``; returns the graph and what it chose."""
     options = options or LayoutOptions()
     report = options.report if options.report is not None else LayoutReport()
-    plan = _Plan(graph, options.bf16)
+    plan = _Plan(graph, options.bf16, options.only)
     if plan.problems:
         blocks = plan.choose(options)
         graph = _Rewriter(graph, plan, blocks, report, options.lanes).run()
@@ -436,5 +443,6 @@ def layout(graph: Graph, ctx: PassContext | None = None) -> Graph:
     ctx = ctx or PassContext()
     report = ctx.reports.setdefault("layout", LayoutReport())
     options = LayoutOptions(ctx.target.lanes("float32"), ctx.layout_chooser, report,
-                            bf16="avx512_bf16" in getattr(ctx.target, "features", ()))
+                            bf16="avx512_bf16" in getattr(ctx.target, "features", ()),
+                            only=ctx.layout_only)
     return block_layout(graph, options)[0]

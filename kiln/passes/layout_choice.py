@@ -97,13 +97,16 @@ class LayoutReport:
 @dataclass(frozen=True)
 class LayoutOptions:
     """How ``block_layout`` chooses: ``lanes`` (vector width in float32 lanes, for the
-    heuristic), an optional measuring ``chooser``, a ``report`` to fill, and ``bf16``:
-    whether bfloat16 convs run blocked too (the target has kiln's native bf16 GEMM)."""
+    heuristic), an optional measuring ``chooser``, a ``report`` to fill, ``bf16``:
+    whether bfloat16 convs run blocked too (the target has kiln's native bf16 GEMM), and
+    ``only``: the convolutions (by output value name) that may run blocked (None: all;
+    ``kiln bisect`` narrows a layout difference to one with it)."""
 
     lanes: int = 16
     chooser: Chooser | None = None
     report: LayoutReport | None = None
     bf16: bool = False
+    only: frozenset[str] | None = None
 
 
 def heuristic_block(channels: int, lanes: int) -> int | None:
