@@ -58,14 +58,19 @@ def _const(c: int) -> Poly:
     return {(): c} if c else {}
 
 
+def _accumulate(out: Poly, m: tuple, c: int) -> None:
+    """Add the term ``c * m`` to ``out`` (a term that cancels goes: no zero terms)."""
+    c += out.get(m, 0)
+    if c:
+        out[m] = c
+    else:
+        out.pop(m, None)
+
+
 def _add(a: Poly, b: Poly, sign: int = 1) -> Poly:
     out = dict(a)
     for m, c in b.items():
-        c = out.get(m, 0) + sign * c
-        if c:
-            out[m] = c
-        else:
-            out.pop(m, None)
+        _accumulate(out, m, sign * c)
     return out
 
 
@@ -73,12 +78,7 @@ def _mul(a: Poly, b: Poly) -> Poly:
     out: Poly = {}
     for ma, ca in a.items():
         for mb, cb in b.items():
-            m = tuple(sorted(ma + mb, key=_key))
-            c = out.get(m, 0) + ca * cb
-            if c:
-                out[m] = c
-            else:
-                out.pop(m, None)
+            _accumulate(out, tuple(sorted(ma + mb, key=_key)), ca * cb)
     return out
 
 
