@@ -152,7 +152,10 @@ def test_conv2d_odd_shapes_match_torch():
 
 
 TRANSPOSES = [((48, 32), (1, 0)), ((2, 3, 32, 16), (0, 1, 3, 2)), ((32, 4, 16), (2, 1, 0)),
-              ((20, 35), (1, 0)), ((16, 8), (1, 0))]
+              ((20, 35), (1, 0)), ((16, 8), (1, 0)),
+              # [pixels, channels] -> NCHW with pixels in no whole tiles (a native conv's
+              # epilogue at 11 x 11): tiles with a partial last one
+              ((1, 121, 32), (0, 2, 1)), ((3, 49, 16), (0, 2, 1))]
 
 
 def test_transposes_tiled_and_fused_match_numpy():
@@ -177,6 +180,20 @@ def test_transposes_tiled_and_fused_match_numpy():
     res = build(builder.build())
     for got, expected in zip(res.run(feeds), want, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_transposes_without_whole_tiles_still_tile():
+    """The contiguous axes of 121 pixels make no whole 16-wide tiles: one tile axis with a
+    partial last tile (a predicate), not one gather per element across the flat index."""
+    builder = GraphBuilder("odd")
+    xv = builder.input("x", TensorType((1, 121, 32)))
+    (y,) = builder.op("transpose", [xv], {"perm": (0, 2, 1)})
+    builder.output(y)
+    res = build(builder.build())
+    script = res.module[res.kernels[0].func].script()
+    assert "T.where" in script and "T.vectorized" in script and "% 121" not in script
+    x = _randn(1, 121, 32)
+    np.testing.assert_array_equal(res.run({"x": x})[0], x.transpose(0, 2, 1))
 
 
 def test_transposed_axis_finds_the_walked_axis():
