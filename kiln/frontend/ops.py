@@ -187,10 +187,14 @@ def split(x: Any, split_size_or_sections: int | Sequence[int], axis: int = 0) ->
 
 
 def chunk(x: Any, chunks: int, axis: int = 0) -> list[Tensor]:
+    """PyTorch's ``torch.chunk``: pieces of ceil(n / chunks), the last one smaller. Along a
+    symbolic axis there are always ``chunks`` pieces (an axis too short for that is an error
+    when the model runs), the last one what the others leave."""
     n = as_tensor(x).shape[axis]
-    if not isinstance(n, int):
-        raise TraceError(f"chunk along symbolic dimension {n!r}")
-    return split(x, -(-n // chunks), axis)
+    if isinstance(n, int):
+        return split(x, -(-n // chunks), axis)
+    size = (n + chunks - 1) // chunks
+    return split(x, [size] * (chunks - 1) + [n - (chunks - 1) * size], axis)
 
 
 def slice(x: Any, starts: Sequence[int], ends: Sequence[int],

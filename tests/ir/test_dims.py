@@ -174,3 +174,24 @@ def test_inputs_with_expression_dims_are_checked():
 def test_text_dims_errors_name_the_line():
     with pytest.raises(ParseError, match="line 1: .*not a size"):
         parse("graph g(%x: float32[N +]) {\n  return %x\n}")
+
+
+def test_chunk_along_a_symbolic_axis_runs_at_any_size():
+    """torch.chunk's pieces (ceil(n / 2), then the rest) as size expressions, interpreted,
+    printed and parsed, and exported to ONNX."""
+    import onnxruntime as ort
+    import torch
+
+    graph = verify(kiln.trace(lambda x: ops.chunk(x, 2, axis=1),
+                              x=kiln.TensorSpec((2, "S", 3))))
+    assert [str(v.type) for v in graph.outputs] == [
+        "float32[2, (S + 1)//2, 3]", "float32[2, -((S + 1)//2) + S, 3]"]
+    back = verify(parse(print_graph(graph), graph.weights))
+    session = ort.InferenceSession(kiln.to_onnx(graph).SerializeToString())
+    for s in (2, 5, 8):
+        x = np.arange(2 * s * 3, dtype=np.float32).reshape(2, s, 3)
+        want = [t.numpy() for t in torch.from_numpy(x).chunk(2, 1)]
+        for got in (kiln.interpret(back, {"x": x}), session.run(None, {"x": x})):
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                np.testing.assert_array_equal(g, w)

@@ -8,6 +8,7 @@ from kiln.errors import KilnError, UnsupportedOpError
 from kiln.frontend.onnx.dtypes import to_onnx_dtype
 from kiln.frontend.onnx.export_ops import _scalar, check_static, exports
 from kiln.frontend.onnx.exporter import Exporter
+from kiln.ir.dims import as_dim
 from kiln.ir.graph import Node
 from kiln.ir.ops.constant import random_bits, uniform_from_bits
 from kiln.ir.ops.layout import nchwc, relayout_plan, transform_shape
@@ -43,7 +44,10 @@ def _concat(e, node, ins, outs):
 
 @exports("split")
 def _split(e, node, ins, outs):
-    e.add("Split", [ins[0], e.ints(node.attrs["sizes"], "split")], outs,
+    """Split; sizes that are expressions of the input's symbolic dims are computed from its
+    shape."""
+    sizes = [as_dim(d) for d in node.attrs["sizes"]]
+    e.add("Split", [ins[0], e.shape_tensor(sizes, node.inputs[0])], outs,
           axis=node.attrs["axis"])
 
 

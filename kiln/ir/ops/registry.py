@@ -139,7 +139,8 @@ def complete_attrs(opdef: OpDef, attrs: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in opdef.attrs.items():
         if key in attrs:
             out[key] = freeze_attr(attrs[key])
-            if key == "shape":  # (reshape, expand, full): sizes given as text become dims
+            if key in ("shape", "sizes"):  # (reshape, expand, full, split): sizes given as
+                # text (a graph read from its text form) become dims
                 out[key] = _shape_attr(out[key])
         elif default is REQUIRED:
             raise AttributeError_(f"missing required attribute {key!r}")

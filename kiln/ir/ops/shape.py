@@ -150,11 +150,13 @@ def concat(*xs, axis):
 
 
 def _split(types, attrs):
-    t, sizes = types[0], _ints(attrs["sizes"], "split sizes")
+    t, sizes = types[0], _ints(attrs["sizes"], "split sizes", allow_str=True)
     _need_rank(t, "split")
     axis = normalize_axis(attrs["axis"], t.rank)
-    dim = static_dim(t.shape[axis], f"split axis {axis}")
-    if not sizes or min(sizes) < 0 or sum(sizes) != dim:
+    dim = t.shape[axis]
+    # sizes may be expressions of the axis's symbols (a symbolic axis cut in two:
+    # ((S + 1)//2, -((S + 1)//2) + S)): they must add up to it for every value of them
+    if not sizes or any(isinstance(s, int) and s < 0 for s in sizes) or sum(sizes) != dim:
         fail(f"split sizes {sizes} must be >= 0 and sum to dim {dim} of axis {axis}")
     return [t.with_shape(t.shape[:axis] + (s,) + t.shape[axis + 1 :]) for s in sizes]
 
@@ -162,6 +164,9 @@ def _split(types, attrs):
 @register("split", kind=INJECTIVE, infer=_split, attrs={"axis": 0, "sizes": REQUIRED}, flops=_moves)
 def split(x, axis, sizes):
     """Cut ``x`` along ``axis`` into pieces of the given sizes (one output each)."""
+    if any(s < 0 for s in sizes):  # (symbolic sizes, evaluated: too small an axis)
+        raise InputError(f"split of an axis of {x.shape[axis]} into sizes {list(sizes)}: a "
+                         "size is negative")
     edges = np.cumsum(sizes)[:-1]
     return [p.copy() for p in np.split(x, edges, axis=axis)]
 
