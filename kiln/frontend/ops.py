@@ -2,18 +2,39 @@
 
 Names and arguments follow ``torch.nn.functional`` where PyTorch has the op (``conv2d(x, w,
 bias, stride, padding, dilation, groups)``, ``pad`` with PyTorch's last-axis-first pairs), and
-numpy elsewhere (``sum(x, axis, keepdims)``). Each function adds nodes to the graph being
-traced and returns Tensors.
+numpy elsewhere (``sum(x, axis, keepdims)``); functions with an axis also take PyTorch's
+names for it (``dim``, ``keepdim``: ``sum(x, dim=-1, keepdim=True)``, ``cat(xs, dim=1)``).
+``max``/``min`` given ``dim`` return PyTorch's ``(values, indices)`` pair. Each function adds
+nodes to the graph being traced and returns Tensors.
 """
 
 from __future__ import annotations
 
 import builtins
-from typing import Any, Sequence
+import functools
+from collections import namedtuple
+from typing import Any, Callable, Sequence
 
 from kiln.errors import TraceError, UnsupportedOpError
 from kiln.frontend.dsl import Tensor, as_tensor, constant, emit, emit1
 from kiln.ir.types import is_float
+
+_TORCH_NAMES = {"dim": "axis", "keepdim": "keepdims"}
+
+
+def torch_names(fn: Callable) -> Callable:
+    """``fn`` also taking PyTorch's argument names (``dim``, ``keepdim``) for its own
+    (``axis``, ``keepdims``)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kw):
+        for torch_name, own in _TORCH_NAMES.items():
+            if torch_name in kw:
+                if own in kw:
+                    raise TraceError(f"{fn.__name__}: give {own} or {torch_name}, not both")
+                kw[own] = kw.pop(torch_name)
+        return fn(*args, **kw)
+    return wrapped
+
 
 # -- elementwise --------------------------------------------------------------------------------
 
@@ -118,25 +139,76 @@ def _reduce(op: str):
 
     fn.__name__ = op
     fn.__doc__ = f"{op} over ``axis`` (None: all axes)."
-    return fn
+    return torch_names(fn)
 
 
-sum, mean, prod, max, min, logsumexp = map(
-    _reduce, ["sum", "mean", "prod", "max", "min", "logsumexp"])
+sum, mean, prod, logsumexp = map(_reduce, ["sum", "mean", "prod", "logsumexp"])
+_max, _min = _reduce("max"), _reduce("min")
+
+#: what ``max``/``min`` return when given PyTorch's ``dim``, as ``torch.max`` does
+ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 
+def max(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False, *,
+        dim: int | None = None, keepdim: bool = False):
+    """The largest element over ``axis`` (None: all). With PyTorch's ``dim``, as
+    ``torch.max(x, dim)``: the pair ``(values, indices)``."""
+    if dim is None:
+        return _max(x, axis, keepdims)
+    return ValuesIndices(_max(x, dim, keepdim), argmax(x, dim, keepdim))
+
+
+def min(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False, *,
+        dim: int | None = None, keepdim: bool = False):
+    """The smallest element over ``axis`` (None: all). With PyTorch's ``dim``, as
+    ``torch.min(x, dim)``: the pair ``(values, indices)``."""
+    if dim is None:
+        return _min(x, axis, keepdims)
+    return ValuesIndices(_min(x, dim, keepdim), argmin(x, dim, keepdim))
+
+
+@torch_names
 def argmax(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     return emit1("argmax", [x], {"axis": axis, "keepdims": keepdims})
 
 
+@torch_names
 def argmin(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     return emit1("argmin", [x], {"axis": axis, "keepdims": keepdims})
 
 
+@torch_names
+def var(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False,
+        correction: int = 1, unbiased: bool | None = None) -> Tensor:
+    """PyTorch's ``var``: the mean squared deviation over ``axis`` with ``correction``
+    (1: Bessel's, PyTorch's default; ``unbiased=False`` is correction 0)."""
+    x = as_tensor(x)
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    axes = range(x.ndim) if axis is None else ((axis,) if isinstance(axis, int) else axis)
+    count = 1
+    for a in axes:
+        count = count * x.shape[a]
+    if not isinstance(count, int):
+        raise TraceError(f"var over symbolic dimension(s) of {x.type}: the divisor "
+                         f"{count} - {correction} must be a number")
+    d = sub(x, mean(x, axis, True))
+    return div(sum(mul(d, d), axis, keepdims), float(builtins.max(count - correction, 0)))
+
+
+@torch_names
+def std(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False,
+        correction: int = 1, unbiased: bool | None = None) -> Tensor:
+    """PyTorch's ``std``: the square root of ``var`` (same arguments)."""
+    return sqrt(var(x, axis, keepdims, correction, unbiased))
+
+
+@torch_names
 def softmax(x: Any, axis: int = -1) -> Tensor:
     return emit1("softmax", [x], {"axis": axis})
 
 
+@torch_names
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return emit1("log_softmax", [x], {"axis": axis})
 
@@ -161,6 +233,7 @@ def swapaxes(x: Any, a: int, b: int) -> Tensor:
     return transpose(x, perm)
 
 
+@torch_names
 def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
     return emit1("concat", list(xs), {"axis": axis})
 
@@ -168,10 +241,12 @@ def concat(xs: Sequence[Any], axis: int = 0) -> Tensor:
 cat = concat
 
 
+@torch_names
 def stack(xs: Sequence[Any], axis: int = 0) -> Tensor:
     return concat([unsqueeze(x, axis) for x in xs], axis)
 
 
+@torch_names
 def split(x: Any, split_size_or_sections: int | Sequence[int], axis: int = 0) -> list[Tensor]:
     """PyTorch's ``torch.split``: chunks of one size, or a list of sizes."""
     x = as_tensor(x)
@@ -186,6 +261,7 @@ def split(x: Any, split_size_or_sections: int | Sequence[int], axis: int = 0) ->
     return emit("split", [x], {"axis": axis, "sizes": tuple(sizes)})
 
 
+@torch_names
 def chunk(x: Any, chunks: int, axis: int = 0) -> list[Tensor]:
     """PyTorch's ``torch.chunk``: pieces of ceil(n / chunks), the last one smaller. Along a
     symbolic axis there are always ``chunks`` pieces (an axis too short for that is an error
@@ -222,11 +298,41 @@ def expand(x: Any, shape: Sequence) -> Tensor:
     return emit1("expand", [x], {"shape": shape})
 
 
+@torch_names
+def unbind(x: Any, axis: int = 0) -> list[Tensor]:
+    """PyTorch's ``unbind``: the slices along ``axis`` (a static one), that axis removed."""
+    x = as_tensor(x)
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        raise TraceError(f"unbind along symbolic dimension {n!r} of {x.type}: the number of "
+                         "pieces must be known when tracing")
+    pieces = split(x, [1] * n, axis) if n > 1 else [x]
+    return [squeeze(p, axis) for p in pieces]
+
+
+def repeat(x: Any, *sizes: Any) -> Tensor:
+    """PyTorch's ``x.repeat(*sizes)``: tiles ``x`` ``sizes[i]`` times along axis i (leading
+    sizes add axes)."""
+    x = as_tensor(x)
+    sizes = tuple(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) \
+        else sizes
+    if len(sizes) < x.ndim:
+        raise TraceError(f"repeat sizes {sizes} need at least as many entries as the "
+                         f"{x.ndim} axes of {x.type}")
+    x = reshape(x, (1,) * (len(sizes) - x.ndim) + tuple(x.shape))
+    # each axis d becomes (r, d) by a broadcast, then one axis r * d
+    tiled = unsqueeze(x, tuple(range(0, 2 * x.ndim, 2)))  # [1, d0, 1, d1, ...]
+    target = tuple(v for r, d in zip(sizes, x.shape) for v in (r, d))
+    return reshape(expand(tiled, target), tuple(r * d for r, d in zip(sizes, x.shape)))
+
+
+@torch_names
 def squeeze(x: Any, axis: int | Sequence[int] | None = None) -> Tensor:
     axes = (axis,) if isinstance(axis, int) else axis
     return emit1("squeeze", [x], {"axes": None if axes is None else tuple(axes)})
 
 
+@torch_names
 def unsqueeze(x: Any, axis: int | Sequence[int]) -> Tensor:
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     return emit1("unsqueeze", [x], {"axes": axes})

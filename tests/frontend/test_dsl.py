@@ -202,3 +202,50 @@ def test_module_state_dict_and_registration():
     with pytest.raises(KilnError, match="shape mismatch: a"):
         m.load_state_dict({**m.state_dict(), "a": np.zeros(3)})
     assert not m.training and m.train().child[0].training
+
+
+# PyTorch's argument names and methods, as model code writes them: (kiln, torch) per case
+TORCH_FORMS = {
+    "sum(-1, keepdim=True)": (lambda x: x.sum(-1, keepdim=True),
+                              lambda t: t.sum(-1, keepdim=True)),
+    "mean(dim=1, keepdim=True)": (lambda x: x.mean(dim=1, keepdim=True),
+                                  lambda t: t.mean(dim=1, keepdim=True)),
+    "softmax(dim=-1)": (lambda x: x.softmax(dim=-1), lambda t: t.softmax(dim=-1)),
+    "log_softmax(dim=1)": (lambda x: x.log_softmax(dim=1), lambda t: t.log_softmax(dim=1)),
+    "ops.cat(dim=1)": (lambda x: ops.cat([x, x], dim=1), lambda t: torch.cat([t, t], dim=1)),
+    "ops.stack(dim=1)": (lambda x: ops.stack([x, x], dim=1),
+                         lambda t: torch.stack([t, t], dim=1)),
+    "chunk(2, dim=-1)[1]": (lambda x: x.chunk(2, dim=-1)[1], lambda t: t.chunk(2, dim=-1)[1]),
+    "split(3, dim=1)[1]": (lambda x: x.split(3, dim=1)[1], lambda t: t.split(3, dim=1)[1]),
+    "max(dim=1).values": (lambda x: x.max(dim=1).values, lambda t: t.max(dim=1).values),
+    "max(dim=1).indices": (lambda x: x.max(dim=1).indices, lambda t: t.max(dim=1).indices),
+    "min(dim=0)[0]": (lambda x: x.min(dim=0)[0], lambda t: t.min(dim=0)[0]),
+    "max()": (lambda x: x.max(), lambda t: t.max()),
+    "argmax(dim=1)": (lambda x: x.argmax(dim=1), lambda t: t.argmax(dim=1)),
+    "var(dim=1)": (lambda x: x.var(dim=1), lambda t: t.var(dim=1)),
+    "var(unbiased=False)": (lambda x: x.var(unbiased=False), lambda t: t.var(unbiased=False)),
+    "std(dim=0, keepdim=True)": (lambda x: x.std(dim=0, keepdim=True),
+                                 lambda t: t.std(dim=0, keepdim=True)),
+    "repeat(2, 1, 3)": (lambda x: x.repeat(2, 1, 3), lambda t: t.repeat(2, 1, 3)),
+    "unbind(1)[2]": (lambda x: x.unbind(1)[2], lambda t: t.unbind(1)[2]),
+    "unsqueeze(dim=0)": (lambda x: ops.unsqueeze(x, dim=0), lambda t: t.unsqueeze(dim=0)),
+    "detach().clamp(min=0)": (lambda x: x.detach().clamp(min=0.0),
+                              lambda t: t.detach().clamp(min=0.0)),
+    "pow(2).type_as(x)": (lambda x: x.pow(2).type_as(x), lambda t: t.pow(2).type_as(t)),
+    "expand_as": (lambda x: x[:1].expand_as(x), lambda t: t[:1].expand_as(t)),
+}
+
+
+@pytest.mark.parametrize("form", TORCH_FORMS)
+def test_pytorch_argument_names_and_methods(form):
+    kiln_fn, torch_fn = TORCH_FORMS[form]
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    _, (got,) = run(kiln_fn, x=x)
+    want = torch_fn(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pytorch_and_numpy_names_together_are_an_error():
+    with pytest.raises(TraceError, match="give axis or dim, not both"):
+        kiln.trace(lambda x: ops.sum(x, axis=0, dim=1), x=kiln.TensorSpec((2, 3)))
