@@ -42,6 +42,8 @@ LAYER_OF = {
     "kiln.train": "top",
     "kiln.cli": "top",
     "kiln.debug": "top",
+    "kiln.nn": "top",  # kiln.frontend.nn and its functional, importable as kiln.nn
+    "kiln.ops": "top",
     "kiln.fuzz": "top",
 }
 EVERY_LAYER = {"errors", "ir", "targets", "frontend", "passes", "runtime", "codegen", "top"}

@@ -588,3 +588,20 @@ def as_constant(array) -> Tensor:
 __all__ = [name for name in dir() if not name.startswith("_") and name not in (
     "annotations", "builtins", "Any", "Sequence", "KilnError", "TraceError",
     "UnsupportedOpError", "Tensor", "as_tensor", "emit", "emit1", "is_float")]
+
+
+__all__ = [
+    "ValuesIndices", "abs", "adaptive_avg_pool2d", "add", "arange", "argmax", "argmin",
+    "as_constant", "avg_pool2d", "batch_norm", "cast", "cat", "ceil", "chunk", "clamp", "clip",
+    "concat", "conv1d", "conv2d", "conv_transpose2d", "cos", "div", "dropout", "elu",
+    "embedding", "equal", "erf", "exp", "expand", "flatten", "floor", "full", "gather", "gelu",
+    "global_avg_pool2d", "greater", "greater_equal", "hardswish", "hardtanh", "heaviside",
+    "identity", "index", "layer_norm", "leaky_relu", "less", "less_equal", "linear",
+    "local_response_norm", "log", "log_softmax", "logical_and", "logical_not", "logical_or",
+    "logical_xor", "logsumexp", "masked_fill", "matmul", "max", "max_pool2d", "maximum", "mean",
+    "min", "minimum", "mul", "neg", "not_equal", "one_hot", "ones", "pad", "pow", "prod",
+    "random_normal", "random_uniform", "reciprocal", "relu", "repeat", "reshape", "round",
+    "rsqrt", "sigmoid", "sign", "silu", "sin", "slice", "softmax", "softplus", "split", "sqrt",
+    "squeeze", "stack", "std", "sub", "sum", "swapaxes", "take_along_axis", "tanh",
+    "torch_names", "transpose", "tril", "triu", "unbind", "unsqueeze", "var", "where", "zeros"
+]

@@ -312,3 +312,60 @@ def test_symbolic_batch_dimension():
 def test_adaptive_pool_needs_an_exact_divisor():
     with pytest.raises(UnsupportedOpError, match="7x7 to 3x3"):
         kiln.trace(nn.AdaptiveAvgPool2d(3), x=kiln.TensorSpec((1, 2, 7, 7)))
+
+
+# -- layers and functions PyTorch users reach for ----------------------------------------------
+
+TORCH_LAYERS = {
+    "GroupNorm": (lambda: kiln.nn.GroupNorm(2, 8), lambda: torch.nn.GroupNorm(2, 8)),
+    "GroupNorm(affine=False)": (lambda: kiln.nn.GroupNorm(4, 8, affine=False),
+                                lambda: torch.nn.GroupNorm(4, 8, affine=False)),
+    "InstanceNorm2d": (lambda: kiln.nn.InstanceNorm2d(8), lambda: torch.nn.InstanceNorm2d(8)),
+    "Hardsigmoid": (kiln.nn.Hardsigmoid, torch.nn.Hardsigmoid),
+    "Mish": (kiln.nn.Mish, torch.nn.Mish),
+    "PixelShuffle": (lambda: kiln.nn.PixelShuffle(2), lambda: torch.nn.PixelShuffle(2)),
+    "Upsample": (lambda: kiln.nn.Upsample(scale_factor=2),
+                 lambda: torch.nn.Upsample(scale_factor=2)),
+}
+
+
+@pytest.mark.parametrize("name", TORCH_LAYERS)
+def test_more_torch_layers_match_pytorch(name):
+    make_kiln, make_torch = TORCH_LAYERS[name]
+    ours, theirs = make_kiln(), make_torch()
+    state = {k: np.random.default_rng(1).standard_normal(v.shape).astype(np.float32)
+             for k, v in theirs.state_dict().items()}
+    ours.load_state_dict(state)
+    theirs.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    x = np.random.default_rng(0).standard_normal((2, 8, 4, 6)).astype(np.float32)
+    graph = kiln.trace(ours, x=kiln.TensorSpec(x.shape))
+    (got,) = kiln.interpret(graph, {"x": x})
+    np.testing.assert_allclose(got, theirs(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_functional_is_importable_with_torch_names():
+    import torch.nn.functional as TF
+
+    import kiln.nn.functional as F
+    import kiln.ops
+    from kiln.frontend import ops as frontend_ops
+
+    assert kiln.ops.sum is frontend_ops.sum and F.relu is kiln.ops.relu
+    x = np.random.default_rng(0).standard_normal((2, 8, 4, 4)).astype(np.float32)
+    t = torch.from_numpy(x)
+    cases = [(lambda v: F.softmax(v, dim=1), lambda v: TF.softmax(v, dim=1)),
+             (lambda v: F.normalize(v, dim=1), lambda v: TF.normalize(v, dim=1)),
+             (lambda v: F.interpolate(v, size=(8, 12)), lambda v: TF.interpolate(v, size=(8, 12))),
+             (lambda v: F.group_norm(v, 4), lambda v: TF.group_norm(v, 4)),
+             (lambda v: F.pixel_shuffle(v, 2), lambda v: TF.pixel_shuffle(v, 2)),
+             (lambda v: F.hardsigmoid(v), lambda v: TF.hardsigmoid(v)),
+             (lambda v: F.mish(v), lambda v: TF.mish(v)),
+             (lambda v: F.relu6(v), lambda v: TF.relu6(v))]
+    for ours, theirs in cases:
+        (got,) = kiln.interpret(kiln.trace(ours, v=kiln.TensorSpec(x.shape)), {"v": x})
+        np.testing.assert_allclose(got, theirs(t).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(kiln.KilnError, match="whole factors"):
+        kiln.trace(lambda v: F.interpolate(v, scale_factor=1.5), v=kiln.TensorSpec(x.shape))
+    with pytest.raises(kiln.KilnError, match="divisible by num_groups"):
+        kiln.nn.GroupNorm(3, 8)

@@ -1,13 +1,15 @@
 """``kiln.nn``: PyTorch-compatible layers over the DSL."""
 
-from kiln.frontend.nn import init
+from kiln.frontend.nn import functional, init
 from kiln.frontend.nn.activation import (
     ELU,
     GELU,
+    Hardsigmoid,
     Hardswish,
     Hardtanh,
     LeakyReLU,
     LogSoftmax,
+    Mish,
     ReLU,
     ReLU6,
     Sigmoid,
@@ -29,7 +31,9 @@ from kiln.frontend.nn.layers import (
     Identity,
     Linear,
     MaxPool2d,
+    PixelShuffle,
     Unflatten,
+    Upsample,
 )
 from kiln.frontend.nn.module import (
     Buffer,
@@ -40,7 +44,14 @@ from kiln.frontend.nn.module import (
     generator,
     manual_seed,
 )
-from kiln.frontend.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm, LocalResponseNorm
+from kiln.frontend.nn.normalization import (
+    BatchNorm1d,
+    BatchNorm2d,
+    GroupNorm,
+    InstanceNorm2d,
+    LayerNorm,
+    LocalResponseNorm,
+)
 from kiln.frontend.nn.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell
 from kiln.frontend.nn.transformer import (
     Transformer,
@@ -59,4 +70,5 @@ __all__ = ["Buffer", "Module", "ModuleList", "Parameter", "Sequential", "generat
            "AdaptiveAvgPool2d", "BatchNorm1d", "BatchNorm2d", "LayerNorm", "LocalResponseNorm",
            "Embedding", "Dropout", "Flatten", "Unflatten", "Identity", "ReLU", "LeakyReLU",
            "ELU", "GELU", "Hardswish", "Hardtanh", "ReLU6", "Sigmoid", "Tanh", "SiLU", "Softplus",
-           "Softmax", "LogSoftmax"]
+           "Softmax", "LogSoftmax", "functional", "GroupNorm", "InstanceNorm2d", "Hardsigmoid",
+           "Mish", "PixelShuffle", "Upsample"]

@@ -10,6 +10,7 @@ from typing import Any
 from kiln.errors import KilnError
 from kiln.frontend import ops
 from kiln.frontend.dsl import Tensor, as_tensor
+from kiln.frontend.nn import functional as F
 from kiln.frontend.nn.module import Module
 
 
@@ -194,3 +195,25 @@ class LogSoftmax(Softmax):
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Hardtanh", "ReLU6", "Sigmoid", "Tanh", "SiLU",
            "Hardswish", "Softplus", "Softmax", "LogSoftmax"]
+
+
+class Hardsigmoid(Module):
+    """relu6(x + 3) / 6."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Any) -> Tensor:
+        return F.hardsigmoid(x)
+
+
+class Mish(Module):
+    """x * tanh(softplus(x))."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: Any) -> Tensor:
+        return F.mish(x)

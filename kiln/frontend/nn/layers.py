@@ -16,6 +16,7 @@ import numpy as np
 from kiln.errors import KilnError, ShapeError, UnsupportedOpError
 from kiln.frontend import ops
 from kiln.frontend.dsl import Tensor, as_tensor, current_tracer
+from kiln.frontend.nn import functional as F
 from kiln.frontend.nn import init
 from kiln.frontend.nn.module import Module, Parameter
 
@@ -412,3 +413,25 @@ class Embedding(Module):
 
 __all__ = ["Linear", "Conv1d", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "Flatten", "Unflatten", "Identity", "Dropout", "Embedding"]
+
+
+class PixelShuffle(Module):
+    """[N, C*r*r, H, W] -> [N, C, H*r, W*r]."""
+
+    def __init__(self, upscale_factor: int):
+        super().__init__()
+        self.upscale_factor = upscale_factor
+
+    def forward(self, x: Any) -> Tensor:
+        return F.pixel_shuffle(x, self.upscale_factor)
+
+
+class Upsample(Module):
+    """Nearest-neighbour upsampling by whole factors (``F.interpolate``)."""
+
+    def __init__(self, size: Any = None, scale_factor: Any = None, mode: str = "nearest"):
+        super().__init__()
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+
+    def forward(self, x: Any) -> Tensor:
+        return F.interpolate(x, self.size, self.scale_factor, self.mode)

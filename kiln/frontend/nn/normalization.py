@@ -14,6 +14,7 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.frontend import ops
 from kiln.frontend.dsl import Tensor, as_tensor
+from kiln.frontend.nn import functional as F
 from kiln.frontend.nn import init
 from kiln.frontend.nn.layers import _describe, _new, _shape_error
 from kiln.frontend.nn.module import Buffer, Module
@@ -159,3 +160,41 @@ class LocalResponseNorm(Module):
 
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm", "LocalResponseNorm"]
+
+
+class GroupNorm(Module):
+    """Normalize each of ``num_groups`` channel groups over its channels and positions (per
+    sample), then scale and shift per channel (``weight``, ``bias`` of ``num_channels``)."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, dtype: str = "float32"):
+        super().__init__()
+        if num_channels % num_groups:
+            raise KilnError(f"GroupNorm({num_groups}, {num_channels}): num_channels must be "
+                            "divisible by num_groups")
+        self.num_groups, self.num_channels, self.eps, self.affine = (
+            num_groups, num_channels, eps, affine)
+        if affine:
+            self.weight = _new((num_channels,), dtype)
+            self.bias = _new((num_channels,), dtype)
+            init.ones_(self.weight)
+            init.zeros_(self.bias)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Any) -> Tensor:
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class InstanceNorm2d(GroupNorm):
+    """Each channel of each sample normalized over its positions; PyTorch's defaults (no
+    affine parameters, no running statistics)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = False, track_running_stats: bool = False,
+                 dtype: str = "float32"):
+        if track_running_stats:
+            raise KilnError("InstanceNorm2d(track_running_stats=True) is not supported: "
+                            "kiln normalizes with each input's own statistics")
+        super().__init__(num_features, num_features, eps, affine, dtype)
