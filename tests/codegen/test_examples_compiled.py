@@ -114,3 +114,27 @@ def test_save_replaces_an_old_artifact_but_never_a_foreign_folder(tmp_path):
         compiled.save(foreign)
     assert (foreign / "todo.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.kiln", "notes"]  # no temp left
+
+
+def test_pytorch_style_layers_compile():
+    """GroupNorm, Mish, PixelShuffle, Upsample, InstanceNorm2d, Hardsigmoid: compiled ==
+    interpreted."""
+    import kiln.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.act = nn.Conv2d(4, 16, 3, padding=1), nn.GroupNorm(4, 16), \
+                nn.Mish()
+            self.shuffle, self.up = nn.PixelShuffle(2), nn.Upsample(scale_factor=2)
+            self.inorm, self.gate = nn.InstanceNorm2d(4), nn.Hardsigmoid()
+
+        def forward(self, x):
+            h = self.up(self.shuffle(self.act(self.norm(self.conv(x)))))
+            return self.gate(self.inorm(h))
+
+    graph = kiln.trace(Net(), x=kiln.TensorSpec((2, 4, 6, 6)))
+    x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    (want,) = kiln.interpret(graph, {"x": x})
+    (got,) = kiln.compile(graph, opt_level=2).run({"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
