@@ -103,12 +103,12 @@ class ReLU6(Hardtanh):
 
 
 class _Simple(Module):
-    """An activation without arguments: ``_fn`` names the kiln.ops function."""
+    """An activation without arguments: ``_fn`` names the kiln.nn.functional function."""
 
-    _fn = "identity"
+    _fn: str
 
     def forward(self, x: Any) -> Tensor:
-        return getattr(ops, self._fn)(x)
+        return getattr(F, self._fn)(x)
 
 
 class Sigmoid(_Simple):
@@ -123,30 +123,40 @@ class Tanh(_Simple):
     _fn = "tanh"
 
 
-class Hardswish(_Simple):
+class _SimpleInplace(_Simple):
+    """One that PyTorch lets compute in place (``inplace`` is kept for the repr; a traced
+    graph has no in-place ops)."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self) -> str:
+        return _inplace(self.inplace)
+
+
+class Hardswish(_SimpleInplace):
     """x * relu6(x + 3) / 6 (MobileNetV3)."""
 
     _fn = "hardswish"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = inplace
 
-    def extra_repr(self) -> str:
-        return _inplace(self.inplace)
+class Hardsigmoid(_SimpleInplace):
+    """relu6(x + 3) / 6."""
+
+    _fn = "hardsigmoid"
 
 
-class SiLU(_Simple):
+class SiLU(_SimpleInplace):
     """x * sigmoid(x) (swish)."""
 
     _fn = "silu"
 
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = inplace
 
-    def extra_repr(self) -> str:
-        return _inplace(self.inplace)
+class Mish(_SimpleInplace):
+    """x * tanh(softplus(x))."""
+
+    _fn = "mish"
 
 
 class Softplus(Module):
@@ -194,26 +204,4 @@ class LogSoftmax(Softmax):
 
 
 __all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Hardtanh", "ReLU6", "Sigmoid", "Tanh", "SiLU",
-           "Hardswish", "Softplus", "Softmax", "LogSoftmax"]
-
-
-class Hardsigmoid(Module):
-    """relu6(x + 3) / 6."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Any) -> Tensor:
-        return F.hardsigmoid(x)
-
-
-class Mish(Module):
-    """x * tanh(softplus(x))."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = inplace
-
-    def forward(self, x: Any) -> Tensor:
-        return F.mish(x)
+           "Hardswish", "Hardsigmoid", "Mish", "Softplus", "Softmax", "LogSoftmax"]
