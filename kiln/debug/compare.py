@@ -175,17 +175,11 @@ def _diff(name: str, got: np.ndarray, want: np.ndarray | None, atol: float,
 def _casts(graph: Graph) -> dict[str, str]:
     """Every cast's output name -> its input's name, fused bodies included (a value that a
     precision policy cast has the reference value of what it casts)."""
-    out = {}
-    for node in graph.nodes:
-        if node.op == "cast":
-            out[node.outputs[0].name] = node.inputs[0].name
-        body = next((v for v in node.attrs.values() if isinstance(v, Graph)), None)
-        if body is not None:
-            inner = _casts(body)
-            names = {b.name: o.name for b, o in zip(body.outputs, node.outputs)}
-            names.update({b.name: o.name for b, o in zip(body.inputs, node.inputs)})
-            out.update({names.get(k, k): names.get(v, v) for k, v in inner.items()})
-    return out
+    from kiln.codegen.lower import flatten_nodes
+
+    nodes, alias = flatten_nodes(graph.nodes)
+    return {alias.get(n.outputs[0], n.outputs[0]).name: alias.get(n.inputs[0], n.inputs[0]).name
+            for n in nodes if n.op == "cast"}
 
 
 def _unblock(got: np.ndarray, shape: tuple) -> tuple[np.ndarray, str] | None:

@@ -143,28 +143,22 @@ def _reduce(op: str):
 
 
 sum, mean, prod, logsumexp = map(_reduce, ["sum", "mean", "prod", "logsumexp"])
-_max, _min = _reduce("max"), _reduce("min")
 
 #: what ``max``/``min`` return when given PyTorch's ``dim``, as ``torch.max`` does
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
 
 
-def max(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False, *,
-        dim: int | None = None, keepdim: bool = False):
-    """The largest element over ``axis`` (None: all). With PyTorch's ``dim``, as
-    ``torch.max(x, dim)``: the pair ``(values, indices)``."""
-    if dim is None:
-        return _max(x, axis, keepdims)
-    return ValuesIndices(_max(x, dim, keepdim), argmax(x, dim, keepdim))
+def _extreme(op: str, values: Callable, indices: Callable) -> Callable:
+    def fn(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False, *,
+           dim: int | None = None, keepdim: bool = False):
+        if dim is None:
+            return values(x, axis, keepdims)
+        return ValuesIndices(values(x, dim, keepdim), indices(x, dim, keepdim))
 
-
-def min(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False, *,
-        dim: int | None = None, keepdim: bool = False):
-    """The smallest element over ``axis`` (None: all). With PyTorch's ``dim``, as
-    ``torch.min(x, dim)``: the pair ``(values, indices)``."""
-    if dim is None:
-        return _min(x, axis, keepdims)
-    return ValuesIndices(_min(x, dim, keepdim), argmin(x, dim, keepdim))
+    fn.__name__ = op
+    fn.__doc__ = (f"{op} over ``axis`` (None: all axes). With PyTorch's ``dim``, as "
+                  f"``torch.{op}(x, dim)``: the pair ``(values, indices)``.")
+    return fn
 
 
 @torch_names
@@ -175,6 +169,10 @@ def argmax(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
 @torch_names
 def argmin(x: Any, axis: int = -1, keepdims: bool = False) -> Tensor:
     return emit1("argmin", [x], {"axis": axis, "keepdims": keepdims})
+
+
+max = _extreme("max", _reduce("max"), argmax)
+min = _extreme("min", _reduce("min"), argmin)
 
 
 @torch_names

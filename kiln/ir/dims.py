@@ -388,9 +388,7 @@ class _Parser:
         if tok.isdigit():
             return int(tok)
         if tok[0].isalpha() or tok[0] == "_":
-            s = str.__new__(Sym, tok)
-            s._poly = {(tok,): 1}
-            return s
+            return symbol(tok)
         raise KilnError(f"{self.text!r} is not a size: unexpected {tok!r}")
 
 

@@ -112,6 +112,4 @@ def _clip(text: str) -> str:
 
 
 def _body(node: Node) -> Graph | None:
-    if node.op != "fused":
-        return None
-    return next((v for v in node.attrs.values() if isinstance(v, Graph)), None)
+    return node.attrs["graph"] if node.op == "fused" else None
