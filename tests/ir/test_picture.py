@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 
 import pytest
@@ -58,8 +59,9 @@ def test_cli_show_draws_or_falls_back_to_dot_text(tmp_path, monkeypatch, capsys)
     assert dot_file.read_text().startswith('digraph "Net"')
 
 
-@pytest.mark.skipif(not __import__("shutil").which("dot"), reason="Graphviz's dot is not "
-                    "installed (apt install graphviz); the DOT text is tested above")
+@pytest.mark.skipif(not shutil.which("dot"), reason="rendering needs Graphviz's dot program "
+                    "(apt install graphviz), which CI lacks; the DOT text and the fallback "
+                    "without it are tested above")
 def test_cli_show_renders_svg_with_graphviz(tmp_path):
     out = tmp_path / "net.svg"
     assert main(["show", "tests/debug_model.py:Net", "--input", "x=3x8", "-O", "2",
