@@ -133,16 +133,8 @@ def _bisect_convs(before: Graph, ctx: Any, out: Bisection,
         return optimize(before, ["layout"], ctx=replace(ctx, layout_only=frozenset(only),
                                                        reports={}))
 
-    suspects = convs
-    while len(suspects) > 1:
-        half = len(suspects) // 2
-        for part in (suspects[:half], suspects[half:]):
-            if differs(laid_out(part), f"{len(part)} of the {len(convs)} convolutions "
-                       "blocked"):
-                suspects = part
-                break
-        else:  # neither half alone: the convolutions differ together
-            break
+    suspects = _narrow(convs, lambda part: differs(
+        laid_out(part), f"{len(part)} of the {len(convs)} convolutions blocked"))
     out.before, out.after = str(laid_out([])), str(laid_out(suspects))
     made = {v.name: n for n in before.nodes for v in n.outputs}
     out.groups = [made[name].describe() for name in suspects]
@@ -153,19 +145,26 @@ def _bisect_groups(before: Graph, fused: Graph, out: Bisection,
     """Narrow a fusion difference to the fused group(s) that make it: keep half of the
     groups fused, undo the others, and follow the half that still differs."""
     groups = [i for i, node in enumerate(fused.nodes) if node.op == "fused"]
-    suspects = groups
-    while len(suspects) > 1:
-        half = len(suspects) // 2
-        for part in (suspects[:half], suspects[half:]):
-            if differs(unfuse(fused, before, keep=set(part)),
-                       f"{len(part)} of the {len(groups)} fused groups fused"):
-                suspects = part
-                break
-        else:  # neither half alone: the groups differ together
-            break
+    suspects = _narrow(groups, lambda part: differs(
+        unfuse(fused, before, keep=set(part)),
+        f"{len(part)} of the {len(groups)} fused groups fused"))
     out.before = str(unfuse(fused, before, keep=set()))
     out.after = str(unfuse(fused, before, keep=set(suspects)))
     out.groups = [_group_text(fused.nodes[i]) for i in suspects]
+
+
+def _narrow(items: list, differs_with: Callable[[list], bool]) -> list:
+    """The smallest part of ``items`` (all of which make a difference together) that makes
+    it alone, halving: follow the half that differs on its own; stop when neither half does
+    (the items differ only together)."""
+    suspects = items
+    while len(suspects) > 1:
+        half = len(suspects) // 2
+        part = next((p for p in (suspects[:half], suspects[half:]) if differs_with(p)), None)
+        if part is None:
+            break
+        suspects = part
+    return suspects
 
 
 def unfuse(fused: Graph, before: Graph, keep: set[int]) -> Graph:
