@@ -31,6 +31,7 @@ def manifest(result: BuildResult) -> dict[str, Any]:
         "constants": sorted(result.constants),
         "kernels": [k.to_json() for k in result.kernels],
         **({"tuning": result.tuning} if result.tuning else {}),
+        **({"sizes": result.sizes} if result.sizes else {}),
         **({"gpu": result.gpu} if result.gpu else {}),
     }
 
@@ -154,6 +155,7 @@ def compile(
     layout_budget: float = 30.0,
     layout_cache: str | os.PathLike | bool | None = None,
     precision: str = "fp32",
+    bounds: Mapping[str, tuple[int, int | None]] | None = None,
     **pass_options: Any,
 ) -> CompiledModel:
     """Optimize ``graph`` with the ``O<opt_level>`` pipeline, compile it for ``target`` and
@@ -174,13 +176,16 @@ def compile(
     has no fast instructions for it, a ``PrecisionWarning`` says so and it compiles in
     float32. A quantized model (QDQ ONNX) runs its matmuls and convolutions on int8 kernels
     where the target has AVX512-VNNI (the ``int8`` pass; ``reports["int8"]`` says which).
+    A graph with symbolic dims (``TensorSpec(("batch", 128))``, an ONNX model's
+    ``dim_param``s) compiles into one model for every size (docs/shapes.md); ``bounds``
+    ({"batch": (1, 32)}, high None for none) limits the sizes it accepts.
     """
     report = reporter(progress)
     report(f"optimizing {graph.name!r} ({len(graph.nodes)} nodes) at O{opt_level}")
     graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
                            precision, pass_options)
     report(f"lowering and scheduling {len(graph.nodes)} nodes")
-    result = build(graph, target=ctx.target, progress=progress)
+    result = build(graph, target=ctx.target, progress=progress, bounds=bounds)
     layout = ctx.reports.get("layout")
     if layout is not None and layout.choices:
         result.tuning["layout"] = layout.to_json()

@@ -26,7 +26,8 @@ from kiln.codegen.lower import (
 )
 from kiln.codegen.nvcc import device_module
 from kiln.errors import InputError, KilnError, UnsupportedOpError
-from kiln.ir.graph import Graph, Node
+from kiln.ir.dims import Sym, as_dim, symbols_in
+from kiln.ir.graph import Graph, Node, Value
 from kiln.ir.ops import get_op
 from kiln.ir.types import TensorType, to_numpy_dtype
 from kiln.targets import Target, resolve_target
@@ -81,11 +82,16 @@ class KernelCall:
     args: list[str]
     num_outputs: int
     sources: list[str]
-    flops: int
+    flops: int | str  # a symbolic size's text where it depends on one
+    sizes: list[str] = field(default_factory=list)  # symbolic sizes passed after the args
 
     def to_json(self) -> dict[str, Any]:
-        return {"func": self.func, "args": list(self.args), "num_outputs": self.num_outputs,
-                "sources": list(self.sources), "flops": int(self.flops)}
+        out = {"func": self.func, "args": list(self.args), "num_outputs": self.num_outputs,
+               "sources": list(self.sources),
+               "flops": self.flops if isinstance(self.flops, str) else int(self.flops)}
+        if self.sizes:
+            out["sizes"] = list(self.sizes)
+        return out
 
 
 @dataclass
@@ -108,6 +114,7 @@ class BuildResult:
     device_code: bytes = b""  # a GPU build's device module (fat binary + function table)
     device_source: str = ""  # the CUDA C of a GPU build
     natives: tuple[str, ...] = ()  # the C kernels its kernels call (kiln/codegen/native)
+    sizes: dict[str, Any] = field(default_factory=dict)  # symbolic sizes (kiln/runtime/sizes.py)
 
     def signature(self, names: list[str]) -> list[dict[str, Any]]:
         return [{"name": n, "shape": list(self.values[n].shape), "dtype": self.values[n].dtype}
@@ -135,25 +142,79 @@ def _sources(node: Node) -> list[str]:
     return [n.describe() for n in body.nodes]
 
 
-def _flops(node: Node) -> int:
+def _flops(node: Node) -> int | str:
+    """The node's floating-point operations: an int, or for symbolic shapes the text of
+    the size expression (the runtime evaluates it per call size)."""
     body = fused_body(node)
     if body is not None:
-        return sum(_flops(n) for n in body.nodes)
+        total = sum(as_dim(_flops(n)) for n in body.nodes)
+        return total if isinstance(total, int) else str(total)
     fn = get_op(node.op).flops
     if fn is None:
         return 0
-    return int(fn([v.type for v in node.inputs], [v.type for v in node.outputs], node.attrs))
+    try:
+        count = fn([v.type for v in node.inputs], [v.type for v in node.outputs], node.attrs)
+    except (KilnError, TypeError, ValueError):  # a count that needs static sizes
+        return 0
+    return int(count) if not isinstance(count, Sym) else str(count)
 
 
-def _check_static(graph: Graph) -> None:
-    symbolic = [v for v in graph.all_values() if not v.type.is_static]
-    if symbolic:
+def _check_sizes(graph: Graph, target: Target) -> None:
+    """Symbolic sizes compile where each is the size of some input dimension (the runtime
+    reads them off the inputs) and the target is a CPU."""
+    used = symbols_in(d for v in graph.all_values() for d in v.type.shape)
+    if not used:
+        return
+    if target.kind != "cpu":
         ins = [f"%{v.name}: {v.type}" for v in graph.inputs if not v.type.is_static]
-        raise KilnError(
-            f"graph {graph.name!r} has symbolic dimensions ({', '.join(ins) or symbolic[0]}); "
-            "codegen needs concrete shapes: give the input specs fixed sizes (e.g. batch=1) "
-            "before compiling"
-        )
+        raise KilnError(f"graph {graph.name!r} has symbolic dimensions ({', '.join(ins)}); "
+                        f"the {target.kind} target needs concrete shapes: give the inputs "
+                        "fixed sizes (e.g. batch=1) before compiling")
+    named = {str(d) for v in graph.inputs for d in v.type.shape
+             if isinstance(d, Sym) and d.is_name}
+    unbound = sorted(used - named)
+    if unbound:
+        raise KilnError(f"graph {graph.name!r} uses the symbolic size(s) {unbound}, which "
+                        "no input has as a dimension of its own: a compiled model reads its "
+                        "sizes off its inputs, so give them values (e.g. "
+                        f"{unbound[0]}=1) before compiling")
+
+
+def symbolic_sizes(graph: Graph, bounds: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's ``sizes`` of a graph with symbolic dims ({} for a static one): the
+    names, ``bounds`` ({name: (low, high or None)}) and the least sizes its slices need."""
+    from kiln.ir.ops.shape import slice_requirements
+
+    names = sorted(symbols_in(d for v in graph.all_values() for d in v.type.shape))
+    if not names:
+        if bounds:
+            raise KilnError(f"bounds for {sorted(bounds)} given, but graph {graph.name!r} has "
+                            "no symbolic sizes")
+        return {}
+    out: dict[str, Any] = {"names": names}
+    unknown = sorted(set(bounds or {}) - set(names))
+    if unknown:
+        raise KilnError(f"bounds for {unknown}, which are not sizes of graph {graph.name!r} "
+                        f"(its sizes: {names})")
+    if bounds:
+        out["bounds"] = {}
+        for name, (low, high) in bounds.items():
+            if not (isinstance(low, int) and low >= 0 and (high is None or isinstance(
+                    high, int) and high >= low)):
+                raise KilnError(f"size {name}: bounds must be 0 <= low <= high (ints), got "
+                                f"{low}..{high}")
+            out["bounds"][name] = [low, high]
+    flat, _ = flatten_nodes(graph.nodes)
+    require = {}
+    for node in flat:
+        if node.op == "slice":
+            for dim, least in slice_requirements(node.inputs[0].type, node.attrs):
+                key = str(dim)
+                if least > require.get(key, (0, ""))[0]:
+                    require[key] = (least, node.describe())
+    if require:
+        out["require"] = [[d, least, at] for d, (least, at) in sorted(require.items())]
+    return out
 
 
 def reporter(progress: Progress | bool | None) -> Progress:
@@ -190,7 +251,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
 
     tgt = resolve_target(target)
     tiling = tiling_for(tgt)
-    _check_static(graph)
+    _check_sizes(graph, tgt)
     missing = [v.name for v in graph.params if v.name not in graph.weights]
     if missing:
         raise KilnError(f"graph {graph.name!r}: parameters {missing} have no values; codegen "
@@ -235,7 +296,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
                 seen.setdefault(key, []).append((func, fname))
                 funcs[fname] = schedule(func, tgt).with_attr("global_symbol", fname)
         kernels.append(KernelCall(fname, group.args, group.num_outputs, _sources(node),
-                                  _flops(node)))
+                                  _flops(node), group.size_names))
     for v in graph.outputs:
         if v.name in weights:
             constants.setdefault(v.name, weights[v.name])
@@ -244,18 +305,20 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
     return Scheduled(tgt, funcs, kernels, constants, values, natives)
 
 
-def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None
-          ) -> BuildResult:
+def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None,
+          bounds: Mapping[str, Any] | None = None) -> BuildResult:
     """Lower, schedule and compile every node of ``graph`` into one library.
 
     ``target``: None/"llvm" (this machine), "portable", "cuda", or see
     ``target.resolve_target``. ``progress``: True prints progress lines on stderr; a
-    callable receives them.
+    callable receives them. ``bounds``: {size name: (low, high or None)} for the symbolic
+    sizes of ``graph`` (the runtime refuses a call outside them).
     """
     import tvm
 
     t_start = time.perf_counter()
     report = reporter(progress)
+    sizes = symbolic_sizes(graph, bounds)
     done = schedule_graph(graph, target, report)
     tgt, funcs, kernels = done.target, done.funcs, done.kernels
     report(f"compiling {len(funcs)} kernels ({len(kernels)} calls) for "
@@ -284,6 +347,7 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         device_code=device,
         device_source=source,
         natives=tuple(sorted(done.natives)),
+        sizes=sizes,
     )
 
 
@@ -376,18 +440,27 @@ def _linker_error(error: BaseException) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
-def check_inputs(result: BuildResult, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Validate inputs against the signature (names, shapes, dtypes) with a clear error."""
+def check_inputs(result: BuildResult, inputs: Mapping[str, np.ndarray]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Validate inputs against the signature (names, shapes, dtypes) with a clear error;
+    returns the arrays and the symbolic sizes they fix."""
+    from kiln.ir.interpreter import bind_shape
+
     missing = [n for n in result.inputs if n not in inputs]
     extra = sorted(set(inputs) - set(result.inputs))
     if missing or extra:
         raise InputError(f"{result.name!r} takes inputs {result.inputs}; missing {missing}, "
                          f"unexpected {extra}")
-    out = {}
+    out: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}
     for nm in result.inputs:
         t = result.values[nm]
         arr = np.asarray(inputs[nm])
-        if arr.dtype != to_numpy_dtype(t.dtype) or tuple(arr.shape) != tuple(t.shape):
+        if arr.dtype != to_numpy_dtype(t.dtype) or arr.ndim != t.rank:
             raise InputError(f"input %{nm} expects {t}, got {arr.dtype.name}{list(arr.shape)}")
+        try:
+            bind_shape(Value(nm, t), arr, sizes, "input")
+        except KilnError as e:
+            raise InputError(str(e)) from None
         out[nm] = arr
-    return out
+    return out, sizes

@@ -32,8 +32,9 @@ def _run(result, inputs: Mapping[str, np.ndarray]) -> dict[str, object]:
     import tvm
 
     from kiln.codegen.build import check_inputs
+    from kiln.ir.interpreter import resolve
 
-    arrays = check_inputs(result, inputs)
+    arrays, sizes = check_inputs(result, inputs)
     if result.natives:
         from kiln.codegen.native import load_in_process
 
@@ -49,7 +50,7 @@ def _run(result, inputs: Mapping[str, np.ndarray]) -> dict[str, object]:
                 src = np.array(result.constants[name], order="C")
             else:
                 t = result.values[name]
-                src = np.zeros(t.shape, to_numpy_dtype(t.dtype))
+                src = np.zeros(resolve(t, sizes), to_numpy_dtype(t.dtype))
             env[name] = tvm.runtime.tensor(src, dev)
         return env[name]
 
@@ -57,7 +58,7 @@ def _run(result, inputs: Mapping[str, np.ndarray]) -> dict[str, object]:
         fn = result.executable[k.func]
         args = [tensor(a) for a in k.args]
         try:
-            fn(*args)
+            fn(*args, *(sizes[n] for n in k.sizes))
         except Exception as e:  # a kernel's input check: the InputError the runtime gives
             checked = kernel_check_error(e, k.sources, args[: len(args) - k.num_outputs])
             if checked is None:

@@ -141,6 +141,55 @@ def _copy(t, name: str):
     return te.compute(t.shape, lambda *i: t[i] if i else t[()], name=name)
 
 
+@dataclass(frozen=True)
+class TeType:
+    """A value's type as a TE builder sees it: ``shape`` holds ints and, for symbolic sizes,
+    TIR expressions of the kernel's size variables (``te_shape``)."""
+
+    shape: tuple
+    dtype: str
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+def te_dim(d: Any, sizes: dict[str, Any]) -> Any:
+    """A kiln dim as a TE extent: an int, or the symbolic size's expression over the int32
+    variables in ``sizes`` (one per name, made on first use)."""
+    from tvm import tirx
+
+    if isinstance(d, int):
+        return d
+    total: Any = 0
+    for coefficient, factors in d.terms:
+        term: Any = coefficient
+        for f in factors:
+            if isinstance(f, str):
+                if f not in sizes:
+                    sizes[f] = tirx.Var(f, "int32")
+                term = term * sizes[f]
+            else:
+                numerator, divisor = f
+                term = term * tirx.floordiv(te_dim(numerator, sizes), divisor)
+        total = total + term
+    return total
+
+
+def te_shape(t: TensorType, sizes: dict[str, Any]) -> tuple:
+    return tuple(te_dim(d, sizes) for d in t.shape)
+
+
+def same_extent(a: Any, b: Any) -> bool:
+    """Whether two TE extents (ints or TIR expressions) are the same size."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    import tvm_ffi
+
+    return not isinstance(a, int) and not isinstance(b, int) and \
+        bool(tvm_ffi.structural_equal(a, b))
+
+
 @dataclass
 class LoweredGroup:
     """The TE of one group: placeholders (args) and outputs, plus constants made on the way."""
@@ -149,12 +198,18 @@ class LoweredGroup:
     args: list[str]  # value names, inputs then outputs (packed constants under their new names)
     num_outputs: int
     new_constants: dict[str, np.ndarray] = field(default_factory=dict)
+    sizes: dict[str, Any] = field(default_factory=dict)  # symbolic size name -> int32 var
+
+    @property
+    def size_names(self) -> list[str]:
+        """The symbolic sizes the kernel takes after its tensors, as int32 arguments."""
+        return sorted(self.sizes)
 
     def prim_func(self):
-        """The unscheduled PrimFunc ``(inputs..., outputs...)``."""
+        """The unscheduled PrimFunc ``(inputs..., outputs..., sizes...)``."""
         from tvm import te
 
-        return te.create_prim_func(self.tensors)
+        return te.create_prim_func(self.tensors + [self.sizes[n] for n in self.size_names])
 
     def natives(self) -> set[str]:
         """The native (C) kernels it calls (``kiln/codegen/native``)."""
@@ -187,9 +242,10 @@ def lower_group(
     tensors: list = []
     new_constants: dict[str, np.ndarray] = {}
     packed_env: dict[tuple[Value, str], Any] = {}
+    sizes: dict[str, Any] = {}
 
     def placeholder(name: str, t: TensorType):
-        ph = te.placeholder(tuple(t.shape), dtype=t.dtype, name=_ident(name))
+        ph = te.placeholder(te_shape(t, sizes), dtype=t.dtype, name=_ident(name))
         args.append(name)
         tensors.append(ph)
         return ph
@@ -230,16 +286,20 @@ def lower_group(
             attrs.update(plan.attrs)
             args_te.append(packed_env[key])
         try:
-            result = fn(args_te, attrs, [v.type for v in node.outputs])
+            result = fn(args_te, attrs,
+                        [TeType(te_shape(v.type, sizes), v.dtype) for v in node.outputs])
         except (UnsupportedOpError, NotImplementedError) as e:  # a case the builder lacks
             raise unsupported(node, str(e)) from None
         results = list(result) if isinstance(result, (list, tuple)) else [result]
         if len(results) != len(node.outputs):
             raise KilnError(f"{node_context(node)}: lowering gave {len(results)} outputs")
         for v, t in zip(node.outputs, results):
-            if tuple(int(d) for d in t.shape) != tuple(v.type.shape) or t.dtype != v.dtype:
+            want = te_shape(v.type, sizes)
+            if len(t.shape) != len(want) or t.dtype != v.dtype or not all(
+                    same_extent(_extent(a), b) for a, b in zip(t.shape, want)):
                 raise KilnError(f"{node_context(node)}: lowering gave {t.dtype}"
-                                f"{[int(d) for d in t.shape]}, type inference says {v.type}")
+                                f"{[_extent(d) for d in t.shape]}, type inference says "
+                                f"{v.type}")
             env[alias.get(v, v)] = t
 
     outs = []
@@ -253,4 +313,9 @@ def lower_group(
         outs.append(t)
     in_tensors = list(tensors)
     return LoweredGroup(in_tensors + outs, args + [v.name for v in outputs], len(outputs),
-                        new_constants)
+                        new_constants, sizes)
+
+
+def _extent(d: Any) -> Any:
+    """A TE shape entry as an int where it is constant, else the expression."""
+    return int(d) if hasattr(d, "value") or isinstance(d, int) else d

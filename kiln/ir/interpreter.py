@@ -132,12 +132,26 @@ def _run(graph: Graph, inputs: Mapping[str, np.ndarray],
                 if r.dtype.name == v.dtype and _binds_new_symbols(v.type, r.shape, bindings):
                     env[v] = r
                     continue
+                _check_requirements(node, bindings)
                 raise KilnError(
                     f"{node.describe()}: reference gave {r.dtype.name}{list(r.shape)}, but type "
                     f"inference says {v.type}: a bug in op {node.op!r}"
                 )
             env[v] = r
     return env
+
+
+def _check_requirements(node, bindings: Mapping[str, int]) -> None:
+    """A slice of a symbolic axis shorter than it needs is the input's fault: say so."""
+    from kiln.ir.ops.shape import slice_requirements
+
+    if node.op != "slice":
+        return
+    for dim, least in slice_requirements(node.inputs[0].type, node.attrs):
+        if dim.symbols <= bindings.keys() and dim.evaluate(bindings) < least:
+            raise InputError(f"{node.describe()} needs dimension {dim} to be at least "
+                             f"{least}, it is {dim.evaluate(bindings)} with "
+                             f"{_sizes(dim, bindings)}")
 
 
 def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) -> bool:

@@ -92,7 +92,8 @@ class Model:
     """A loaded artifact, ready to run. Made by ``kiln.runtime.load``."""
 
     def __init__(self, manifest: dict[str, Any], library: Any,
-                 constants: dict[str, np.ndarray], notes: list[str] | None = None) -> None:
+                 constants: dict[str, np.ndarray], notes: list[str] | None = None,
+                 copy_constants: bool = True) -> None:
         self._manifest = manifest
         self.notes: list[str] = list(notes or [])
         values = manifest["values"]
@@ -102,7 +103,9 @@ class Model:
         for s in self._outputs:
             numpy_dtype(s.dtype)  # a model returning bfloat16 needs ml_dtypes: say so now
         self._lock = threading.Lock()
-        self._consts = {n: _aligned_copy(a) for n, a in constants.items()}
+        # (a DynamicModel hands each call size's Model its own aligned copies, shared)
+        self._consts = {n: _aligned_copy(a) if copy_constants else a
+                        for n, a in constants.items()}
         self._arena, views = _arena(manifest["memory"], values)
         written = {o for k in manifest["kernels"] for o in split_args(k)[1]}
         # Each value is bound to a static tensor, or to a per-run slot (a big input passed
@@ -138,7 +141,8 @@ class Model:
                 raise ArtifactError(f"kernels.so has no function {k['func']!r}, which the "
                                     "manifest calls; the artifact is inconsistent: rebuild "
                                     "it with `kiln compile`") from None
-            args = [tensors.get(a) for a in k["args"]]
+            # a model with symbolic sizes passes this call size's after the tensors
+            args = [tensors.get(a) for a in k["args"]] + list(k.get("size_values", ()))
             dynamic = tuple((i, slot_of[a]) for i, a in enumerate(k["args"]) if a in slot_of)
             self._calls.append((func, args, dynamic))
         self._library = library  # keeps the functions' module alive

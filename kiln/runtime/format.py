@@ -323,20 +323,32 @@ def validate_manifest(manifest: Any, *, with_files: bool = True) -> None:
             raise _bad(f"field {key!r} is missing or not a JSON {_json_kind(kind)}")
     _check_metadata(m)
     values = m["values"]
+    symbolic = "sizes" in m  # dims may be size expressions (kiln/runtime/sizes.py)
     for name, info in values.items():
-        _check_value(name, info)
-    input_names = _check_signatures(m["inputs"], "inputs", values)
-    output_names = _check_signatures(m["outputs"], "outputs", values)
+        _check_value(name, info, symbolic)
+    input_names = _check_signatures(m["inputs"], "inputs", values, symbolic)
+    output_names = _check_signatures(m["outputs"], "outputs", values, symbolic)
     if len(set(input_names)) != len(input_names):
         raise _bad("two graph inputs have the same name")
     constants = _check_constants(m["constants"], values, set(input_names))
     fixed = set(input_names) | constants
-    written = _check_kernels(m["kernels"], values, fixed)
+    written = _check_kernels(m["kernels"], values, fixed, symbolic)
     for name in output_names:
         if name not in written and name not in fixed:
             raise _bad(f"graph output {name!r} is produced by no kernel")
     if with_files:
         _check_file_digests(m["files"], files_of(m))
+    if symbolic:
+        from kiln.runtime.sizes import check_sizes_section
+
+        try:
+            check_sizes_section(m)
+        except ArtifactError as e:
+            raise _bad(str(e)) from None
+        if m["memory"]:
+            raise _bad("a model with symbolic sizes plans its memory per call size: its "
+                       "'memory' must be empty")
+        return
     _check_memory(m["memory"], written - set(output_names))
     from kiln.runtime.planner import check_plan  # planner imports this module
 
@@ -372,32 +384,40 @@ def _check_metadata(m: dict[str, Any]) -> None:
         raise _bad(f"target 'num-cores' is {_show(cores)}, not a positive int")
 
 
-def _check_value(name: str, info: Any) -> None:
+def _check_value(name: str, info: Any, symbolic: bool = False) -> None:
+    from kiln.runtime.sizes import is_expression
+
     if not isinstance(info, dict):
         raise _bad(f"value {_show(name)} is not an object with 'shape' and 'dtype'")
     shape = info.get("shape")
-    if not isinstance(shape, list) or len(shape) > MAX_RANK \
-            or not all(_is_int(d) and 0 <= d <= MAX_VALUE_BYTES for d in shape):
-        raise _bad(f"value {_show(name)} has no static shape (a list of at most {MAX_RANK} "
-                   f"non-negative ints), it has {_show(shape)}")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(
+            _is_int(d) and 0 <= d <= MAX_VALUE_BYTES or symbolic and is_expression(d)
+            for d in shape):
+        what = "shape (a list of at most {} non-negative ints or size expressions" if \
+            symbolic else "static shape (a list of at most {} non-negative ints"
+        raise _bad(f"value {_show(name)} has no {what.format(MAX_RANK)}), it has "
+                   f"{_show(shape)}")
+    if not all(_is_int(d) for d in shape):
+        shape = [1]  # a symbolic size: its bytes are checked per call size
     dtype = info.get("dtype")
     if not isinstance(dtype, str):
         raise _bad(f"value {_show(name)} has unknown dtype {_show(dtype)}")
     if dtype not in DTYPE_SIZES:
         raise _bad(f"value {_show(name)} has unknown dtype {_show(dtype)}")
-    if value_nbytes(info) > MAX_VALUE_BYTES:
+    if value_nbytes({**info, "shape": shape}) > MAX_VALUE_BYTES:
         raise _bad(f"value {_show(name)} would take {value_nbytes(info)} bytes, more than the "
                    f"{MAX_VALUE_BYTES} a kiln artifact may describe")
 
 
-def _check_signatures(sigs: list, io: str, values: dict[str, Any]) -> list[str]:
+def _check_signatures(sigs: list, io: str, values: dict[str, Any],
+                      symbolic: bool = False) -> list[str]:
     """Check graph inputs or outputs against "values"; return their names in order."""
     names = []
     for sig in sigs:
         if not isinstance(sig, dict) or not _is_name(sig.get("name")):
             raise _bad(f"an entry of {io!r} has no name")
         name = sig["name"]
-        _check_value(name, sig)
+        _check_value(name, sig, symbolic)
         known = values.get(name)
         if known is None or known["shape"] != sig["shape"] or known["dtype"] != sig["dtype"]:
             raise _bad(f"{io[:-1]} {_show(name)} does not match its entry in 'values'")
@@ -418,7 +438,8 @@ def _check_constants(names: list, values: dict[str, Any], inputs: set[str]) -> s
     return set(names)
 
 
-def _check_kernels(kernels: list, values: dict, fixed: set[str]) -> set[str]:
+def _check_kernels(kernels: list, values: dict, fixed: set[str],
+                   symbolic: bool = False) -> set[str]:
     """Check the call sequence; return the names that kernels write."""
     written: set[str] = set()
     for i, k in enumerate(kernels):
@@ -431,7 +452,7 @@ def _check_kernels(kernels: list, values: dict, fixed: set[str]) -> set[str]:
                 or not _is_int(n_out) or not 1 <= n_out <= len(args):
             raise _bad(f"kernel #{i} ({func}) needs 'args' (value names) and "
                        "1 <= num_outputs <= len(args)")
-        _check_kernel_info(i, k)
+        _check_kernel_info(i, k, symbolic)
         ins, outs = split_args(k)
         for name in args:
             if name not in values:
@@ -449,12 +470,21 @@ def _check_kernels(kernels: list, values: dict, fixed: set[str]) -> set[str]:
     return written
 
 
-def _check_kernel_info(i: int, kernel: dict[str, Any]) -> None:
-    """The optional profiling fields: "sources" (strings) and "flops" (an int)."""
+def _check_kernel_info(i: int, kernel: dict[str, Any], symbolic: bool = False) -> None:
+    """The optional profiling fields: "sources" (strings) and "flops" (an int; a size
+    expression where sizes are symbolic), and the size arguments of one call size."""
+    from kiln.runtime.sizes import MAX_SIZE, is_expression
+
     sources = kernel.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
         raise _bad(f"kernel #{i} ({kernel['func']}) has 'sources' that are not strings")
+    values = kernel.get("size_values", [])
+    if not isinstance(values, list) or not all(_is_int(v) and 0 <= v <= MAX_SIZE
+                                               for v in values):
+        raise _bad(f"kernel #{i} ({kernel['func']}) has 'size_values' that are not sizes")
     flops = kernel.get("flops", 0)
+    if symbolic and is_expression(flops):
+        return
     if not _is_int(flops) or not 0 <= flops <= MAX_FLOPS:
         raise _bad(f"kernel #{i} ({kernel['func']}) has 'flops' {_show(flops)}, not a "
                    "non-negative int")

@@ -29,9 +29,11 @@ import numpy as np
 
 from kiln.errors import ArtifactError, KilnError
 from kiln.runtime import format as fmt
+from kiln.runtime.dynamic import DynamicModel
 from kiln.runtime.elf import check_kernels_library, check_runtime_library
 from kiln.runtime.executor import Model
 from kiln.runtime.gpu import GpuModel, device_module, load_cuda_runtime
+from kiln.runtime.sizes import is_symbolic
 from kiln.runtime.threads import set_thread_defaults
 
 #: the files an archive may hold (a top folder aside), each with the most bytes it may take
@@ -123,7 +125,7 @@ def _load_dir(folder: Path, shown: Path, key: bytes | None) -> Model | GpuModel:
     manifest = read_manifest(folder, shown, key)
     notes = check_host(manifest)
     gpu = manifest["target"]["kind"] == "cuda"
-    if not gpu:
+    if not gpu and not is_symbolic(manifest):  # (symbolic: checked per call size)
         _check_memory_needs(manifest, shown)
     _check_files(folder, manifest, shown)
     check_runtime_library(folder / fmt.RUNTIME_LIB)
@@ -141,6 +143,8 @@ def _load_dir(folder: Path, shown: Path, key: bytes | None) -> Model | GpuModel:
             code = fmt.read_limited(folder / fmt.DEVICE_CODE, fmt.MAX_LIBRARY_BYTES)
             tvm_ffi.get_global_func("ffi.ModuleImportModule")(library, device_module(code))
             return GpuModel(manifest, library, constants, notes)
+        if is_symbolic(manifest):
+            return DynamicModel(manifest, library, constants, notes)
         return Model(manifest, library, constants, notes)
     except MemoryError:
         raise ArtifactError(f"{shown} needs more memory for its buffers than this process "

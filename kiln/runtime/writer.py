@@ -200,7 +200,9 @@ def _complete_manifest(manifest: dict[str, Any], weights: dict[str, np.ndarray])
     m.pop("files", None)
     fixed = {s["name"] for s in m.get("inputs", [])} | set(m["constants"])
     keep = fixed | {s["name"] for s in m.get("outputs", [])}
-    if "memory" not in m and isinstance(m.get("kernels"), list):
+    if "sizes" in m:
+        m.setdefault("memory", {})  # planned per call size when the model runs
+    elif "memory" not in m and isinstance(m.get("kernels"), list):
         m["memory"] = plan_memory(m["kernels"], m.get("values", {}), keep)
     fmt.validate_manifest(m, with_files=False)
     if set(weights) != set(m["constants"]):

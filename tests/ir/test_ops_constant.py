@@ -227,7 +227,7 @@ def test_flops():
 R = {"shape": (2,)}
 
 ERRORS = [
-    ("full", {"shape": ("B", 3), "value": 1.0}, "non-negative ints"),
+    ("random_uniform", {"shape": ("B", 3)}, "non-negative ints"),
     ("full", {"shape": (2, -1), "value": 1.0}, "non-negative ints"),
     ("full", {"shape": 3, "value": 1.0}, "must be a tuple"),
     ("full", {"shape": (2,)}, "missing required attribute 'value'"),

@@ -63,11 +63,16 @@ def checked(t, ok: Callable, op: str, message: str, out: Callable | None = None,
             tirx.BufferStore(outs[0], out(v).astype(dtype), idx),
         ])
         for var, extent in reversed(list(zip(idx, shape))):
-            stmt = tirx.For(var, const(0, "int32"), const(extent, "int32"),
+            stmt = tirx.For(var, const(0, "int32"), _int32(extent),
                             tirx.ForKind.SERIAL, stmt)
         return stmt
 
     return te.extern(shape, [t], body, name=name, dtype=dtype)
+
+
+def _int32(extent):
+    """A loop extent (an int, or a symbolic size's int32 expression) as an int32 expression."""
+    return const(extent, "int32") if isinstance(extent, int) else extent
 
 
 def checked_index(ind, size: int, what: str, raises: bool = True):
@@ -75,7 +80,7 @@ def checked_index(ind, size: int, what: str, raises: bool = True):
     the end (ONNX, numpy); any index outside [-size, size) raises an IndexError worded as
     the interpreter's."""
     dt = dtype_of(ind)
-    n = const(size, dt)
+    n = const(size, dt) if isinstance(size, int) else size.astype(dt)
     message = (f"{what} index {{value}} is out of range for size {size} "
                f"(-{size}..{size - 1}) at {{at}}")
     return checked(ind, lambda v: tirx.all(v >= -n, v < n), what, message,

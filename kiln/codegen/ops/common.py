@@ -32,8 +32,9 @@ def dtype_of(x) -> str:
     return str(x.dtype if hasattr(x, "dtype") else x.ty)
 
 
-def shape_of(t) -> tuple[int, ...]:
-    return tuple(int(d) for d in t.shape)
+def shape_of(t) -> tuple:
+    """A TE tensor's shape: ints, and TIR expressions for symbolic sizes."""
+    return tuple(int(d) if hasattr(d, "value") else d for d in t.shape)
 
 
 def bcast(t, out_shape: Sequence[int]):
@@ -294,3 +295,32 @@ def largest_divisor(n: int, at_most: int) -> int:
     return 1
 
 
+
+
+# -- symbolic extents ---------------------------------------------------------------------
+# A symbolic size reaches a builder as a TIR expression of the kernel's int32 size
+# arguments. Builders compute with it as with an int; where a heuristic needs a number (a
+# register tile, a row block, whether to fold batches) it takes NOMINAL_SIZE, the size a
+# served batch x sequence typically has. Correctness never depends on it: padding and
+# predicates cover every actual size.
+NOMINAL_SIZE = 128
+
+
+def is_static(d) -> bool:
+    """Whether an extent is a plain int (not a symbolic size's expression)."""
+    return isinstance(d, int)
+
+
+def nominal(d) -> int:
+    """An extent's value for heuristics: itself if static, else ``NOMINAL_SIZE``."""
+    return d if isinstance(d, int) else NOMINAL_SIZE
+
+
+def nominal_prod(dims) -> int:
+    """The product of extents for heuristics (symbolic ones at ``NOMINAL_SIZE``)."""
+    return math.prod(nominal(d) for d in dims)
+
+
+def ceil_div(a, b: int):
+    """``ceil(a / b)`` for an int or a symbolic extent ``a`` and a positive int ``b``."""
+    return -(-a // b) if isinstance(a, int) else tirx.floordiv(a + (b - 1), b)

@@ -63,7 +63,7 @@ def _counter(idx, shape, scale: int = 1, offset: int = 0):
 @lowering("full")
 def full(inputs, attrs, out_types):
     dtype = attrs["dtype"]
-    return te.compute(tuple(attrs["shape"]), lambda *i: const(attrs["value"], dtype),
+    return te.compute(tuple(out_types[0].shape), lambda *i: const(attrs["value"], dtype),
                       name="full")
 
 

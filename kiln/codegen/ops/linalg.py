@@ -43,7 +43,7 @@ def b_reader(read, b_batch, out_batch, n: int, k_dim: int, nb: int, dtype: str, 
     in place when allowed and N is a multiple of ``nb``, else through a ``pack`` stage
     ``[..., N/nb, K, nb]`` (zero padded) computed per call."""
     b_b = _batch_reader(b_batch, out_batch)
-    if raw_ok and n % nb == 0:
+    if raw_ok and c.is_static(n) and n % nb == 0:
         return lambda bidx, k, j: read(b_b(bidx), k, j)
 
     def pack_fn(*idx):
@@ -52,8 +52,7 @@ def b_reader(read, b_batch, out_batch, n: int, k_dim: int, nb: int, dtype: str, 
         # if_then_else, not Select: the load must not happen past the end of B
         return tirx.if_then_else(j < n, read(bb, k, tirx.min(j, n - 1)), const(0, dtype))
 
-    n_pad = -(-n // nb) * nb
-    bp = te.compute((*b_batch, n_pad // nb, k_dim, nb), pack_fn, name="pack_b",
+    bp = te.compute((*b_batch, c.ceil_div(n, nb), k_dim, nb), pack_fn, name="pack_b",
                     attrs={"kiln.sched": "pack"})
     return lambda bidx, k, j: bp[(*b_b(bidx), j // nb, k, j % nb)]
 
@@ -64,14 +63,19 @@ def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, tiles
     stage of register tiles of ``tiles.gemm_rows`` (at most) x ``nb``, in row blocks of A of
     about ``tiles.gemm_block_bytes`` (Mp pads M to whole blocks of whole tiles), annotated
     for the schedule."""
-    mr = tiles.gemm_rows if m >= tiles.gemm_rows else m
-    n_tiles, panels = -(-m // mr), -(-n // nb)
-    by_bytes = -(-m * k_dim * np.dtype(dtype).itemsize // tiles.gemm_block_bytes)
-    by_tasks = -(-tiles.tasks // (panels * prod(out_batch)))
+    m_n, n_n = c.nominal(m), c.nominal(n)  # a symbolic size counts as NOMINAL_SIZE here
+    mr = tiles.gemm_rows if m_n >= tiles.gemm_rows else m
+    n_tiles, panels = -(-m_n // mr), -(-n_n // nb)
+    by_bytes = -(-m_n * c.nominal(k_dim) * np.dtype(dtype).itemsize // tiles.gemm_block_bytes)
+    by_tasks = -(-tiles.tasks // (panels * c.nominal_prod(out_batch)))
     blocks = max(1, min(n_tiles, max(by_bytes, by_tasks)))
     block_tiles = -(-n_tiles // blocks)
     blocks = -(-n_tiles // block_tiles)
-    m_pad, n_pad = blocks * block_tiles * mr, panels * nb
+    if c.is_static(m):
+        m_pad = blocks * block_tiles * mr
+    else:  # whole tiles; the schedule's split into row blocks skips the blocks past the end
+        m_pad = c.ceil_div(m, mr) * mr
+    n_pad = c.ceil_div(n, nb) * nb
     k = te.reduce_axis((0, k_dim), name="k")
 
     def gemm_fn(*idx):
@@ -197,7 +201,7 @@ def matmul(inputs, attrs, out_types):
 
     if not tiles.blocked:
         return _plain_matmul(a_at, b, b_b, b_vec, out_batch, k_dim, out_shape)
-    nb = packed or tiles.gemm_cols(n)
+    nb = packed or tiles.gemm_cols(c.nominal(n))
     # A[..., M, K] @ B[K, N] with batch axes: one GEMM over all prod(batch) * M rows, not
     # one per batch that each stream all of B ([S, 1, K] @ W of a seq-first attention
     # projection, [1, 14, 14, C] @ W of ConvNeXt's channels-last MLP, a batch of 8).
@@ -206,8 +210,8 @@ def matmul(inputs, attrs, out_types):
     # few rows or B is too big to stay in cache between batches (measured on ConvNeXt-tiny:
     # 56 rows of a 147 KB B per batch are faster unfolded)
     big_b = k_dim * n * np.dtype(dtype_of(b)).itemsize > tiles.gemm_block_bytes
-    fold = not a_vec and not b_batch and prod(out_batch) > 1 and (
-        m < 4 * tiles.gemm_rows or big_b)
+    fold = not a_vec and not b_batch and c.nominal_prod(out_batch) > 1 and (
+        c.nominal(m) < 4 * tiles.gemm_rows or big_b)
     g_batch, g_m = ((), prod(out_batch) * m) if fold else (out_batch, m)
     if packed:
         def b_at(bidx, k, j):
@@ -217,7 +221,7 @@ def matmul(inputs, attrs, out_types):
         # each tile's K x nb panel is contiguous. Measured (2 threads, AVX-512), in place vs
         # packed: 1024x768x3072 85 vs 182 GFLOP/s, 64x768x3072 54 vs 103, 12x[128x128x64]
         # 82 vs 113; only for K <= 64 (12x[128x64x128]: 160 vs 147) is in place better.
-        raw_ok = isinstance(b.op, te.PlaceholderOp) and k_dim <= RAW_B_MAX_K
+        raw_ok = isinstance(b.op, te.PlaceholderOp) and c.nominal(k_dim) <= RAW_B_MAX_K
         b_at = b_reader(lambda bb, k, j: b[(*bb, k, j)], b_batch, g_batch, n, k_dim, nb,
                         dtype_of(b), raw_ok=raw_ok)
     if fold:

@@ -10,7 +10,6 @@ the lanes. The stages carry annotations for the scheduler (``schedules/generic.p
 
 from __future__ import annotations
 
-from math import prod
 from typing import Callable, Sequence
 
 from tvm import te, tirx
@@ -103,13 +102,14 @@ def reduce_rows(
         wide = reduce_rows(lambda i: read(i).astype("float32"), in_shape, axes, op, "float32",
                            lanes, name + "_f32")
         return te.compute(out_shape, lambda *i: wide[i].astype(dtype), name=name, attrs=ann)
-    if op == "sum" and dtype == "float32" and prod(in_shape[a] for a in axes) > LONG_SUM:
+    if op == "sum" and dtype == "float32" and \
+            c.nominal_prod(in_shape[a] for a in axes) > LONG_SUM:
         wide = reduce_rows(lambda i: read(i).astype("float64"), in_shape, axes, op, "float64",
                            max(1, lanes // 2), name + "_f64")
         return te.compute(out_shape, lambda *i: wide[i].astype(dtype), name=name, attrs=ann)
     reduce_op = reducer(op)
     last = rank - 1
-    if rank and last in axes and lanes > 1 and in_shape[last] >= 2 * lanes:
+    if rank and last in axes and lanes > 1 and c.nominal(in_shape[last]) >= 2 * lanes:
         return _reduce_lanes(read, in_shape, axes, op, lanes, name, out_shape, ann)
     raxes = [te.reduce_axis((0, in_shape[a]), name=f"r{a}") for a in axes]
 
@@ -130,7 +130,9 @@ def _reduce_lanes(read, in_shape, axes, op, lanes, name, out_shape, ann):
     reduce_op = reducer(op)
     last = len(in_shape) - 1
     n = in_shape[last]
-    chunks, tail = divmod(n, lanes)
+    # (a symbolic row length always gets the tail stage, which may run no iterations)
+    chunks, tail = divmod(n, lanes) if c.is_static(n) else (
+        tirx.floordiv(n, lanes), tirx.floormod(n, lanes))
     others = [a for a in axes if a != last]
 
     def indexer(outer, r_other, pos):
@@ -149,8 +151,9 @@ def _reduce_lanes(read, in_shape, axes, op, lanes, name, out_shape, ann):
         name=name + "_lanes", attrs={"kiln.sched": "lanes", **ann})
     lane = te.reduce_axis((0, lanes), name="lane")
     body = te.compute(out_shape, lambda *i: reduce_op(partial[(*i, lane)], axis=lane),
-                      name=name + ("_body" if tail else ""), attrs=ann)
-    if not tail:
+                      name=name + ("" if c.is_static(tail) and not tail else "_body"),
+                      attrs=ann)
+    if c.is_static(tail) and not tail:
         return body
     r_tail = [te.reduce_axis((0, in_shape[a]), name=f"t{a}") for a in others]
     t = te.reduce_axis((0, tail), name="t")
@@ -238,7 +241,7 @@ def _softmax(log: bool):
             return tuple(0 if a == axis else v for a, v in enumerate(i))
 
         m = reduce_rows(lambda i: x[tuple(i)], shape, (axis,), "shift", dt, lanes, "sm_max")
-        if log or shape[axis] > ROW_IN_CACHE:
+        if log or c.nominal(shape[axis]) > ROW_IN_CACHE:
             s = reduce_rows(lambda i: c.exp(x[tuple(i)] - m[kept(i)]), shape, (axis,), "sum",
                             dt, lanes, "sm_sum")
             if log:

@@ -126,13 +126,18 @@ def split(inputs, attrs, out_types):
 def slice_(inputs, attrs, out_types):
     x = inputs[0]
     shape = shape_of(x)
-    ranges = {axis: _slice_range(shape[axis], s, e, st)
-              for axis, s, e, st in _slice_args(len(shape), attrs)}
+    first: dict[int, tuple] = {}  # axis -> (first index, step)
+    for axis, s, e, st in _slice_args(len(shape), attrs):
+        if isinstance(shape[axis], int):
+            r = _slice_range(shape[axis], s, e, st)
+            first[axis] = (r.start, r.step)
+        else:  # a symbolic axis: its slices count from one end (``symbolic_slice``)
+            first[axis] = (s if s >= 0 else shape[axis] + s, st)
 
     def fn(*idx):
         src = list(idx)
-        for axis, r in ranges.items():
-            src[axis] = r.start + idx[axis] * r.step
+        for axis, (start, step) in first.items():
+            src[axis] = start + idx[axis] * step
         return x[tuple(src)]
 
     return te.compute(tuple(out_types[0].shape), fn, name="slice")

@@ -30,8 +30,6 @@ def causal_mask(length: int, source_length: int | None = None,
     """An in-graph additive causal mask [L, S]: -inf above the diagonal, 0 elsewhere
     (top-left aligned, as PyTorch's ``is_causal``)."""
     s = length if source_length is None else source_length
-    if not (isinstance(length, int) and isinstance(s, int)):
-        raise ShapeError(f"a causal mask needs static sizes, got L={length!r}, S={s!r}")
     return ops.triu(ops.full((length, s), float("-inf"), dtype), 1)
 
 
@@ -228,9 +226,6 @@ class MultiheadAttention(Module):
                 am = ops.reshape(am, (-1, self.num_heads, tgt, src))
             masks.append(am)
         elif is_causal:
-            if not (isinstance(tgt, int) and isinstance(src, int)):
-                raise _shape_error(self, f"is_causal needs static sequence lengths, got L="
-                                         f"{tgt!r}, S={src!r}; pass attn_mask instead")
             masks.append(causal_mask(tgt, src, dtype))
         if not masks:
             return None

@@ -14,7 +14,7 @@ import numpy as np
 
 from kiln.errors import AttributeError_, KilnError
 from kiln.ir.ops.registry import INJECTIVE, OPAQUE, REQUIRED, elementwise_flops, register
-from kiln.ir.types import DTYPES, TensorType, is_float, is_int, to_numpy_dtype
+from kiln.ir.types import DTYPES, Sym, TensorType, is_float, is_int, to_numpy_dtype
 
 _GOLDEN = 0x9E3779B9  # 2**32 / golden ratio: keeps seed 0 away from lowbias32's fixed point 0
 
@@ -67,12 +67,16 @@ def _dtype(attrs) -> str:
     return attrs["dtype"]
 
 
-def _shape(attrs) -> tuple[int, ...]:
+def _shape(attrs, symbolic: bool = False) -> tuple:
+    """The "shape" attribute: non-negative ints, and with ``symbolic`` sizes too."""
     shape = attrs["shape"]
     if not isinstance(shape, tuple) or any(
-        isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape
+        isinstance(d, bool) or not (isinstance(d, int) and d >= 0
+                                    or symbolic and isinstance(d, Sym)) for d in shape
     ):
-        fail(f"shape must be a tuple of non-negative ints (static), got {shape!r}")
+        kind = "non-negative ints or symbolic sizes" if symbolic else \
+            "non-negative ints (static)"
+        fail(f"shape must be a tuple of {kind}, got {shape!r}")
     return shape
 
 
@@ -106,7 +110,7 @@ def _random_type(attrs, extra: int = 1) -> TensorType:
 
 
 def _full(types, attrs):
-    shape, dtype = _shape(attrs), _dtype(attrs)
+    shape, dtype = _shape(attrs, symbolic=True), _dtype(attrs)
     value = attrs["value"]
     if not isinstance(value, (bool, int, float)):
         fail(f"full value must be a number, got {value!r}")
@@ -135,7 +139,24 @@ def _arange_len(start, stop, step) -> int:
     return max(0, math.ceil((stop - start) / step))
 
 
+def _symbolic_arange(attrs) -> TensorType:
+    """arange up to a symbolic size (positions 0..L-1 of a sequence of length L): whole
+    start and a positive whole step; the length is ``(stop - start + step - 1) // step``,
+    which the caller keeps non-negative (a stop below start is an error when it runs)."""
+    start, stop, step = attrs["start"], attrs["stop"], attrs["step"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, step)) \
+            or step <= 0:
+        fail(f"arange up to the symbolic size {stop} needs a whole start and a positive whole "
+             f"step, got start={start!r}, step={step!r}")
+    dtype = _dtype(attrs)
+    if not is_int(dtype) and not is_float(dtype):
+        fail(f"arange cannot make {dtype}")
+    return TensorType(((stop - start + step - 1) // step,), dtype)
+
+
 def _arange(types, attrs):
+    if isinstance(attrs["stop"], Sym):
+        return _symbolic_arange(attrs)
     start, stop, step = (_number(attrs, k) for k in ("start", "stop", "step"))
     dtype = _dtype(attrs)
     if step == 0:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kiln.errors import AttributeError_, InputError
-from kiln.ir.dims import exact_quotient, symbols_in
+from kiln.ir.dims import Sym, exact_quotient, symbols_in
 from kiln.ir.dims import product as dims_product
 from kiln.ir.ops.registry import (
     BROADCAST,
@@ -199,12 +199,53 @@ def _slice_range(dim: int, start: int, end: int, step: int) -> range:
     return range(min(max(start, 0), dim - 1), min(max(end, -1), dim - 1), step)
 
 
+_TO_END = 2**31 - 1  # an end at least this is "to the end" (ONNX exporters write INT64_MAX)
+
+
+def symbolic_slice(dim: Sym, start: int, end: int, step: int) -> tuple[Dim, Dim, int] | None:
+    """A step-1 slice of an axis of symbolic size ``dim`` whose bounds count from one end:
+    (first index, length, least size of the axis it needs), or None for any other slice.
+    ``x[:, 0]``, ``x[:, -1]``, ``x[:, 1:]``, ``x[:, :-1]`` and ``x[:, 2:5]`` are such
+    slices; numpy would clamp them on a shorter axis, kiln calls that an error (the model's
+    sizes are then too small for it, and the compiled model checks before it runs)."""
+    if step != 1:
+        return None
+    to_end = end >= _TO_END
+    if start >= 0 and to_end:
+        return start, dim - start, start
+    if start >= 0 and end >= 0:
+        return start, max(end - start, 0), end
+    if start < 0 and (to_end or end < 0):
+        stop = 0 if to_end else end
+        return dim + start, max(stop - start, 0), -start
+    if start >= 0 and end < 0:
+        return start, dim + end - start, start - end
+    return None
+
+
+def slice_requirements(x: TensorType, attrs) -> list[tuple[Dim, int]]:
+    """(symbolic size, least value) that a slice of ``x`` needs (``symbolic_slice``)."""
+    out = []
+    for axis, start, end, step in _slice_args(x.rank, attrs):
+        d = x.shape[axis]
+        if isinstance(d, Sym) and not (start == 0 and step == 1 and end >= _TO_END):
+            sliced = symbolic_slice(d, start, end, step)
+            if sliced is not None and sliced[2] > 0:
+                out.append((d, sliced[2]))
+    return out
+
+
 def _slice(types, attrs):
     t = types[0]
     shape = list(t.shape)
     for axis, start, end, step in _slice_args(t.rank, attrs):
-        if isinstance(shape[axis], str) and start == 0 and step == 1 and end >= 2**31 - 1:
-            continue  # the whole of a symbolic dim: keeps the name
+        if isinstance(shape[axis], Sym):
+            if start == 0 and step == 1 and end >= _TO_END:
+                continue  # the whole of a symbolic dim: keeps the name
+            sliced = symbolic_slice(shape[axis], start, end, step)
+            if sliced is not None:
+                shape[axis] = sliced[1]
+                continue
         dim = static_dim(shape[axis], f"sliced axis {axis}")
         shape[axis] = len(_slice_range(dim, start, end, step))
     return t.with_shape(tuple(shape))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 from tvm import s_tir
+
+from kiln.codegen.ops.common import NOMINAL_SIZE
 
 ScheduleError = s_tir.ScheduleError
 
@@ -48,6 +51,12 @@ def extent(sch, loop) -> int | None:
 
 def extents(sch, loops) -> list[int]:
     return [extent(sch, lp) for lp in loops]
+
+
+def work(sch, loops) -> int:
+    """The iterations of ``loops`` for a heuristic (whether to parallelize): a loop over a
+    symbolic size (or a non-constant extent) counts as ``NOMINAL_SIZE``."""
+    return prod(NOMINAL_SIZE if e is None else e for e in extents(sch, loops))
 
 
 # An intermediate whose expression (with what was inlined into it) has this many nodes is
@@ -97,11 +106,12 @@ def expr_size(expr) -> int:
 
 
 def vectorize_inner(sch, loop, lanes: int, unroll_rest: bool = False) -> None:
-    """Split ``loop`` by ``lanes`` and vectorize the inner part (the whole loop if shorter)."""
+    """Split ``loop`` by ``lanes`` and vectorize the inner part (the whole loop if shorter;
+    a loop over a symbolic size gets a predicated last vector)."""
     n = extent(sch, loop)
-    if n is None or n <= 1:
+    if n is not None and n <= 1:
         return
-    if n <= lanes:
+    if n is not None and n <= lanes:
         sch.vectorize(loop)
         return
     outer, inner = sch.split(loop, [None, lanes])

@@ -56,7 +56,7 @@ def schedule_conv2d(sch, block, lanes: int, cores: int, epilogue: bool = True) -
     sch.unroll(ow1)
     vectorize_inner(sch, ocb, lanes)
     par = sch.fuse(b, oh0, oc) if rows_first else sch.fuse(b, oc, oh0)
-    if cores > 1 and extent(sch, par) > 1:
+    if cores > 1 and (extent(sch, par) or 2) > 1:  # (None: a symbolic size)
         sch.parallel(par)
     sch.decompose_reduction(block, reduce[0])
     return done

@@ -22,6 +22,7 @@ from kiln.codegen.schedules.cpu.common import (
     kind,
     transposed_axis,
     vectorize_inner,
+    work,
 )
 from kiln.ir.types import HALF_DTYPES
 
@@ -40,20 +41,24 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
     if axis is not None and schedule_transpose(sch, block, lanes, cores, axis):
         return
     ext = extents(sch, loops)
-    total = prod(ext)
-    if ext[-1] % lanes and gcd(ext[-1], lanes) >= 8 and _touches_half(sch, block):
+    total = work(sch, loops)
+    if ext[-1] is not None and ext[-1] % lanes and gcd(ext[-1], lanes) >= 8 and \
+            _touches_half(sch, block):
         # half vectors along a last axis of 72 channels (bf16 NHWC): fused with the axis
         # before, per-channel operands (a bias) became gathers (4x slower, MobileNetV3)
         lanes = gcd(ext[-1], lanes)
     # fuse the trailing loops whose extents multiply to whole vectors: a [N, C, 28, 28]
     # output vectorizes over H*W = 49 x 16 instead of 28 = 16 + a predicated 12
+    # (not past a loop over a symbolic size)
     k = len(loops) - 1
-    while k > 0 and (prod(ext[k:]) % lanes or prod(ext[k:]) < lanes):
+    while k > 0 and ext[k - 1] is not None and None not in ext[k:] and (
+            prod(ext[k:]) % lanes or prod(ext[k:]) < lanes):
         k -= 1
     if k < len(loops) - 1:
         loops = [*loops[:k], sch.fuse(*loops[k:])]
     last = loops[-1]
-    if extents(sch, [last])[0] > lanes:
+    n_last = extents(sch, [last])[0]
+    if n_last is None or n_last > lanes:
         chunk, vec = sch.split(last, [None, lanes])
     else:
         chunk, vec = None, last
@@ -80,7 +85,7 @@ def schedule_transpose(sch, block, lanes: int, cores: int, axis: int) -> bool:
     stem conv 2.0 -> 1.0 ms. Returns False (untouched) when ``axis`` does not divide."""
     loops = sch.get_loops(block)
     ext = extents(sch, loops)
-    if len(loops) != len(sch.get(block).iter_vars) or ext[axis] % lanes:
+    if len(loops) != len(sch.get(block).iter_vars) or None in ext or ext[axis] % lanes:
         return False
     k = len(loops) - 1
     while k > axis + 1 and prod(ext[k:]) % lanes:
@@ -113,9 +118,11 @@ def schedule_pack(sch, block, lanes: int, cores: int) -> None:
         schedule_injective(sch, block, lanes, cores)
         return
     *outer, _cols, blk = loops
-    total = prod(extents(sch, loops))
+    total = work(sch, loops)
     n_blk = extents(sch, [blk])[0]
-    if annotations(sch, block).get("kiln.unroll"):
+    if n_blk is None:
+        pass
+    elif annotations(sch, block).get("kiln.unroll"):
         # a block whose elements come from index arithmetic (a flat im2col: kk -> tap,
         # channel): unrolled, each element's index is a constant, not a lane's div/mod
         sch.unroll(blk)
@@ -147,7 +154,7 @@ def schedule_reduction(sch, block, lanes: int, cores: int) -> None:
         return
     spatial, reduce = split
     ann = annotations(sch, block)
-    work = prod(extents(sch, spatial + reduce))
+    size = work(sch, spatial + reduce)
     vec = None
     if kind(sch, block) == "lanes" and spatial:
         vec = spatial[-1]  # the lane axis: move it inside the reduction loops
@@ -159,7 +166,7 @@ def schedule_reduction(sch, block, lanes: int, cores: int) -> None:
         sch.reorder(*reduce, vec)
     if vec is not None:
         vectorize_inner(sch, vec, lanes)
-    if spatial and cores > 1 and work >= PARALLEL_MIN:
+    if spatial and cores > 1 and size >= PARALLEL_MIN:
         sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
     if reduce and vec is not None:
         sch.decompose_reduction(block, reduce[0])
@@ -178,9 +185,9 @@ def schedule_rows(sch, out_block, lanes: int, cores: int) -> bool:
     loops = sch.get_loops(out_block)
     if depth < 1 or depth > len(loops) or any(is_output(sch, b) for b in others):
         return False
-    work = prod(extents(sch, loops))
+    size = work(sch, loops)
     row = sch.fuse(*loops[:depth]) if depth > 1 else loops[0]
-    if cores > 1 and work >= PARALLEL_MIN // 4:
+    if cores > 1 and size >= PARALLEL_MIN // 4:
         # before compute_at: TVM refuses to parallelize a loop over reductions ("not compact
         # dataflow"), but keeps the mark when they are moved under it
         sch.parallel(row)
