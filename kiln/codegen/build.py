@@ -205,15 +205,14 @@ def symbolic_sizes(graph: Graph, bounds: Mapping[str, Any] | None = None) -> dic
                                 f"{low}..{high}")
             out["bounds"][name] = [low, high]
     flat, _ = flatten_nodes(graph.nodes)
-    require = {}
+    require: dict[tuple, str] = {}
     for node in flat:
         if node.op == "slice":
-            for dim, least in slice_requirements(node.inputs[0].type, node.attrs):
-                key = str(dim)
-                if least > require.get(key, (0, ""))[0]:
-                    require[key] = (least, node.describe())
+            for dim, low, high in slice_requirements(node.inputs[0].type, node.attrs):
+                require.setdefault((str(dim), low, high), node.describe())
     if require:
-        out["require"] = [[d, least, at] for d, (least, at) in sorted(require.items())]
+        out["require"] = [[d, low, high, at] for (d, low, high), at in sorted(
+            require.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))]
     return out
 
 

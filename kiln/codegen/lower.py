@@ -269,6 +269,7 @@ def lower_group(
             raise unsupported(node)
         attrs = dict(node.attrs)
         attrs["_tiling"] = tiling(node)
+        attrs["_sizes"] = sizes  # the kernel's symbolic size variables (``te_dim``)
         args_te = []
         for pos, v in enumerate(node.inputs):
             outer = alias.get(v, v)

@@ -142,16 +142,19 @@ def _run(graph: Graph, inputs: Mapping[str, np.ndarray],
 
 
 def _check_requirements(node, bindings: Mapping[str, int]) -> None:
-    """A slice of a symbolic axis shorter than it needs is the input's fault: say so."""
+    """A slice that a symbolic size takes out of its range is the input's fault: say so."""
     from kiln.ir.ops.shape import slice_requirements
 
     if node.op != "slice":
         return
-    for dim, least in slice_requirements(node.inputs[0].type, node.attrs):
-        if dim.symbols <= bindings.keys() and dim.evaluate(bindings) < least:
-            raise InputError(f"{node.describe()} needs dimension {dim} to be at least "
-                             f"{least}, it is {dim.evaluate(bindings)} with "
-                             f"{_sizes(dim, bindings)}")
+    for dim, low, high in slice_requirements(node.inputs[0].type, node.attrs):
+        if not dim.symbols <= bindings.keys():
+            continue
+        value = dim.evaluate(bindings)
+        if value < low or high is not None and value > high:
+            allowed = f"at least {low}" if high is None else f"within {low}..{high}"
+            raise InputError(f"{node.describe()} needs {dim} to be {allowed}; it is {value} "
+                             f"with {_sizes(dim, bindings)}")
 
 
 def _binds_new_symbols(t: TensorType, shape: tuple, bindings: dict[str, int]) -> bool:

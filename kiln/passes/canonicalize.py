@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 
+from kiln.ir.dims import Sym
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.interpreter import run_node
 from kiln.ir.types import is_float, to_numpy_dtype
@@ -34,7 +35,7 @@ class Constants:
         }
         self.nodes: dict[Value, Node] = {}
         for node in graph.nodes:
-            if all(self.is_constant(v) for v in node.inputs):
+            if all(self.is_constant(v) for v in node.inputs) and not _sized_per_call(node):
                 for v in node.outputs:
                     self.nodes[v] = node
 
@@ -57,6 +58,14 @@ class Constants:
             return None
         first = a.flat[0]
         return first.item() if np.all(a == first) else None
+
+
+def _sized_per_call(node: Node) -> bool:
+    """Whether an attribute holds a symbolic size (``dims``, an arange up to ``L``): its
+    results are known only when the model runs."""
+    def sym(v) -> bool:
+        return isinstance(v, Sym) or isinstance(v, tuple) and any(sym(x) for x in v)
+    return any(sym(v) for v in node.attrs.values())
 
 
 def _worth_folding(node: Node) -> bool:

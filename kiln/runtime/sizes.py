@@ -8,7 +8,7 @@ integers, ``+ - *`` and floor division by a positive integer), and its manifest 
 
     "sizes": {"names": ["N", "S"],                 # each the plain dim of some input
               "bounds": {"S": [1, 512]},          # optional, inclusive; null: no upper
-              "require": [["S", 1, "slice ..."]]} # least values some nodes need
+              "require": [["S", 1, null, "slice ..."]]}  # ranges some nodes need
 
 Each kernel that depends on them lists ``"sizes"``: their values follow its tensors as
 int32 arguments. ``concrete_manifest`` makes the static manifest of one call size (shapes
@@ -115,11 +115,11 @@ def check_sizes_section(m: Mapping[str, Any]) -> None:
                             "of its names")
     require = sizes.get("require", [])
     if not isinstance(require, list) or not all(
-            isinstance(r, list) and len(r) == 3 and is_expression(r[0])
-            and names_in(r[0]) <= names and _bound(r[1]) and isinstance(r[2], str)
-            for r in require):
+            isinstance(r, list) and len(r) == 4 and is_expression(r[0])
+            and names_in(r[0]) <= names and _bound(r[1])
+            and (r[2] is None or _bound(r[2])) and isinstance(r[3], str) for r in require):
         raise ArtifactError("manifest 'sizes' has 'require' entries that are not "
-                            "[size expression, least value, where]")
+                            "[size expression, least value, greatest value or null, where]")
     plain = {d for s in m["inputs"] for d in s["shape"] if isinstance(d, str)
              and d.isidentifier()}
     if not names <= plain:
@@ -175,10 +175,12 @@ def bind_inputs(m: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> 
                                  f"{list(shapes[sig['name']])}, expected "
                                  f"{_show(sig['shape'])}: dimension {axis} must be "
                                  f"{expected}{hint}")
-    for expr, least, at in m["sizes"].get("require", []):
-        if size_value(expr, sizes) < least:
-            raise InputError(f"{at} needs {expr} to be at least {least}; with "
-                             f"{_given(expr, sizes)} it is {size_value(expr, sizes)}")
+    for expr, low, high, at in m["sizes"].get("require", []):
+        value = size_value(expr, sizes)
+        if value < low or high is not None and value > high:
+            allowed = f"at least {low}" if high is None else f"within {low}..{high}"
+            raise InputError(f"{at} needs {expr} to be {allowed}; with {_given(expr, sizes)} "
+                             f"it is {value}")
     return sizes
 
 

@@ -9,7 +9,7 @@ import math
 
 from tvm import te, tirx
 
-from kiln.codegen.lower import lowering
+from kiln.codegen.lower import lowering, te_dim
 from kiln.codegen.ops.common import const, dtype_of, flat_index, shape_of
 from kiln.ir.types import is_float
 
@@ -65,6 +65,21 @@ def full(inputs, attrs, out_types):
     dtype = attrs["dtype"]
     return te.compute(tuple(out_types[0].shape), lambda *i: const(attrs["value"], dtype),
                       name="full")
+
+
+@lowering("dims")
+def dims(inputs, attrs, out_types):
+    dtype, values = attrs["dtype"], attrs["values"]
+    sizes = [const(d, dtype) if isinstance(d, int) else te_dim(d, attrs["_sizes"]).astype(dtype)
+             for d in values]
+
+    def fn(i):
+        out = sizes[-1]
+        for k in range(len(sizes) - 2, -1, -1):
+            out = tirx.Select(i == k, sizes[k], out)
+        return out
+
+    return te.compute((len(values),), fn, name="dims")
 
 
 @lowering("arange")

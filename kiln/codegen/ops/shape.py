@@ -128,10 +128,10 @@ def slice_(inputs, attrs, out_types):
     shape = shape_of(x)
     first: dict[int, tuple] = {}  # axis -> (first index, step)
     for axis, s, e, st in _slice_args(len(shape), attrs):
-        if isinstance(shape[axis], int):
+        if isinstance(shape[axis], int) and isinstance(e, int):
             r = _slice_range(shape[axis], s, e, st)
             first[axis] = (r.start, r.step)
-        else:  # a symbolic axis: its slices count from one end (``symbolic_slice``)
+        else:  # a symbolic axis or end: the slice counts from one end (``symbolic_slice``)
             first[axis] = (s if s >= 0 else shape[axis] + s, st)
 
     def fn(*idx):

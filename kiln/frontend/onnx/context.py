@@ -298,7 +298,8 @@ class Context:
         """Are the results of ``op`` on these constants small enough to fold?"""
         values = [Value(f"c{i}", r.type) for i, r in enumerate(refs)]
         _, types = infer_node(op, values, attrs, origin=self.origin)
-        return all((elements(t) or 0) <= FOLD_MAX for t in types)
+        # (a result of symbolic size, a slice up to a symbolic end, is computed when it runs)
+        return all(elements(t) is not None and elements(t) <= FOLD_MAX for t in types)
 
     def _fold(self, op: str, refs: list[Ref], attrs: dict) -> list[Ref]:
         arrays = [r.const for r in refs]
@@ -323,17 +324,23 @@ class Context:
             for r, v in zip(siblings, outs):
                 r.value = self.rename(v, r.name) if r.name else v
             return ref.value
-        if ref.fill is not None and ref.type.is_static:
+        if ref.fill is not None:  # (``full`` of a symbolic shape sizes itself per call)
             v = self.builder.op("full", [], {"shape": ref.shape, "value": ref.fill.item(),
                                              "dtype": ref.dtype}, origin=self.origin)[0]
             self.created.append(v)
             ref.value = v
             return v
-        if ref.fill is not None:
-            raise ShapeError(
-                f"kiln cannot make the tensor {ref.type} filled with {ref.fill.item()!r} (a "
-                f"ConstantOfShape of a symbolic shape); {_fix(*ref.shape)}")
         arr = ref.const
+        if arr.dtype == object and ref.dtype in ("int32", "int64"):
+            # sizes used as data: computed per call from the symbolic sizes
+            v = self.builder.op("dims", [], {"values": tuple(as_dim(d) for d in arr.flat),
+                                             "dtype": ref.dtype}, origin=self.origin)[0]
+            if arr.ndim != 1:
+                v = self.builder.op("reshape", [v], {"shape": arr.shape},
+                                    origin=self.origin)[0]
+            self.created.append(v)
+            ref.value = v
+            return v
         if arr.dtype == object:
             raise ShapeError(
                 f"the shape value {list(arr.flat)} holds symbolic dims {symbols_of(arr)} and "

@@ -132,6 +132,30 @@ def full(shape, value, dtype):
     return np.full(shape, value, dtype=to_numpy_dtype(dtype))
 
 
+def _dims(types, attrs):
+    values, dtype = attrs["values"], _dtype(attrs)
+    if not isinstance(values, tuple) or any(
+            isinstance(d, bool) or not isinstance(d, (int, Sym)) for d in values):
+        fail(f"dims values must be a tuple of ints and symbolic sizes, got {values!r}")
+    if dtype not in ("int32", "int64"):
+        fail(f"dims makes int32 or int64, not {dtype}")
+    return TensorType((len(values),), dtype)
+
+
+@register(
+    "dims",
+    kind=INJECTIVE,
+    infer=_dims,
+    attrs={"values": REQUIRED, "dtype": "int64"},
+    arity=0,
+    flops=lambda i, o, a: 0,
+)
+def dims(values, dtype):
+    """The sizes ``values`` as a 1-D tensor: the value of an ONNX ``Shape`` whose dims are
+    symbolic, used as data (HF's masks compare positions with the sequence length)."""
+    return np.array(values, dtype=to_numpy_dtype(dtype)).reshape(len(values))
+
+
 def _arange_len(start, stop, step) -> int:
     """ceil((stop - start) / step), at least 0; exact for ints, as numpy for floats."""
     if all(isinstance(v, int) for v in (start, stop, step)):

@@ -176,7 +176,7 @@ def split(x, axis, sizes):
 
 def _slice_args(rank: int, attrs) -> list[tuple[int, int, int, int]]:
     """Validated (axis, start, end, step) per sliced axis."""
-    starts, ends = _ints(attrs["starts"], "starts"), _ints(attrs["ends"], "ends")
+    starts, ends = _ints(attrs["starts"], "starts"), _ints(attrs["ends"], "ends", True)
     axes = tuple(range(len(starts))) if attrs["axes"] is None else _ints(attrs["axes"], "axes")
     steps = (1,) * len(starts) if attrs["steps"] is None else _ints(attrs["steps"], "steps")
     if not len(starts) == len(ends) == len(axes) == len(steps):
@@ -223,15 +223,20 @@ def symbolic_slice(dim: Sym, start: int, end: int, step: int) -> tuple[Dim, Dim,
     return None
 
 
-def slice_requirements(x: TensorType, attrs) -> list[tuple[Dim, int]]:
-    """(symbolic size, least value) that a slice of ``x`` needs (``symbolic_slice``)."""
-    out = []
+def slice_requirements(x: TensorType, attrs) -> list[tuple[Dim, int, int | None]]:
+    """(size expression, least value, greatest value or None) that a slice of ``x`` needs:
+    a symbolic axis long enough for its bounds (``symbolic_slice``), and an end that is a
+    symbolic size within its static axis (``position_ids[:, :seq]`` of a [1, 512] buffer:
+    0 <= seq <= 512)."""
+    out: list[tuple[Dim, int, int | None]] = []
     for axis, start, end, step in _slice_args(x.rank, attrs):
         d = x.shape[axis]
-        if isinstance(d, Sym) and not (start == 0 and step == 1 and end >= _TO_END):
+        if isinstance(end, Sym):
+            out.append((end, start, d if isinstance(d, int) else None))
+        elif isinstance(d, Sym) and not (start == 0 and step == 1 and end >= _TO_END):
             sliced = symbolic_slice(d, start, end, step)
             if sliced is not None and sliced[2] > 0:
-                out.append((d, sliced[2]))
+                out.append((d, sliced[2], None))
     return out
 
 
@@ -239,6 +244,14 @@ def _slice(types, attrs):
     t = types[0]
     shape = list(t.shape)
     for axis, start, end, step in _slice_args(t.rank, attrs):
+        if isinstance(end, Sym):
+            if not (isinstance(start, int) and 0 <= start and step == 1) or \
+                    isinstance(shape[axis], Sym) and end != shape[axis]:
+                fail(f"a slice ending at the symbolic size {end} must start at a "
+                     f"non-negative index with step 1 on a static axis, got "
+                     f"{start}:{end}:{step} of {shape[axis]}")
+            shape[axis] = end - start  # (the model checks start <= end <= the axis)
+            continue
         if isinstance(shape[axis], Sym):
             if start == 0 and step == 1 and end >= _TO_END:
                 continue  # the whole of a symbolic dim: keeps the name
@@ -350,7 +363,7 @@ def _expand(types, attrs):
         fail(f"cannot expand {t} to fewer dims {target}")
     for i, want in enumerate(target):
         have = t.shape[i - lead] if i >= lead else 1
-        if have != want and (have != 1 or isinstance(want, str)):
+        if have != want and have != 1:  # (1 grows to a symbolic size as to any other)
             fail(f"cannot expand {t} to {target}: dim {have} does not broadcast to {want}")
     return t.with_shape(target)
 

@@ -27,6 +27,7 @@ from kiln.frontend.onnx.validate import (
     rank_of,
     same_rank,
 )
+from kiln.ir.dims import as_dim
 from kiln.ir.ops.registry import broadcast_shapes
 from kiln.ir.types import Dim
 
@@ -148,10 +149,13 @@ def slice_(n: NodeContext) -> Ref:
     # an end given as the axis's own symbolic size means 'to the end'
     ends = tuple(_ALL if isinstance(e, str) and e == x.shape[a] else e
                  for a, e in zip(axes, ends))
-    for v in starts + ends:
+    for v in starts:
         if isinstance(v, str):
             raise n.unsupported(f"Slice bounds {starts}, {ends} depend on symbolic dim {v!r}")
-    if all(s == 0 and e >= _ALL and st == 1 for s, e, st in zip(starts, ends, steps)):
+    # an end that is a symbolic size (positions[:, :seq]): kiln's slice checks it when it runs
+    ends = tuple(as_dim(e) if isinstance(e, str) else e for e in ends)
+    if all(s == 0 and isinstance(e, int) and e >= _ALL and st == 1
+           for s, e, st in zip(starts, ends, steps)):
         return x
     return n.op("slice", x, starts=starts, ends=ends, axes=axes, steps=steps)
 

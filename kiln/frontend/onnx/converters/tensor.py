@@ -4,6 +4,7 @@ Identity and (inference) Dropout. Most of these fold to constants at import."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from kiln.frontend.onnx.converters.reduce import along
 from kiln.frontend.onnx.dtypes import to_kiln_dtype
 from kiln.frontend.onnx.registry import converter
 from kiln.frontend.onnx.validate import Spec, at_least, axis, between, count, flag
+from kiln.ir.dims import Sym, as_dim
 from kiln.ir.types import TensorType, to_numpy_dtype
 
 
@@ -101,6 +103,8 @@ def _range_size(n: NodeContext) -> str | None:
     """A constant range of at most MAX_ELEMENTS values."""
     if not all(r.const is not None for r in n.inputs[:3]):
         return None
+    if any(r.const.dtype == object for r in n.inputs[:3]):
+        return None  # a bound that is a symbolic size: arange checks what it can
     start, limit, delta = (r.const.reshape(-1)[0].item() for r in n.inputs[:3])
     if delta == 0:
         return "delta must not be 0"
@@ -112,13 +116,22 @@ def _range_size(n: NodeContext) -> str | None:
     return None
 
 
+def _bound(n: NodeContext, i: int) -> Any:
+    """Range's input ``i``: a number, or the symbolic size a shape computation gave."""
+    arr = n.const(i)
+    if arr.dtype == object and arr.size == 1:
+        return as_dim(arr.reshape(-1)[0])
+    return n.scalar_input(i)
+
+
 @converter("Range", 11, 27, spec=Spec(ranks={0: (0, 0), 1: (0, 0), 2: (0, 0)},
                                       checks=(_range_size,)))
 def range_(n: NodeContext) -> Ref:
-    start, limit, delta = (n.scalar_input(i) for i in range(3))
+    start, limit, delta = (_bound(n, i) for i in range(3))
     dtype = n.x.dtype
-    if dtype in ("int32", "int64"):
-        start, limit, delta = int(start), int(limit), int(delta)
+    if dtype in ("int32", "int64"):  # (a symbolic size stays one: arange up to it)
+        start, limit, delta = (v if isinstance(v, Sym) else int(v)
+                               for v in (start, limit, delta))
     return n.op("arange", start=start, stop=limit, step=delta, dtype=dtype)
 
 
