@@ -60,6 +60,25 @@ def parse_input(text: str):
     return name, TensorSpec(tuple(dims), dtype), None
 
 
+_RANGE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<low>\d+)\.\.(?P<high>\d*)$")
+
+
+def split_bounds(inputs: list[str]) -> tuple[list[str], dict[str, tuple[int, int | None]]]:
+    """--input specs that bound a symbolic size (``seq=1..512``, ``batch=1..``: no upper
+    bound) apart from the others: (other specs, {name: (low, high or None)})."""
+    rest, bounds = [], {}
+    for text in inputs:
+        m = _RANGE.match(text)
+        if m is None:
+            rest.append(text)
+            continue
+        low, high = int(m["low"]), int(m["high"]) if m["high"] else None
+        if high is not None and high < low:
+            raise CLIError(f"--input {text!r}: the range {low}..{high} is empty")
+        bounds[m["name"]] = (low, high)
+    return rest, bounds
+
+
 def load_model(ref: str) -> Callable:
     """'FILE.py:NAME' -> the callable named NAME in FILE.py (a Module, factory or function)."""
     path, sep, name = ref.rpartition(":")

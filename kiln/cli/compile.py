@@ -15,7 +15,14 @@ import time
 
 import numpy as np
 
-from kiln.cli.common import load_graph, output_line, parse_input, random_array, random_note
+from kiln.cli.common import (
+    load_graph,
+    output_line,
+    parse_input,
+    random_array,
+    random_note,
+    split_bounds,
+)
 from kiln.errors import CLIError
 
 
@@ -25,7 +32,8 @@ def cmd_compile(args) -> int:
     from kiln.passes.fusion import fuse_with_report
 
     key = _key(args.sign_key_file)
-    graph, _ = load_graph(args.model, args.input)
+    specs, bounds = split_bounds(args.input)
+    graph, _ = load_graph(args.model, specs)
     dump = {a.partition("=")[2] or a for a in args.dump_ir}
     records: list = []
     t0 = time.perf_counter()
@@ -35,7 +43,8 @@ def cmd_compile(args) -> int:
     compiled = kiln_compile(graph, target=args.target, opt_level=args.opt_level,
                             progress=not args.quiet, verify=args.verify,
                             disable=args.disable, dump_after=dump, records=records,
-                            layout_budget=args.layout_budget, precision=args.precision)
+                            layout_budget=args.layout_budget, precision=args.precision,
+                            bounds=bounds or None)
     if key is not None:
         from kiln.runtime import sign_artifact
 
@@ -45,6 +54,12 @@ def cmd_compile(args) -> int:
     kernels = len(compiled.build.kernels)
     print(f"compiled {graph.name}: {len(graph.nodes)} nodes -> {kernels} kernels "
           f"(O{args.opt_level}) in {seconds:.1f} s; wrote {path}")
+    sizes = compiled.build.sizes
+    if sizes:
+        bounds = sizes.get("bounds", {})
+        ranges = [f"{n}={bounds[n][0]}..{bounds[n][1] or ''}" if n in bounds else n
+                  for n in sizes["names"]]
+        print(f"  symbolic sizes {', '.join(ranges)}: one artifact runs every size in range")
     if args.precision != "fp32":
         _precision_summary(compiled.build, args.precision)
     int8 = compiled.reports.get("int8")
@@ -128,21 +143,41 @@ def _key(path: str | None) -> bytes | None:
 
 
 def _inputs(model, specs: list[str], seed: int) -> dict[str, np.ndarray]:
-    """Inputs from NAME=FILE.npy, and random ones for the rest (it says which)."""
-    given = {}
+    """Inputs from NAME=FILE.npy, and random ones for the rest (it says which). A model with
+    symbolic sizes takes SIZE=N for its random inputs (``batch=4``; else the sizes the
+    given arrays show, else the least size allowed, at least 1)."""
+    from kiln.runtime.sizes import size_value
+
+    given, sizes = {}, {}
+    names = set(getattr(model, "sizes", {}).get("names", ()))
     for text in specs:
-        name, _, array = parse_input(text)
+        name, spec, array = parse_input(text)
+        if array is None and name in names and len(spec.shape) == 1 \
+                and isinstance(spec.shape[0], int):
+            sizes[name] = spec.shape[0]
+            continue
         if array is None:
-            raise CLIError(f"--input {text!r}: give a .npy file (the artifact fixes the shape)")
+            raise CLIError(f"--input {text!r}: give a .npy file (the artifact fixes the shape)"
+                           + (f", or a size: {sorted(names)[0]}=4" if names else ""))
         given[name] = array
+    for info in model.inputs:
+        if info.name in given:
+            for want, got in zip(info.shape, given[info.name].shape):
+                if isinstance(want, str) and want in names:
+                    sizes.setdefault(want, got)
+    bounds = getattr(model, "sizes", {}).get("bounds", {})
+    for name in names:
+        sizes.setdefault(name, max(1, bounds.get(name, (1, None))[0]))
     rng = np.random.default_rng(seed)
     made = []
     for info in model.inputs:
         if info.name not in given:
-            given[info.name] = random_array(tuple(info.shape), info.dtype, rng)
+            shape = tuple(size_value(d, sizes) for d in info.shape)
+            given[info.name] = random_array(shape, info.dtype, rng)
             made.append(info.name)
     if made:
-        print(random_note(made, seed))
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(sizes.items()))
+        print(random_note(made, seed) + (f" (sizes {shown})" if names else ""))
     return given
 
 
@@ -230,8 +265,9 @@ def add_parsers(sub) -> None:
     sp = sub.add_parser("compile", help="compile a model into a deployable artifact")
     sp.add_argument("model", help="FILE.py:NAME or model.onnx")
     sp.add_argument("--input", "-i", action="append", default=[], metavar="NAME=SHAPE[:DTYPE]",
-                    help="an input's shape (x=1x3x224x224:float32), or a symbolic dim of an "
-                         "ONNX model fixed (batch=1)")
+                    help="an input's shape (x=1x3x224x224:float32, x=batch,128 for a "
+                         "symbolic size), a symbolic dim of an ONNX model fixed (batch=1), "
+                         "or the range it may take (seq=1..512, batch=1..)")
     sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
     sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3),
                     help="0: as written; 1: folded and simplified; 2: + fusion (default); "

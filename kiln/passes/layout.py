@@ -35,11 +35,14 @@ up to one vector for a conv reading NCHW.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from kiln.ir.graph import Graph, GraphBuilder, Node, Value
 from kiln.ir.ops.layout import nchwc
 from kiln.ir.ops.registry import is_elementwise
+from kiln.ir.types import TensorType
 from kiln.passes.canonicalize import Constants, eliminate_dead_code, fold_constants
 from kiln.passes.context import PassContext
 from kiln.passes.layout_choice import (
@@ -68,6 +71,17 @@ POOLS = {"max_pool2d": "max_pool2d_nchwc", "avg_pool2d": "avg_pool2d_nchwc",
 # -- analysis -----------------------------------------------------------------------------------
 
 
+def _blockable_type(t: TensorType) -> bool:
+    """NCHW with static channels and pixels: the batch may be a symbolic size (it is the
+    outer loop of every blocked kernel)."""
+    return t.rank == 4 and all(isinstance(d, int) for d in t.shape[1:])
+
+
+def _elements(t: TensorType) -> int:
+    """Elements of a value for the layout's cost, per sample where the batch is symbolic."""
+    return math.prod(d if isinstance(d, int) else 1 for d in t.shape)
+
+
 def _blockable_depthwise(node: Node, consts: Constants, bf16: bool) -> bool:
     """A depthwise conv2d (groups == C == O) of a static float32 input (or bfloat16, as in
     ``_blockable_conv``) and constant weights: it may run blocked, in the block its input
@@ -76,7 +90,7 @@ def _blockable_depthwise(node: Node, consts: Constants, bf16: bool) -> bool:
         return False
     x = node.inputs[0]
     dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
-    return (x.dtype in dtypes and x.type.is_static and x.type.rank == 4
+    return (x.dtype in dtypes and _blockable_type(x.type)
             and node.attrs["groups"] == x.shape[1] == node.inputs[1].shape[0] > 1
             and all(consts.is_constant(v) for v in node.inputs[1:]))
 
@@ -89,10 +103,11 @@ def _blockable_conv(node: Node, consts: Constants, bf16: bool) -> ConvProblem | 
         return None
     x = node.inputs[0]
     dtypes = ("float32", "bfloat16") if bf16 else ("float32",)
-    if node.attrs["groups"] != 1 or x.dtype not in dtypes or not x.type.is_static \
-            or x.type.rank != 4 or not all(consts.is_constant(v) for v in node.inputs[1:]):
+    if node.attrs["groups"] != 1 or x.dtype not in dtypes or not _blockable_type(x.type) \
+            or not all(consts.is_constant(v) for v in node.inputs[1:]):
         return None
     n, c, h, w = x.shape
+    n = n if isinstance(n, int) else 1  # a symbolic batch: blocks are chosen for one image
     o, _, kh, kw = node.inputs[1].shape
     block = heuristic_block(o, 16)
     if x.dtype == "float32" and (block is None or (block < 16 and o >= 512)):
@@ -143,7 +158,7 @@ class _Plan:
     def mark(self, node: Node) -> None:
         """Record whether ``node`` can compute blocked, and which operands it then reads so."""
         out = node.outputs[0] if len(node.outputs) == 1 else None
-        if out is None or out.type.rank != 4 or not out.type.is_static:
+        if out is None or not _blockable_type(out.type):
             return
         problem = _blockable_conv(node, self.consts, self.bf16)
         if problem is not None and self.only is not None and out.name not in self.only:
@@ -158,7 +173,8 @@ class _Plan:
                 or _blockable_depthwise(node, self.consts, self.bf16):
             self.operands[node] = [node.inputs[0]]
         elif node.op == "concat" and node.attrs["axis"] in (1, -3) and all(
-                v.type.is_static and v.shape[1] % min(BLOCKS) == 0 for v in node.inputs):
+                isinstance(v.shape[1], int) and v.shape[1] % min(BLOCKS) == 0
+                for v in node.inputs):
             self.operands[node] = list(node.inputs)
         elif is_elementwise(node.op):
             kinds = [_operand_kind(v, out) for v in node.inputs]
@@ -195,8 +211,8 @@ class _Plan:
             p = id(producer) if producer is not None else "nchw"
             can = [u for u in readers if self.reads_blocked(u, v)]
             back, into = ("back", id(v)), ("into", id(v))
-            g.add_edge(p, back, capacity=v.type.size)
-            g.add_edge(into, p, capacity=v.type.size)
+            g.add_edge(p, back, capacity=_elements(v.type))
+            g.add_edge(into, p, capacity=_elements(v.type))
             for u in can:
                 g.add_edge(back, id(u))
                 g.add_edge(id(u), into)
@@ -204,7 +220,8 @@ class _Plan:
                 g.add_edge(back, "nchw")
         for v in outputs:
             if v not in users and v in self.graph.producers:
-                g.add_edge(id(self.graph.producers[v]), ("back", id(v)), capacity=v.type.size)
+                g.add_edge(id(self.graph.producers[v]), ("back", id(v)),
+                           capacity=_elements(v.type))
                 g.add_edge(("back", id(v)), "nchw")
         _, (blocked, _) = nx.minimum_cut(g, "blocked", "nchw")
         for node in list(self.operands):

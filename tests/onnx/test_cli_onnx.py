@@ -100,10 +100,22 @@ def test_compile_and_run_an_onnx_model(tmp_path, capsys, dynamic):
     np.testing.assert_allclose(got, ort_run(data, {"x": x})[0], rtol=1e-4, atol=1e-6)
 
 
-def test_compile_reports_a_symbolic_dim(tmp_path, capsys):
-    """Compiling a model with a symbolic batch, without fixing it, says what to do."""
+def test_compile_keeps_a_symbolic_dim(tmp_path, capsys):
+    """A model with a symbolic batch compiles as it is: one artifact runs every batch size
+    within the range --input gives, and refuses one outside it."""
     onnx_path = tmp_path / "mlp.onnx"
-    _torch_mlp_onnx(onnx_path, dynamic=True)
-    assert main(["compile", str(onnx_path), "-o", str(tmp_path / "m.kiln")]) != 0
-    err = capsys.readouterr().err
-    assert "symbolic" in err and "batch" in err
+    data = _torch_mlp_onnx(onnx_path, dynamic=True)
+    artifact = str(tmp_path / "m.kiln")
+    assert main(["compile", str(onnx_path), "-o", artifact, "--input", "batch=1..4"]) == 0
+    assert "symbolic sizes batch=1..4" in capsys.readouterr().out
+    for n in (1, 4):
+        x = rand(n, 8, seed=n)
+        np.save(tmp_path / "x.npy", x)
+        outdir = tmp_path / f"out{n}"
+        assert main(["run", artifact, "--input", f"x={tmp_path / 'x.npy'}", "--out",
+                     str(outdir)]) == 0
+        (name,) = [o.name for o in onnx.load_from_string(data).graph.output]
+        np.testing.assert_allclose(np.load(outdir / f"{name}.npy"),
+                                   ort_run(data, {"x": x})[0], rtol=1e-4, atol=1e-6)
+    assert main(["run", artifact, "--input", "batch=5"]) != 0
+    assert "size batch is 5, outside the range 1..4" in capsys.readouterr().err

@@ -40,7 +40,7 @@ from kiln.ir.ops.layout import parse_layout
 def layout_transform(inputs, attrs, out_types):
     x = inputs[0]
     src, dst = parse_layout(attrs["src_layout"]), parse_layout(attrs["dst_layout"])
-    dst_sizes = dict(zip((a for a, _ in dst), (int(d) for d in out_types[0].shape)))
+    dst_sizes = dict(zip((a for a, _ in dst), out_types[0].shape))
     src_pos = {a: i for i, (a, _) in enumerate(src)}
     src_factor = dict(src)
 

@@ -75,7 +75,10 @@ CONCAT_CHAIN_MAX = 4
 def concat(inputs, attrs, out_types):
     shape = tuple(out_types[0].shape)
     axis = attrs["axis"] % len(shape)
-    parts = [(x, shape_of(x)[axis]) for x in inputs if shape_of(x)[axis] > 0]
+    # (a part of symbolic size is kept: it may be empty in some calls, which the clamped
+    # index below reads nothing of)
+    parts = [(x, shape_of(x)[axis]) for x in inputs
+             if not isinstance(shape_of(x)[axis], int) or shape_of(x)[axis] > 0]
 
     offsets = [0]
     for _, size in parts:
