@@ -388,7 +388,7 @@ NON_DIFFERENTIABLE: dict[str, str] = {
     "matmul_integer": _INDEX, "conv2d_integer": _INDEX,
     **dict.fromkeys(("equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
                      "logical_and", "logical_or", "logical_xor", "logical_not"), _BOOL),
-    **dict.fromkeys(("arange", "full", "random_uniform", "random_normal"), _SOURCE),
+    **dict.fromkeys(("arange", "full", "dims", "random_uniform", "random_normal"), _SOURCE),
     **dict.fromkeys(("floor", "ceil", "round", "sign"), _STEP),
 }
 

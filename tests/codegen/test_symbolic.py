@@ -205,3 +205,9 @@ def test_symbolic_onnx_model_with_a_position_buffer_and_mask_matches_onnxruntime
     with pytest.raises(InputError, match="size seq is 33, outside the range 1..32"):
         compiled.run({"input_ids": np.zeros((1, 33), np.int64),
                       "attention_mask": np.ones((1, 33), np.int64)})
+    # exported back to ONNX, the sizes stay symbolic (sizes used as data read from Shape)
+    again = kiln.to_onnx(graph)
+    dims = again.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "seq"]
+    session = ort.InferenceSession(again.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)

@@ -214,9 +214,13 @@ def test_mha_bad_inputs(shapes, masks, match):
         trace(Call(nn.MultiheadAttention(E, HEADS)), **specs)
 
 
-def test_mha_causal_needs_static_lengths():
-    with pytest.raises(ShapeError, match="is_causal needs static sequence lengths"):
-        trace(Call(nn.MultiheadAttention(E, HEADS), is_causal=True), x=TensorSpec(("T", N, E)))
+def test_mha_causal_at_a_symbolic_length_matches_the_static_one():
+    mha = nn.MultiheadAttention(E, HEADS)
+    symbolic = trace(Call(mha, is_causal=True), x=TensorSpec(("T", N, E)))
+    static = trace(Call(mha, is_causal=True), x=TensorSpec((5, N, E)))
+    x = np.random.default_rng(0).standard_normal((5, N, E)).astype(np.float32)
+    np.testing.assert_allclose(interpret(symbolic, {"x": x})[0],
+                               interpret(static, {"x": x})[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("make,error,match", [

@@ -105,6 +105,7 @@ OP_CASES = [
     ("full", "full", [], {"shape": (2, 3), "value": 1.5}, None),
     ("full_scalar_int", "full", [], {"shape": (), "value": 7, "dtype": "int64"}, None),
     ("arange", "arange", [], {"start": 1, "stop": 10, "step": 3}, None),
+    ("dims", "dims", [], {"values": (2, 3)}, None),
     ("random_uniform", "random_uniform", [], {"shape": (3, 4), "seed": 5}, None),
     ("random_normal", "random_normal", [], {"shape": (3, 4), "seed": 7}, None),
     ("conv1d", "conv1d", [T(2, 4, 9), T(6, 2, 3), T(6)],

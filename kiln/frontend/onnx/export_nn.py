@@ -57,8 +57,12 @@ def _slice(e, node, ins, outs):
     n = len(a["starts"])
     axes = tuple(range(n)) if a["axes"] is None else a["axes"]
     steps = (1,) * n if a["steps"] is None else a["steps"]
-    clamp = [max(min(v, 2**63 - 1), -(2**63)) for v in a["ends"]]
-    e.add("Slice", [ins[0], e.ints(a["starts"]), e.ints(clamp), e.ints(axes), e.ints(steps)],
+    ends = [as_dim(v) if isinstance(v, str) else max(min(v, 2**63 - 1), -(2**63))
+            for v in a["ends"]]
+    # (an end that is a symbolic size is read from the graph inputs' shapes)
+    end_tensor = e.shape_tensor(ends, *e.inputs) if any(isinstance(v, str) for v in ends) \
+        else e.ints(ends)
+    e.add("Slice", [ins[0], e.ints(a["starts"]), end_tensor, e.ints(axes), e.ints(steps)],
           outs)
 
 

@@ -11,7 +11,7 @@ import math
 from typing import Callable
 
 import numpy as np
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from kiln.errors import UnsupportedOpError
 from kiln.frontend.onnx.dtypes import to_onnx_dtype
@@ -205,8 +205,18 @@ def _softmax(e, node, ins, outs):
 def _full(e, node, ins, outs):
     t = node.outputs[0].type
     value = np.asarray([node.attrs["value"]], dtype=to_numpy_dtype(t.dtype))
-    e.add("ConstantOfShape", [e.ints(t.shape, "shape")], outs,
+    e.add("ConstantOfShape", [e.shape_tensor(t.shape, *e.inputs)], outs,
           value=numpy_helper.from_array(value, "value"))
+
+
+@exports("dims")
+def _dims(e, node, ins, outs):
+    """Sizes as data: read from the graph inputs' shapes (``Shape``, ``Gather``, ...)."""
+    shape = e.shape_tensor(node.attrs["values"], *e.inputs)
+    if node.attrs["dtype"] == "int64":
+        e.add("Identity", [shape], outs)
+    else:
+        e.add("Cast", [shape], outs, to=TensorProto.INT32)
 
 
 @exports("arange", "random_uniform", "random_normal")

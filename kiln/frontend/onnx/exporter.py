@@ -34,6 +34,7 @@ class Exporter:
         self.initializers: list[onnx.TensorProto] = []
         self.names: dict[Value, str] = {}
         self.taken: set[str] = {v.name for v in graph.all_values()}
+        self.inputs = tuple(graph.inputs)  # where symbolic sizes are read from
         self.origin = ""
         self._consts: dict[tuple, str] = {}
 
