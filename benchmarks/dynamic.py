@@ -27,10 +27,13 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# (this folder leaves the path once timing.py is imported: its kernels.py would shadow the
+# `kernels` package that transformers imports)
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE))
-
 from timing import paired_medians  # noqa: E402
+
+sys.path.remove(str(HERE))
 
 CACHE = Path(os.environ.get("KILN_BENCH_CACHE", Path.home() / ".cache" / "kiln" /
                             "bench-models"))

@@ -211,3 +211,18 @@ def test_symbolic_onnx_model_with_a_position_buffer_and_mask_matches_onnxruntime
     assert [d.dim_param for d in dims] == ["batch", "seq"]
     session = ort.InferenceSession(again.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_rows_of_every_length_from_one_artifact():
+    """Symbolic innermost extents: whole vectors, a partial last one, shorter than one
+    vector (the loop partitioning of the vector loops must never store past a row)."""
+    def f(x, y):
+        s = ops.softmax(x * 0.5 + y, axis=-1)
+        return s, ops.sum(ops.exp(x) * y, axis=-1), ops.transpose(x, (0, 2, 1)) * 2.0
+
+    graph = kiln.trace(f, x=kiln.TensorSpec((2, 3, "S")), y=kiln.TensorSpec((2, 3, "S")))
+    compiled = kiln.compile(graph, opt_level=2)
+    rng = np.random.default_rng(5)
+    check_sizes(compiled, graph, [{"x": rng.standard_normal((2, 3, s)).astype(np.float32),
+                                   "y": rng.standard_normal((2, 3, s)).astype(np.float32)}
+                                  for s in (1, 2, 15, 16, 17, 31, 32, 33, 100)])

@@ -61,8 +61,8 @@ def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, tiles
                dtype: str):
     """The padded ``gemm[batch..., Mp, Np] = sum_k a_at(b, min(i, M-1), k) * b_at(b, k, j)``
     stage of register tiles of ``tiles.gemm_rows`` (at most) x ``nb``, in row blocks of A of
-    about ``tiles.gemm_block_bytes`` (Mp pads M to whole blocks of whole tiles), annotated
-    for the schedule."""
+    about ``tiles.gemm_block_bytes`` (Mp pads M to whole blocks of whole tiles; a symbolic M
+    to whole tiles), annotated for the schedule."""
     m_n, n_n = c.nominal(m), c.nominal(n)  # a symbolic size counts as NOMINAL_SIZE here
     mr = tiles.gemm_rows if m_n >= tiles.gemm_rows else m
     n_tiles, panels = -(-m_n // mr), -(-n_n // nb)
@@ -73,7 +73,7 @@ def gemm_stage(out_batch, m: int, n: int, k_dim: int, a_at, b_at, nb: int, tiles
     blocks = -(-n_tiles // block_tiles)
     if c.is_static(m):
         m_pad = blocks * block_tiles * mr
-    else:  # whole tiles; the schedule's split into row blocks skips the blocks past the end
+    else:  # whole tiles (the schedule sweeps them without row blocks: schedules/cpu/gemm.py)
         m_pad = c.ceil_div(m, mr) * mr
     n_pad = c.ceil_div(n, nb) * nb
     k = te.reduce_axis((0, k_dim), name="k")
@@ -92,8 +92,8 @@ def _unravel(r, dims):
     """The index into ``dims`` of row ``r`` of their row-major flattening (0 on unit dims)."""
     idx = []
     for d in reversed(dims):
-        idx.append(r % d if d > 1 else 0)
-        r = r // d if d > 1 else r
+        idx.append(r % d if c.nominal(d) > 1 else 0)  # (a symbolic size is not 1)
+        r = r // d if c.nominal(d) > 1 else r
     return idx[::-1]
 
 
@@ -103,7 +103,7 @@ def _ravel(idx, dims):
     register tile only for consumers that index it by plain loop variables."""
     r = None
     for i, d in zip(idx, dims):
-        if d > 1:
+        if c.nominal(d) > 1:
             r = i if r is None else r * d + i
     return 0 if r is None else r
 
@@ -209,9 +209,13 @@ def matmul(inputs, attrs, out_types):
     # write the product, then compute the epilogue over it, which pays when each batch has
     # few rows or B is too big to stay in cache between batches (measured on ConvNeXt-tiny:
     # 56 rows of a 147 KB B per batch are faster unfolded)
-    big_b = k_dim * n * np.dtype(dtype_of(b)).itemsize > tiles.gemm_block_bytes
+    big_b = c.nominal(k_dim) * c.nominal(n) * np.dtype(dtype_of(b)).itemsize > \
+        tiles.gemm_block_bytes
+    # (never over symbolic sizes: the row index's division by them would sit in the
+    # GEMM's inner loop; BERT's output projection at [batch, 384] ran 1.8x slower)
     fold = not a_vec and not b_batch and c.nominal_prod(out_batch) > 1 and (
-        c.nominal(m) < 4 * tiles.gemm_rows or big_b)
+        c.nominal(m) < 4 * tiles.gemm_rows or big_b) and c.is_static(m) and all(
+        c.is_static(d) for d in out_batch)
     g_batch, g_m = ((), prod(out_batch) * m) if fold else (out_batch, m)
     if packed:
         def b_at(bidx, k, j):

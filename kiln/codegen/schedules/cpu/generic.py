@@ -20,6 +20,7 @@ from kiln.codegen.schedules.cpu.common import (
     is_output,
     is_reduction,
     kind,
+    partition_tail,
     transposed_axis,
     vectorize_inner,
     work,
@@ -60,6 +61,8 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
     n_last = extents(sch, [last])[0]
     if n_last is None or n_last > lanes:
         chunk, vec = sch.split(last, [None, lanes])
+        if n_last is None:
+            partition_tail(sch, chunk)
     else:
         chunk, vec = None, last
     sch.vectorize(vec)
@@ -192,10 +195,13 @@ def schedule_rows(sch, out_block, lanes: int, cores: int) -> bool:
         # dataflow"), but keeps the mark when they are moved under it
         sch.parallel(row)
     inner = loops[depth:]
-    if inner:
-        vectorize_inner(sch, sch.fuse(*inner) if len(inner) > 1 else inner[0], lanes)
+    # the producers move under the row loop before the output's loop is split into vectors:
+    # split first, a row of symbolic length made them cover whole vectors past its end, with
+    # predicates LLVM could not vectorize (BERT's softmax at seq 384: 7x slower)
     for b in reversed(others):
         sch.compute_at(b, row, preserve_unit_loops=True)
+    if inner:
+        vectorize_inner(sch, sch.fuse(*inner) if len(inner) > 1 else inner[0], lanes)
     for b in others:
         if is_reduction(sch, b):
             _schedule_row_reduction(sch, b, lanes)
