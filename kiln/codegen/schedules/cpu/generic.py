@@ -61,14 +61,17 @@ def schedule_injective(sch, block, lanes: int, cores: int) -> None:
     n_last = extents(sch, [last])[0]
     if n_last is None or n_last > lanes:
         chunk, vec = sch.split(last, [None, lanes])
-        if n_last is None:
-            partition_tail(sch, chunk)
     else:
         chunk, vec = None, last
     sch.vectorize(vec)
-    outer = list(loops[:-1]) + ([chunk] if chunk is not None else [])
+    # (a symbolic last axis keeps its vector loop out of the parallel one: partitioned into
+    # whole vectors and a tail, it vectorizes without a check per lane)
+    tail = n_last is None and chunk is not None and len(loops) > 1
+    outer = list(loops[:-1]) + ([chunk] if chunk is not None and not tail else [])
     if outer and cores > 1 and total >= PARALLEL_MIN:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    if n_last is None and chunk is not None and (tail or not outer):
+        partition_tail(sch, chunk)
 
 
 def _touches_half(sch, block) -> bool:
