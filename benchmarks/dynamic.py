@@ -99,7 +99,7 @@ def _resnet50():
 
 MODELS = {
     "bert": (lambda: _hf_text("BertModel", "BertConfig", 30522, True), 2, True),
-    "gpt2": (lambda: _hf_text("GPT2Model", "GPT2Config", 50257, False, use_cache=False), 2,
+    "gpt2": (lambda: _hf_text("GPT2Model", "GPT2Config", 50257, True, use_cache=False), 2,
              True),
     "resnet50": (_resnet50, 3, False),
 }

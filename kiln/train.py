@@ -48,12 +48,8 @@ class CompiledStep:
     def __init__(self, graph: Graph, opt_level: int = 2) -> None:
         from kiln.codegen.api import compile as compile_graph
 
-        symbolic = [f"{v.name}: {v.type}" for v in graph.inputs
-                    if any(isinstance(d, str) for d in v.type.shape)]
-        if symbolic:
-            raise KilnError(f"the compiled backend needs fixed shapes, but {symbolic} have "
-                            "symbolic dimensions: trace with a concrete batch size, e.g. "
-                            "kiln.TensorSpec((32, 64))")
+        # (a symbolic batch compiles into one artifact for every batch size, a last batch
+        # smaller than the others included; its state then passes through each step)
         self.compiled = compile_graph(graph, opt_level=opt_level)
         self.model = self.compiled.model
 

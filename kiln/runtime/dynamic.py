@@ -99,10 +99,75 @@ class DynamicModel:
                              "run it once before asking for its memory report")
         return self._last.memory_report()
 
+    # -- state carried from one step to the next (a training step at any batch size) ------
+    # A static Model keeps it in double buffers of its own (``kiln/runtime/state.py``); here
+    # each call size has its own Model, so the state lives in arrays the steps pass in and
+    # take back: a copy per step, the price of a last batch smaller than the others.
+
     def bind_state(self, pairs: Sequence[tuple[str, str]],
                    initial: Mapping[str, np.ndarray]) -> None:
-        raise InputError("bind_state needs a model compiled with static shapes; this one has "
-                         f"symbolic sizes {self.sizes['names']}")
+        """As ``Model.bind_state``: each (output, input) pair feeds that output of one
+        ``step`` back as that input of the next. Bound inputs must have static shapes."""
+        inputs = {s.name: s for s in self._inputs}
+        outputs = [s.name for s in self._outputs]
+        state = {}
+        for out, inp in pairs:
+            if out not in outputs or inp not in inputs:
+                raise InputError(f"bind_state: ({out!r}, {inp!r}) must pair an output of "
+                                 f"{outputs} with an input of {list(inputs)}")
+            sig = inputs[inp]
+            if not all(isinstance(d, int) for d in sig.shape):
+                raise InputError(f"bind_state: input {inp!r} has symbolic shape "
+                                 f"{list(sig.shape)}; only inputs of static shape carry state")
+            value = initial.get(inp)
+            if not isinstance(value, np.ndarray) or value.dtype != self._dtypes[inp] \
+                    or value.shape != sig.shape:
+                raise InputError(f"bind_state: the initial {inp!r} must be a "
+                                 f"{sig.dtype}{list(sig.shape)} array")
+            state[inp] = np.ascontiguousarray(value).copy()
+        with self._lock:
+            self._pairs = [(out, inp) for out, inp in pairs]
+            self._state = state
+
+    def step(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with the bound state on the other inputs (any sizes the model allows);
+        returns the outputs that are not bound, in order."""
+        pairs = self._bound_pairs()
+        outs = self.run({**inputs, **self._state})
+        names = [s.name for s in self._outputs]
+        for out, inp in pairs:
+            self._state[inp] = outs[names.index(out)]
+        bound = {out for out, _ in pairs}
+        return [o for name, o in zip(names, outs) if name not in bound]
+
+    def read_state(self, name: str) -> np.ndarray:
+        """A copy of the current value of bound input ``name`` (or of its output)."""
+        pairs = self._bound_pairs()
+        inp = next((i for o, i in pairs if name in (o, i)), None)
+        if inp is None:
+            raise InputError(f"{name!r} is not bound; bound: {[i for _, i in pairs]}")
+        return self._state[inp].copy()
+
+    def write_state(self, name: str, value: np.ndarray) -> None:
+        """Set the current value of bound input ``name`` (exact dtype and shape)."""
+        current = self.read_state(name)
+        if not isinstance(value, np.ndarray) or value.dtype != current.dtype \
+                or value.shape != current.shape:
+            raise InputError(f"write_state: {name!r} takes a {current.dtype}"
+                             f"{list(current.shape)} array")
+        inp = next(i for o, i in self._bound_pairs() if name in (o, i))
+        self._state[inp] = value.copy()
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(i for _, i in getattr(self, "_pairs", ()))
+
+    def _bound_pairs(self) -> list[tuple[str, str]]:
+        pairs = getattr(self, "_pairs", None)
+        if pairs is None:
+            raise InputError("no state is bound: call bind_state([(output, input), ...], "
+                             "initial) before step / read_state / write_state")
+        return pairs
 
     def _check(self, inputs: Mapping[str, np.ndarray]) -> None:
         if not isinstance(inputs, dict):

@@ -226,3 +226,26 @@ def test_rows_of_every_length_from_one_artifact():
     check_sizes(compiled, graph, [{"x": rng.standard_normal((2, 3, s)).astype(np.float32),
                                    "y": rng.standard_normal((2, 3, s)).astype(np.float32)}
                                   for s in (1, 2, 15, 16, 17, 31, 32, 33, 100)])
+
+
+def test_training_at_a_symbolic_batch_takes_a_smaller_last_batch():
+    """The compiled training step of a symbolic batch: one artifact trains on batches of 8
+    and a last batch of 3, carrying the parameters and optimizer state, as the interpreter
+    does."""
+    from kiln.passes.optim import SGD
+    from kiln.train import Trainer
+
+    def trainer(backend):
+        nn.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        return Trainer(model, "cross_entropy", SGD(lr=0.1, momentum=0.9),
+                       inputs={"x": kiln.TensorSpec(("N", 4))}, backend=backend)
+
+    rng = np.random.default_rng(6)
+    batches = [(rng.standard_normal((n, 4)).astype(np.float32),
+                rng.integers(0, 3, n).astype(np.int64)) for n in (8, 8, 3, 8)]
+    compiled, reference = trainer("compiled"), trainer("interpret")
+    for x, y in batches:
+        np.testing.assert_allclose(compiled.step(y, x=x), reference.step(y, x=x), rtol=1e-4)
+    for name, value in reference.state.items():
+        np.testing.assert_allclose(compiled.state[name], value, rtol=1e-4, atol=1e-5)

@@ -194,7 +194,11 @@ def _simple(op: str):
             count = 1
             for a in axes:
                 count *= shape[a]
-            post = lambda v: v * const(1.0 / max(count, 1), dt)  # noqa: E731
+            if c.is_static(count):
+                post = lambda v: v * const(1.0 / max(count, 1), dt)  # noqa: E731
+            else:  # the mean over a symbolic size divides by it per call (0 for none)
+                n = tirx.max(count, 1).astype(dt)
+                post = lambda v: v / n  # noqa: E731
         return squeeze_to(r, out_types[0].shape, axes, attrs["keepdims"], post)
 
     return build
