@@ -2,7 +2,7 @@
 of each size and onnxruntime, on real architectures (random weights from their configs).
 
     python benchmarks/dynamic.py --model bert --batches 1,3,8 --seqs 7,64,128,384
-    python benchmarks/dynamic.py --model gpt2 --batches 1 --seqs 1,16,64,256
+    python benchmarks/dynamic.py --model gpt2 --batches 1 --seqs 1,16,64,256 --specialize seq=1
     python benchmarks/dynamic.py --model resnet50 --batches 1,4,16
 
 Each model is exported to ONNX once with symbolic axes (batch and sequence, or batch for a
@@ -135,6 +135,9 @@ def main() -> int:
     ap.add_argument("--seqs", default="7,64,128,384", help="sequence lengths (text models)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--specialize", default="", metavar="NAME=SIZE[,SIZE]",
+                    help="also build the artifact's specializations for these sizes "
+                         "(seq=1: a decoder's one-token step)")
     args = ap.parse_args()
 
     import numpy as np
@@ -152,10 +155,16 @@ def main() -> int:
         bounds["seq"] = (1, max(seqs))
     t0 = time.perf_counter()
     graph = kiln.from_onnx(str(path))
-    dynamic = kiln.compile(graph, opt_level=level, layout_budget=0, bounds=bounds)
+    specialize = None
+    if args.specialize:
+        name, _, values = args.specialize.partition("=")
+        specialize = {name: [int(v) for v in values.split(",")]}
+    dynamic = kiln.compile(graph, opt_level=level, layout_budget=0, bounds=bounds,
+                           specialize=specialize)
     print(f"{args.model}: inputs {', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}; "
           f"one artifact (O{level}) compiled in {time.perf_counter() - t0:.0f} s, bounds "
-          f"{bounds}; {args.threads} threads", flush=True)
+          f"{bounds}{f', specialized for {specialize}' if specialize else ''}; "
+          f"{args.threads} threads", flush=True)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

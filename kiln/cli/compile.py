@@ -44,7 +44,7 @@ def cmd_compile(args) -> int:
                             progress=not args.quiet, verify=args.verify,
                             disable=args.disable, dump_after=dump, records=records,
                             layout_budget=args.layout_budget, precision=args.precision,
-                            bounds=bounds or None)
+                            bounds=bounds or None, specialize=_specialize(args.specialize))
     if key is not None:
         from kiln.runtime import sign_artifact
 
@@ -60,6 +60,9 @@ def cmd_compile(args) -> int:
         ranges = [f"{n}={bounds[n][0]}..{bounds[n][1] or ''}" if n in bounds else n
                   for n in sizes["names"]]
         print(f"  symbolic sizes {', '.join(ranges)}: one artifact runs every size in range")
+        for v in compiled.build.variants:
+            shown = ", ".join(f"{k}={n}" for k, n in v["sizes"].items())
+            print(f"  specialized for {shown}: {len(v['calls'])} kernel calls of their own")
     if args.precision != "fp32":
         _precision_summary(compiled.build, args.precision)
     int8 = compiled.reports.get("int8")
@@ -82,6 +85,20 @@ def cmd_compile(args) -> int:
         print(write_report(args.report, sections, f"kiln compile {args.model}",
                            compiled.graph))
     return _check_on_cpu(graph, args) if args.check_on_cpu else 0
+
+
+def _specialize(specs: list[str]) -> dict[str, list[int]] | None:
+    """--specialize seq=1 (or seq=1,2): the sizes to build specializations for."""
+    out: dict[str, list[int]] = {}
+    for text in specs:
+        name, _, values = text.partition("=")
+        try:
+            out.setdefault(name, []).extend(int(v) for v in values.split(","))
+        except ValueError:
+            raise CLIError(f"--specialize {text!r}: expected NAME=SIZE[,SIZE...]") from None
+        if not name.isidentifier() or not values:
+            raise CLIError(f"--specialize {text!r}: expected NAME=SIZE[,SIZE...]")
+    return out or None
 
 
 def _precision_summary(build, precision: str) -> None:
@@ -269,6 +286,9 @@ def add_parsers(sub) -> None:
                          "symbolic size), a symbolic dim of an ONNX model fixed (batch=1), "
                          "or the range it may take (seq=1..512, batch=1..)")
     sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
+    sp.add_argument("--specialize", action="append", default=[], metavar="NAME=SIZE",
+                    help="also build kernels for a symbolic size fixed at SIZE (seq=1: a "
+                         "decoder's one-token step), run where a call has that size")
     sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3),
                     help="0: as written; 1: folded and simplified; 2: + fusion (default); "
                          "3: + blocked conv layouts, measured")

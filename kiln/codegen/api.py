@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from kiln.codegen.build import BuildResult, Progress, build, export, reporter
 from kiln.codegen.layout_tuning import pass_context
 from kiln.errors import ArtifactError
 from kiln.ir.graph import Graph
+from kiln.ir.specialize import fix_sizes
 from kiln.passes.context import PassContext
 
 
@@ -32,6 +33,9 @@ def manifest(result: BuildResult) -> dict[str, Any]:
         "kernels": [k.to_json() for k in result.kernels],
         **({"tuning": result.tuning} if result.tuning else {}),
         **({"sizes": result.sizes} if result.sizes else {}),
+        **({"variants": [{**{k: v for k, v in var.items() if k != "calls"},
+                          "kernels": [k.to_json() for k in var["calls"]]}
+                         for var in result.variants]} if result.variants else {}),
         **({"gpu": result.gpu} if result.gpu else {}),
     }
 
@@ -156,6 +160,7 @@ def compile(
     layout_cache: str | os.PathLike | bool | None = None,
     precision: str = "fp32",
     bounds: Mapping[str, tuple[int, int | None]] | None = None,
+    specialize: Mapping[str, Sequence[int]] | None = None,
     **pass_options: Any,
 ) -> CompiledModel:
     """Optimize ``graph`` with the ``O<opt_level>`` pipeline, compile it for ``target`` and
@@ -178,14 +183,26 @@ def compile(
     where the target has AVX512-VNNI (the ``int8`` pass; ``reports["int8"]`` says which).
     A graph with symbolic dims (``TensorSpec(("batch", 128))``, an ONNX model's
     ``dim_param``s) compiles into one model for every size (docs/shapes.md); ``bounds``
-    ({"batch": (1, 32)}, high None for none) limits the sizes it accepts.
+    ({"batch": (1, 32)}, high None for none) limits the sizes it accepts; ``specialize``
+    ({"seq": [1]}) also builds the model with a size fixed at each value given, run where a
+    call has that size (a decoder's one-token step runs on kernels made for one row).
     """
     report = reporter(progress)
     report(f"optimizing {graph.name!r} ({len(graph.nodes)} nodes) at O{opt_level}")
+    source = graph
     graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
                            precision, pass_options)
+    specialized = []
+    for name, values in (specialize or {}).items():
+        for value in values:
+            report(f"optimizing the specialization {name}={value}")
+            fixed, _ = _optimize(fix_sizes(source, {name: value}), opt_level, target,
+                                 progress, layout_budget, layout_cache, precision,
+                                 pass_options)
+            specialized.append(({name: value}, fixed))
     report(f"lowering and scheduling {len(graph.nodes)} nodes")
-    result = build(graph, target=ctx.target, progress=progress, bounds=bounds)
+    result = build(graph, target=ctx.target, progress=progress, bounds=bounds,
+                   specialized=specialized)
     layout = ctx.reports.get("layout")
     if layout is not None and layout.choices:
         result.tuning["layout"] = layout.to_json()

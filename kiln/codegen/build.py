@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -115,6 +115,7 @@ class BuildResult:
     device_source: str = ""  # the CUDA C of a GPU build
     natives: tuple[str, ...] = ()  # the C kernels its kernels call (kiln/codegen/native)
     sizes: dict[str, Any] = field(default_factory=dict)  # symbolic sizes (kiln/runtime/sizes.py)
+    variants: list[dict[str, Any]] = field(default_factory=list)  # specializations
 
     def signature(self, names: list[str]) -> list[dict[str, Any]]:
         return [{"name": n, "shape": list(self.values[n].shape), "dtype": self.values[n].dtype}
@@ -240,10 +241,11 @@ class Scheduled:
     natives: set[str] = field(default_factory=set)
 
 
-def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _: None
-                   ) -> Scheduled:
+def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _: None,
+                   prefix: str = "") -> Scheduled:
     """Lower every node of ``graph`` (a fused node being one group) and schedule it for
-    ``target``; structurally identical kernels are scheduled once."""
+    ``target``; structurally identical kernels are scheduled once. ``prefix`` starts every
+    function name (a specialization's kernels live in the same library)."""
     import tvm_ffi
 
     from kiln.codegen.schedules import schedule, tiling_for
@@ -291,7 +293,7 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
             fname = next((nm for f, nm in seen.get(key, [])
                           if tvm_ffi.structural_equal(f, func)), None)
             if fname is None:
-                fname = _func_name(index, node)
+                fname = prefix + _func_name(index, node)
                 seen.setdefault(key, []).append((func, fname))
                 funcs[fname] = schedule(func, tgt).with_attr("global_symbol", fname)
         kernels.append(KernelCall(fname, group.args, group.num_outputs, _sources(node),
@@ -305,13 +307,16 @@ def schedule_graph(graph: Graph, target: Any = None, report: Progress = lambda _
 
 
 def build(graph: Graph, target: Any = None, progress: Progress | bool | None = None,
-          bounds: Mapping[str, Any] | None = None) -> BuildResult:
+          bounds: Mapping[str, Any] | None = None,
+          specialized: Sequence[tuple[Mapping[str, int], Graph]] = ()) -> BuildResult:
     """Lower, schedule and compile every node of ``graph`` into one library.
 
     ``target``: None/"llvm" (this machine), "portable", "cuda", or see
     ``target.resolve_target``. ``progress``: True prints progress lines on stderr; a
     callable receives them. ``bounds``: {size name: (low, high or None)} for the symbolic
-    sizes of ``graph`` (the runtime refuses a call outside them).
+    sizes of ``graph`` (the runtime refuses a call outside them). ``specialized``: (sizes,
+    the graph with those sizes fixed) pairs whose kernels join the library; the runtime
+    runs one where a call has its sizes (``BuildResult.variants``).
     """
     import tvm
 
@@ -319,12 +324,25 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
     report = reporter(progress)
     sizes = symbolic_sizes(graph, bounds)
     done = schedule_graph(graph, target, report)
-    tgt, funcs, kernels = done.target, done.funcs, done.kernels
-    report(f"compiling {len(funcs)} kernels ({len(kernels)} calls) for "
+    tgt, funcs, kernels = done.target, dict(done.funcs), done.kernels
+    constants, natives = dict(done.constants), set(done.natives)
+    variants = []
+    for i, (fixed, g) in enumerate(specialized):
+        if not sizes or not set(fixed) <= set(sizes["names"]):
+            raise KilnError(f"a specialization for {dict(fixed)} needs those symbolic sizes "
+                            f"in graph {graph.name!r}")
+        report(f"specializing for {dict(fixed)}")
+        v = _own_names(schedule_graph(g, tgt, report, prefix=f"s{i}_"), g, done, f"s{i}.")
+        funcs.update(v.funcs)
+        constants.update(v.constants)
+        natives |= v.natives
+        variants.append(_variant(g, fixed, v))
+    all_kernels = kernels + [k for v in variants for k in v["calls"]]
+    report(f"compiling {len(funcs)} kernels ({len(all_kernels)} calls) for "
            f"{tgt.to_dict()} with LLVM")
     t0 = time.perf_counter()
     module = tvm.IRModule(funcs)
-    executable = _compile(funcs, tgt, kernels)
+    executable = _compile(funcs, tgt, all_kernels)
     device, source, ptxas = b"", "", {}
     if tgt.kind == "cuda":
         report(f"compiling the CUDA kernels for {', '.join(tgt.archs)} with nvcc")
@@ -337,17 +355,63 @@ def build(graph: Graph, target: Any = None, progress: Progress | bool | None = N
         module=module,
         executable=executable,
         kernels=kernels,
-        constants=done.constants,
-        values={k: v for k, v in done.values.items() if k in used},
+        constants=constants,
+        # (and the types of the specializations' own constants: the manifest's constants
+        # are one list, each described in the main "values")
+        values={**{k: v for k, v in done.values.items() if k in used},
+                **{n: TensorType.of(a) for n, a in constants.items()
+                   if n not in done.constants}},
         inputs=graph.input_names,
         outputs=graph.output_names,
         build_seconds=time.perf_counter() - t_start,
         gpu=gpu_report(tgt, list(funcs), source, ptxas) if tgt.kind == "cuda" else {},
         device_code=device,
         device_source=source,
-        natives=tuple(sorted(done.natives)),
+        natives=tuple(sorted(natives)),
         sizes=sizes,
+        variants=variants,
     )
+
+
+def _own_names(v: Scheduled, graph: Graph, main: Scheduled, prefix: str) -> Scheduled:
+    """A specialization's values under names of their own (``prefix`` + name), but for the
+    graph's inputs and outputs and the constants it shares with the main graph: names are
+    unique per graph only, and the manifest's constants are one list."""
+    keep = set(graph.input_names) | set(graph.output_names) | {
+        n for n, a in v.constants.items()
+        if n in main.constants and np.array_equal(main.constants[n], a)}
+    taken = set(main.values) | set(main.constants)
+
+    def own(name: str) -> str:
+        if name in keep:
+            return name
+        new = prefix + name
+        if new in taken:
+            raise KilnError(f"a specialization's value %{name} cannot be named {new!r}: the "
+                            "main graph has that name")
+        return new
+
+    kernels = [KernelCall(k.func, [own(a) for a in k.args], k.num_outputs, k.sources,
+                          k.flops, k.sizes) for k in v.kernels]
+    return Scheduled(v.target, v.funcs, kernels, {own(n): a for n, a in v.constants.items()},
+                     {own(n): t for n, t in v.values.items()}, v.natives)
+
+
+def _variant(graph: Graph, fixed: Mapping[str, int], done: Scheduled) -> dict[str, Any]:
+    """A specialization as the manifest's ``variants`` holds it (``calls``: its
+    KernelCalls, for the build only)."""
+    used = {a for k in done.kernels for a in k.args} | set(graph.input_names) | \
+        set(graph.output_names)
+
+    def sig(names: list[str]) -> list[dict[str, Any]]:
+        return [{"name": n, "shape": list(done.values[n].shape),
+                 "dtype": done.values[n].dtype} for n in names]
+
+    return {"sizes": dict(fixed), "inputs": sig(graph.input_names),
+            "outputs": sig(graph.output_names),
+            "values": {n: {"shape": list(t.shape), "dtype": t.dtype}
+                       for n, t in done.values.items() if n in used},
+            "calls": done.kernels}
 
 
 def gpu_report(target: Target, funcs: list[str], source: str, ptxas: dict) -> dict[str, Any]:

@@ -437,6 +437,23 @@ def evaluate(d: Dim, bindings: Mapping[str, int]) -> int:
     return d.evaluate(bindings) if isinstance(d, Sym) else d
 
 
+def substitute(d: Dim, sizes: Mapping[str, int]) -> Dim:
+    """``d`` with the named sizes in ``sizes`` replaced by their values (the others kept):
+    ``substitute(Sym("N*S + 1"), {"S": 1})`` is ``N + 1``."""
+    if not isinstance(d, Sym) or not d.symbols & sizes.keys():
+        return d
+    total: Dim = 0
+    for coefficient, factors in d.terms:
+        term: Dim = coefficient
+        for f in factors:
+            if isinstance(f, str):
+                term = term * (sizes[f] if f in sizes else symbol(f))
+            else:
+                term = term * (substitute(f[0], sizes) // f[1])
+        total = total + term
+    return total
+
+
 def symbols_in(dims: Iterable) -> set[str]:
     """The names the symbolic dims among ``dims`` use."""
     return {s for d in dims if isinstance(d, Sym) for s in d.symbols}

@@ -19,7 +19,7 @@ import numpy as np
 
 from kiln.errors import InputError
 from kiln.runtime.executor import KernelProfile, Model, TensorInfo, _aligned_copy, numpy_dtype
-from kiln.runtime.sizes import bind_inputs, concrete_manifest
+from kiln.runtime.sizes import bind_inputs, concrete_manifest, variant_manifests
 
 #: call sizes kept bound (each holds its own memory arena)
 KEEP_SIZES = 4
@@ -39,6 +39,8 @@ class DynamicModel:
         self._outputs = tuple(_info(s) for s in manifest["outputs"])
         self._dtypes = {s.name: numpy_dtype(s.dtype) for s in self._inputs}
         self._bound: OrderedDict[tuple, Model] = OrderedDict()
+        # specializations: a call whose sizes include one's runs its kernels
+        self._variants = variant_manifests(manifest)
         self._lock = threading.Lock()
         self._last: Model | None = None
 
@@ -68,8 +70,12 @@ class DynamicModel:
         with self._lock:
             model = self._bound.get(key)
             if model is None:
-                concrete = concrete_manifest(self._manifest, sizes)
-                model = Model(concrete, self._library, self._consts, self.notes,
+                chosen = next((vm for fixed, vm in self._variants
+                               if all(sizes.get(n) == v for n, v in fixed.items())),
+                              self._manifest)
+                concrete = concrete_manifest(chosen, sizes)
+                consts = {n: self._consts[n] for n in concrete["constants"]}
+                model = Model(concrete, self._library, consts, self.notes,
                               copy_constants=False)
                 self._bound[key] = model
                 while len(self._bound) > KEEP_SIZES:

@@ -348,6 +348,14 @@ def validate_manifest(manifest: Any, *, with_files: bool = True) -> None:
         if m["memory"]:
             raise _bad("a model with symbolic sizes plans its memory per call size: its "
                        "'memory' must be empty")
+        from kiln.runtime.sizes import check_variants
+
+        try:
+            variants = check_variants(m)
+        except ArtifactError as e:
+            raise _bad(str(e)) from None
+        for variant in variants:  # each as a manifest of its own (the files are shared)
+            validate_manifest(variant, with_files=False)
         return
     _check_memory(m["memory"], written - set(output_names))
     from kiln.runtime.planner import check_plan  # planner imports this module

@@ -129,7 +129,8 @@ def _load_dir(folder: Path, shown: Path, key: bytes | None) -> Model | GpuModel:
         _check_memory_needs(manifest, shown)
     _check_files(folder, manifest, shown)
     check_runtime_library(folder / fmt.RUNTIME_LIB)
-    check_kernels_library(folder / fmt.KERNELS, [k["func"] for k in manifest["kernels"]])
+    check_kernels_library(folder / fmt.KERNELS, [k["func"] for k in manifest["kernels"]] + [
+        k["func"] for v in manifest.get("variants", []) for k in v["kernels"]])
     constants = _read_weights(folder / fmt.WEIGHTS, manifest)
     notes += _ensure_thread_pool(folder / fmt.RUNTIME_LIB)
     notes += _version_notes(manifest)

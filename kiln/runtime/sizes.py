@@ -192,6 +192,50 @@ def _show(shape: list) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def variant_manifests(m: Mapping[str, Any]) -> list[tuple[dict[str, int], dict[str, Any]]]:
+    """The manifest's specializations (``variants``: the model with some sizes fixed, its own
+    kernels in the same library), each as (fixed sizes, a manifest of its own), in order."""
+    out = []
+    base = {k: v for k, v in m.items() if k != "variants"}
+    for var in m.get("variants", []):
+        fixed = var["sizes"]
+        sizes = dict(m["sizes"])
+        sizes["names"] = [n for n in m["sizes"]["names"] if n not in fixed]
+        sizes["bounds"] = {n: b for n, b in m["sizes"].get("bounds", {}).items()
+                           if n not in fixed}
+        sizes["require"] = [r for r in m["sizes"].get("require", [])
+                            if not names_in(r[0]) & set(fixed)]
+        out.append((dict(fixed), {**base, "inputs": var["inputs"], "outputs": var["outputs"],
+                                  "values": var["values"], "kernels": var["kernels"],
+                                  "constants": [c for c in m["constants"]
+                                                if c in var["values"]],
+                                  "sizes": sizes, "memory": {}}))
+    return out
+
+
+def check_variants(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``variants`` section's shape (each fixes some of the sizes to values, and
+    describes the same inputs and outputs); returns their manifests to validate."""
+    variants = m.get("variants", [])
+    names = set(m["sizes"]["names"])
+    if not isinstance(variants, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("sizes"), dict) and v["sizes"]
+            and set(v["sizes"]) <= names and all(_bound(x) for x in v["sizes"].values())
+            and all(isinstance(v.get(k), t) for k, t in (("inputs", list), ("outputs", list),
+                                                        ("values", dict), ("kernels", list)))
+            for v in variants):
+        raise ArtifactError("manifest 'variants' must be a list of {sizes: {name: value} of "
+                            "its sizes, inputs, outputs, values, kernels}")
+    out = []
+    for fixed, vm in variant_manifests(m):
+        want = [(s["name"], s["dtype"]) for s in m["inputs"] + m["outputs"]]
+        got = [(s.get("name"), s.get("dtype")) for s in vm["inputs"] + vm["outputs"]]
+        if want != got:
+            raise ArtifactError(f"the variant for {fixed} has other inputs or outputs")
+        out.append(vm)
+    return out
+
+
 def concrete_manifest(m: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[str, Any]:
     """The static manifest of the call size ``sizes``: every shape evaluated, each kernel's
     size arguments as ``size_values``, flops counted, and the memory planned for it."""

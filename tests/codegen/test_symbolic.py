@@ -249,3 +249,42 @@ def test_training_at_a_symbolic_batch_takes_a_smaller_last_batch():
         np.testing.assert_allclose(compiled.step(y, x=x), reference.step(y, x=x), rtol=1e-4)
     for name, value in reference.state.items():
         np.testing.assert_allclose(compiled.state[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_at_a_symbolic_size_says_it_needs_static_sizes():
+    from kiln.errors import UnsupportedOpError
+    from kiln.targets import resolve_target
+
+    if "avx512_bf16" not in resolve_target("llvm").features:
+        pytest.skip("this CPU has no AVX512-BF16: bf16 compiles in float32 here")
+    graph = kiln.trace(MLP(), x=kiln.TensorSpec(("N", 16)))
+    with pytest.raises(UnsupportedOpError, match="native GEMM, which needs static sizes"):
+        kiln.compile(graph, precision="bf16")
+
+
+def test_a_specialization_runs_where_a_call_has_its_size(tmp_path, capsys):
+    """specialize={"L": [1]}: a GPT step of one token runs on kernels built for L = 1 (in
+    the same library, chosen by the runtime); other lengths on the symbolic ones."""
+    import transformer
+
+    from kiln.cli import main
+
+    graph = kiln.trace(transformer.GPT(), ids=kiln.TensorSpec(("N", "L"), "int64"))
+    compiled = kiln.compile(graph, specialize={"L": [1]})
+    assert [v["sizes"] for v in compiled.build.variants] == [{"L": 1}]
+    rng = np.random.default_rng(7)
+    feeds = [{"ids": rng.integers(0, 1000, (n, seq)).astype(np.int64)}
+             for n, seq in ((2, 1), (1, 4), (3, 1))]
+    check_sizes(compiled, graph, feeds)
+    path = compiled.save(tmp_path / "gpt.kiln")
+    loaded = kiln.runtime.load(path)
+    one = loaded.model_for(feeds[0]).manifest["kernels"]
+    four = loaded.model_for(feeds[1]).manifest["kernels"]
+    assert all(k["func"].startswith("s0_") for k in one)
+    assert not any(k["func"].startswith("s0_") for k in four)
+    check_sizes(loaded, graph, feeds)
+    # the same from the command line
+    src = ROOT / "examples" / "transformer.py"
+    assert main(["compile", f"{src}:gpt", "--input", "ids=N,L:int64", "--specialize", "L=1",
+                 "-o", str(tmp_path / "cli.kiln"), "-q"]) == 0
+    assert "specialized for L=1" in capsys.readouterr().out

@@ -26,6 +26,7 @@ import numpy as np
 from tvm import te, tirx
 
 from kiln.codegen.ops.common import const, tiling
+from kiln.errors import UnsupportedOpError
 
 PANEL = 16  # columns per B panel (one zmm of 32-bit accumulators)
 
@@ -117,8 +118,13 @@ def native(attrs, a_dtype: str, b_dtype: str) -> NativeGemm | None:
     target strategy's tiling in ``attrs``), or None: bfloat16 operands on a target with
     AVX512-BF16, uint8 x int8 on one with AVX512-VNNI."""
     t = tiling(attrs)
+    gemm = None
     if t.bf16_dot and a_dtype == b_dtype == "bfloat16":
-        return BF16
+        gemm = BF16
     if t.int8_dot and (a_dtype, b_dtype) == ("uint8", "int8"):
-        return U8S8
-    return None
+        gemm = U8S8
+    if gemm is not None and attrs.get("_sizes"):
+        raise UnsupportedOpError(f"{a_dtype} x {b_dtype} products run on kiln's native GEMM, "
+                                 "which needs static sizes: compile this model at fixed sizes "
+                                 "(or in float32)")
+    return gemm
