@@ -2,7 +2,8 @@
 of each size and onnxruntime, on real architectures (random weights from their configs).
 
     python benchmarks/dynamic.py --model bert --batches 1,3,8 --seqs 7,64,128,384
-    python benchmarks/dynamic.py --model gpt2 --batches 1 --seqs 1,16,64,256 --specialize seq=1
+    python benchmarks/dynamic.py --model gpt2 --batches 1 --seqs 1,16,64,256 \
+        --specialize batch=1,seq=1
     python benchmarks/dynamic.py --model resnet50 --batches 1,4,16
 
 Each model is exported to ONNX once with symbolic axes (batch and sequence, or batch for a
@@ -135,9 +136,9 @@ def main() -> int:
     ap.add_argument("--seqs", default="7,64,128,384", help="sequence lengths (text models)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--specialize", default="", metavar="NAME=SIZE[,SIZE]",
-                    help="also build the artifact's specializations for these sizes "
-                         "(seq=1: a decoder's one-token step)")
+    ap.add_argument("--specialize", default="", metavar="NAME=SIZE[,NAME=SIZE]",
+                    help="also build the artifact specialized for these sizes together "
+                         "(batch=1,seq=1: a decoder's one-token step)")
     args = ap.parse_args()
 
     import numpy as np
@@ -156,9 +157,9 @@ def main() -> int:
     t0 = time.perf_counter()
     graph = kiln.from_onnx(str(path))
     specialize = None
-    if args.specialize:
-        name, _, values = args.specialize.partition("=")
-        specialize = {name: [int(v) for v in values.split(",")]}
+    if args.specialize:  # NAME=SIZE[,NAME=SIZE]: one specialization, its sizes together
+        specialize = [{n: int(v) for n, _, v in (p.partition("=")
+                                                for p in args.specialize.split(","))}]
     dynamic = kiln.compile(graph, opt_level=level, layout_budget=0, bounds=bounds,
                            specialize=specialize)
     print(f"{args.model}: inputs {', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}; "

@@ -87,17 +87,17 @@ def cmd_compile(args) -> int:
     return _check_on_cpu(graph, args) if args.check_on_cpu else 0
 
 
-def _specialize(specs: list[str]) -> dict[str, list[int]] | None:
-    """--specialize seq=1 (or seq=1,2): the sizes to build specializations for."""
-    out: dict[str, list[int]] = {}
+def _specialize(specs: list[str]) -> list[dict[str, int]] | None:
+    """--specialize seq=1 or batch=1,seq=1 (sizes fixed together), once per specialization."""
+    out = []
     for text in specs:
-        name, _, values = text.partition("=")
-        try:
-            out.setdefault(name, []).extend(int(v) for v in values.split(","))
-        except ValueError:
-            raise CLIError(f"--specialize {text!r}: expected NAME=SIZE[,SIZE...]") from None
-        if not name.isidentifier() or not values:
-            raise CLIError(f"--specialize {text!r}: expected NAME=SIZE[,SIZE...]")
+        sizes = {}
+        for part in text.split(","):
+            name, _, value = part.partition("=")
+            if not name.isidentifier() or not value.isdigit():
+                raise CLIError(f"--specialize {text!r}: expected NAME=SIZE[,NAME=SIZE...]")
+            sizes[name] = int(value)
+        out.append(sizes)
     return out or None
 
 
@@ -286,9 +286,10 @@ def add_parsers(sub) -> None:
                          "symbolic size), a symbolic dim of an ONNX model fixed (batch=1), "
                          "or the range it may take (seq=1..512, batch=1..)")
     sp.add_argument("-o", "--output", required=True, help="artifact path: NAME.kiln or .tar")
-    sp.add_argument("--specialize", action="append", default=[], metavar="NAME=SIZE",
-                    help="also build kernels for a symbolic size fixed at SIZE (seq=1: a "
-                         "decoder's one-token step), run where a call has that size")
+    sp.add_argument("--specialize", action="append", default=[],
+                    metavar="NAME=SIZE[,NAME=SIZE]",
+                    help="also build kernels for symbolic sizes fixed together (batch=1,seq=1: "
+                         "a decoder's one-token step), run where a call has those sizes")
     sp.add_argument("--opt-level", "-O", type=int, default=2, choices=(0, 1, 2, 3),
                     help="0: as written; 1: folded and simplified; 2: + fusion (default); "
                          "3: + blocked conv layouts, measured")

@@ -160,7 +160,7 @@ def compile(
     layout_cache: str | os.PathLike | bool | None = None,
     precision: str = "fp32",
     bounds: Mapping[str, tuple[int, int | None]] | None = None,
-    specialize: Mapping[str, Sequence[int]] | None = None,
+    specialize: Mapping[str, Sequence[int]] | Sequence[Mapping[str, int]] | None = None,
     **pass_options: Any,
 ) -> CompiledModel:
     """Optimize ``graph`` with the ``O<opt_level>`` pipeline, compile it for ``target`` and
@@ -184,8 +184,9 @@ def compile(
     A graph with symbolic dims (``TensorSpec(("batch", 128))``, an ONNX model's
     ``dim_param``s) compiles into one model for every size (docs/shapes.md); ``bounds``
     ({"batch": (1, 32)}, high None for none) limits the sizes it accepts; ``specialize``
-    ({"seq": [1]}) also builds the model with a size fixed at each value given, run where a
-    call has that size (a decoder's one-token step runs on kernels made for one row).
+    also builds the model with sizes fixed, run where a call has those sizes: {"seq": [1,
+    2]} (each value of each size on its own) or [{"batch": 1, "seq": 1}] (together: a
+    decoder's one-token step then runs on kernels made for one row).
     """
     report = reporter(progress)
     report(f"optimizing {graph.name!r} ({len(graph.nodes)} nodes) at O{opt_level}")
@@ -193,13 +194,11 @@ def compile(
     graph, ctx = _optimize(graph, opt_level, target, progress, layout_budget, layout_cache,
                            precision, pass_options)
     specialized = []
-    for name, values in (specialize or {}).items():
-        for value in values:
-            report(f"optimizing the specialization {name}={value}")
-            fixed, _ = _optimize(fix_sizes(source, {name: value}), opt_level, target,
-                                 progress, layout_budget, layout_cache, precision,
-                                 pass_options)
-            specialized.append(({name: value}, fixed))
+    for sizes in _specializations(specialize):
+        report(f"optimizing the specialization {sizes}")
+        fixed, _ = _optimize(fix_sizes(source, sizes), opt_level, target, progress,
+                             layout_budget, layout_cache, precision, pass_options)
+        specialized.append((sizes, fixed))
     report(f"lowering and scheduling {len(graph.nodes)} nodes")
     result = build(graph, target=ctx.target, progress=progress, bounds=bounds,
                    specialized=specialized)
@@ -214,6 +213,15 @@ def compile(
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+
+
+def _specializations(spec: Any) -> list[dict[str, int]]:
+    """``specialize`` as a list of {name: size} (see ``compile``)."""
+    if not spec:
+        return []
+    if isinstance(spec, Mapping):
+        return [{name: int(v)} for name, values in spec.items() for v in values]
+    return [{name: int(v) for name, v in dict(sizes).items()} for sizes in spec]
 
 
 def _safe(name: str) -> str:

@@ -270,7 +270,7 @@ def test_a_specialization_runs_where_a_call_has_its_size(tmp_path, capsys):
     from kiln.cli import main
 
     graph = kiln.trace(transformer.GPT(), ids=kiln.TensorSpec(("N", "L"), "int64"))
-    compiled = kiln.compile(graph, specialize={"L": [1]})
+    compiled = kiln.compile(graph, specialize={"L": [1]})  # (= [{"L": 1}])
     assert [v["sizes"] for v in compiled.build.variants] == [{"L": 1}]
     rng = np.random.default_rng(7)
     feeds = [{"ids": rng.integers(0, 1000, (n, seq)).astype(np.int64)}
