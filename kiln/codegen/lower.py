@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from kiln.errors import KilnError, UnsupportedOpError
+from kiln.ir.dims import rebuild
 from kiln.ir.graph import Node, Value
 from kiln.ir.types import TensorType, format_types
 
@@ -159,21 +160,12 @@ def te_dim(d: Any, sizes: dict[str, Any]) -> Any:
     variables in ``sizes`` (one per name, made on first use)."""
     from tvm import tirx
 
-    if isinstance(d, int):
-        return d
-    total: Any = 0
-    for coefficient, factors in d.terms:
-        term: Any = coefficient
-        for f in factors:
-            if isinstance(f, str):
-                if f not in sizes:
-                    sizes[f] = tirx.Var(f, "int32")
-                term = term * sizes[f]
-            else:
-                numerator, divisor = f
-                term = term * tirx.floordiv(te_dim(numerator, sizes), divisor)
-        total = total + term
-    return total
+    def var(name: str) -> Any:
+        if name not in sizes:
+            sizes[name] = tirx.Var(name, "int32")
+        return sizes[name]
+
+    return rebuild(d, var, tirx.floordiv)
 
 
 def te_shape(t: TensorType, sizes: dict[str, Any]) -> tuple:

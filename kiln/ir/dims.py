@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from kiln.errors import KilnError, ShapeError
 
@@ -437,21 +437,27 @@ def evaluate(d: Dim, bindings: Mapping[str, int]) -> int:
     return d.evaluate(bindings) if isinstance(d, Sym) else d
 
 
+def rebuild(d: Dim, name: Callable[[str], Any], floordiv: Callable[[Any, int], Any]) -> Any:
+    """``d`` computed in another algebra: each name as ``name(n)``, each floor division by
+    ``floordiv(x, k)`` (a backend's expression of the sizes, or a partial substitution)."""
+    if not isinstance(d, Sym):
+        return d
+    total: Any = 0
+    for coefficient, factors in d.terms:
+        term: Any = coefficient
+        for f in factors:
+            term = term * (name(f) if isinstance(f, str) else
+                           floordiv(rebuild(f[0], name, floordiv), f[1]))
+        total = total + term
+    return total
+
+
 def substitute(d: Dim, sizes: Mapping[str, int]) -> Dim:
     """``d`` with the named sizes in ``sizes`` replaced by their values (the others kept):
     ``substitute(Sym("N*S + 1"), {"S": 1})`` is ``N + 1``."""
     if not isinstance(d, Sym) or not d.symbols & sizes.keys():
         return d
-    total: Dim = 0
-    for coefficient, factors in d.terms:
-        term: Dim = coefficient
-        for f in factors:
-            if isinstance(f, str):
-                term = term * (sizes[f] if f in sizes else symbol(f))
-            else:
-                term = term * (substitute(f[0], sizes) // f[1])
-        total = total + term
-    return total
+    return rebuild(d, lambda n: sizes[n] if n in sizes else symbol(n), lambda x, k: x // k)
 
 
 def symbols_in(dims: Iterable) -> set[str]:

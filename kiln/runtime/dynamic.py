@@ -18,14 +18,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from kiln.errors import InputError
-from kiln.runtime.executor import KernelProfile, Model, TensorInfo, _aligned_copy, numpy_dtype
+from kiln.runtime.executor import (
+    KernelProfile,
+    Model,
+    Signature,
+    TensorInfo,
+    _aligned_copy,
+    numpy_dtype,
+)
 from kiln.runtime.sizes import bind_inputs, concrete_manifest, variant_manifests
 
 #: call sizes kept bound (each holds its own memory arena)
 KEEP_SIZES = 4
 
 
-class DynamicModel:
+class DynamicModel(Signature):
     """A loaded artifact whose inputs have symbolic dims. Made by ``kiln.runtime.load``;
     runs like a ``Model``, at any sizes within the bounds it was compiled for."""
 
@@ -43,19 +50,6 @@ class DynamicModel:
         self._variants = variant_manifests(manifest)
         self._lock = threading.Lock()
         self._last: Model | None = None
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        """The graph inputs, their shapes with the symbolic sizes by name."""
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        return self._outputs
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self._manifest
 
     @property
     def sizes(self) -> dict[str, Any]:

@@ -88,7 +88,30 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
-class Model:
+class Signature:
+    """What every loaded model tells of itself: its inputs, outputs and manifest."""
+
+    _inputs: tuple[TensorInfo, ...]
+    _outputs: tuple[TensorInfo, ...]
+    _manifest: dict[str, Any]
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        """The graph inputs that ``run`` takes, in order (a symbolic size by its name)."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        """The graph outputs that ``run`` returns, in order."""
+        return self._outputs
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The artifact's manifest (read-only by convention)."""
+        return self._manifest
+
+
+class Model(Signature):
     """A loaded artifact, ready to run. Made by ``kiln.runtime.load``."""
 
     def __init__(self, manifest: dict[str, Any], library: Any,
@@ -146,21 +169,6 @@ class Model:
             dynamic = tuple((i, slot_of[a]) for i, a in enumerate(k["args"]) if a in slot_of)
             self._calls.append((func, args, dynamic))
         self._library = library  # keeps the functions' module alive
-
-    @property
-    def inputs(self) -> tuple[TensorInfo, ...]:
-        """The graph inputs that ``run`` takes, in order."""
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorInfo, ...]:
-        """The graph outputs that ``run`` returns, in order."""
-        return self._outputs
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The artifact's manifest (read-only by convention)."""
-        return self._manifest
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the model on ``{input name: array}``; return the outputs in order.

@@ -195,3 +195,12 @@ def test_chunk_along_a_symbolic_axis_runs_at_any_size():
             assert len(got) == len(want)
             for g, w in zip(got, want):
                 np.testing.assert_array_equal(g, w)
+
+
+def test_substitute_fixes_some_sizes_and_keeps_the_others():
+    from kiln.ir.dims import substitute
+
+    assert substitute(Sym("N*S + (S + 1)//2"), {"S": 3}) == Sym("3*N + 2")
+    assert substitute(Sym("N*S"), {"N": 2}) == Sym("2*S")
+    assert substitute(Sym("N*S"), {"N": 2, "S": 5}) == 10
+    assert substitute(Sym("N"), {"M": 1}) == Sym("N") and substitute(7, {"N": 1}) == 7
