@@ -45,11 +45,11 @@ def _weight_grad(c: VJPContext, x: Var, g: Var, kernel, strides, pads, dilations
     """d/dw of conv2d(x, w) given the output cotangent ``g``: w[o, c, i, j] gathers
     g[n, o, a, b] * x[n, c, a*s + i*d, b*s + j*d], itself a convolution of x (batch and
     channels swapped) by g (as the kernel) with stride d and dilation s."""
-    n = _static(c, x.shape[0], "the batch size")
     ch, h, w = x.shape[1:]
-    if groups == 1:
+    if groups == 1:  # (a symbolic batch becomes the convolution's symbolic channels)
         xt = permute(c, x, (1, 0, 2, 3))  # [C, N, H, W]
     else:  # [cg, G*N, H, W]: group-major channels, so that conv groups pair them with g's
+        n = _static(c, x.shape[0], "the batch size of a grouped convolution")
         xt = c.reshape(x, shape=(n, groups, ch // groups, h, w))
         xt = c.transpose(xt, perm=(2, 1, 0, 3, 4))
         xt = c.reshape(xt, shape=(ch // groups, groups * n, h, w))

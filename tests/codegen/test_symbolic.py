@@ -237,12 +237,14 @@ def test_training_at_a_symbolic_batch_takes_a_smaller_last_batch():
 
     def trainer(backend):
         nn.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        # a convolution too: its weight gradient sums over the batch as channels
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(2 * 4 * 4, 8), nn.ReLU(), nn.Linear(8, 3))
         return Trainer(model, "cross_entropy", SGD(lr=0.1, momentum=0.9),
-                       inputs={"x": kiln.TensorSpec(("N", 4))}, backend=backend)
+                       inputs={"x": kiln.TensorSpec(("N", 1, 4, 4))}, backend=backend)
 
     rng = np.random.default_rng(6)
-    batches = [(rng.standard_normal((n, 4)).astype(np.float32),
+    batches = [(rng.standard_normal((n, 1, 4, 4)).astype(np.float32),
                 rng.integers(0, 3, n).astype(np.int64)) for n in (8, 8, 3, 8)]
     compiled, reference = trainer("compiled"), trainer("interpret")
     for x, y in batches:

@@ -520,7 +520,8 @@ def conv2d(inputs, attrs, out_types):
     bias = inputs[2] if len(inputs) > 2 else None
     out_shape = tuple(out_types[0].shape)
     args = (attrs["strides"], attrs["pads"], attrs["dilations"])
-    if not tiling(attrs).blocked:
+    if not tiling(attrs).blocked or not isinstance(shape_of(x)[1], int):
+        # (symbolic channels: a weight gradient at a symbolic batch sums over the batch)
         return conv2d_direct(x, w, bias, out_shape, *args, attrs["groups"])
     if attrs.get("_bf16_w") or _native_bf16(attrs, dtype_of(x), dtype_of(w)):
         return conv2d_native(BF16, x, w, bias, out_shape, *args, attrs.get("_bf16_w"))

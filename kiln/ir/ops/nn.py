@@ -33,7 +33,7 @@ from kiln.ir.ops.registry import (
     same_dtype,
     static_dim,
 )
-from kiln.ir.types import Dim, TensorType
+from kiln.ir.types import Dim, Sym, TensorType
 
 _AXES = ("H", "W")  # names of spatial axes in messages (1-D convolutions use "W")
 
@@ -75,20 +75,26 @@ def _spatial(x: TensorType, r: int, floats: bool = True) -> tuple[Dim, Dim, tupl
     return x.shape[0], x.shape[1], sizes
 
 
-def _weight(types: list[TensorType], r: int) -> tuple[int, ...]:
-    """The static shape of the weight (the second input), of rank r + 2."""
+def _weight(types: list[TensorType], r: int, symbolic_channels: bool = False) -> tuple:
+    """The shape of the weight (the second input), of rank r + 2: static, but for its
+    input channels where ``symbolic_channels`` (see ``_groups``)."""
     w = types[1]
     if w.rank != r + 2:
         fail(f"weight must have rank {r + 2}, got {w}")
-    return tuple(static_dim(d, f"dimension {i} of the weight") for i, d in enumerate(w.shape))
+    return tuple(d if i == 1 and symbolic_channels and isinstance(d, Sym) else
+                 static_dim(d, f"dimension {i} of the weight") for i, d in enumerate(w.shape))
 
 
-def _groups(attrs: dict, c: Dim) -> tuple[int, int]:
-    """(static channels of x, groups) for a convolution."""
-    c = static_dim(c, "the channel dimension of x")
+def _groups(attrs: dict, c: Dim) -> tuple[Dim, int]:
+    """(channels of x, groups) for a convolution: static channels, or symbolic ones with one
+    group (the weight gradient of a convolution at a symbolic batch is a convolution over
+    the batch as channels)."""
     g = attrs["groups"]
     if not isinstance(g, int) or isinstance(g, bool) or g < 1:
         _bad(f"groups must be a positive int, got {g!r}")
+    if isinstance(c, Sym) and g == 1:
+        return c, g
+    c = static_dim(c, "the channel dimension of x")
     if c % g:
         fail(f"groups={g} does not divide the {c} channels of x")
     return c, g
@@ -183,7 +189,7 @@ def _conv_infer(r: int, integer: bool = False):
             same_dtype(types)
         strides, pads, dilations = _window_attrs(attrs, r)
         c, g = _groups(attrs, c)
-        o, cg, *kernel = _weight(types, r)
+        o, cg, *kernel = _weight(types, r, symbolic_channels=isinstance(c, Sym))
         if cg * g != c:
             fail(f"weight has {cg} input channels per group but x has {c} channels "
                  f"and groups={g}")
