@@ -101,6 +101,7 @@ def every_op_cases() -> list[Case]:
         Case("expand", [randn(rng, (3, 1))], {"shape": (2, 3, 4)}),
         Case("full", [], {"shape": (2, 3), "value": 2.5}),
         Case("arange", [], {"start": -3, "stop": 17, "step": 3}),
+        Case("dims", [], {"values": (3, 5, 7)}),
         Case("reshape", [x], {"shape": (5, -1)}),
         Case("transpose", [x], {"perm": (2, 0, 1)}),
         Case("concat", [x, x[:, :2]], {"axis": 1}),

@@ -133,6 +133,7 @@ def test_constants(data):
         Case("full", [], {"shape": shape, "value": 2.5}, tol=EXACT),
         Case("full", [], {"shape": shape, "value": 3, "dtype": "int32"}, tol=EXACT),
         Case("arange", [], {"start": -3, "stop": 17, "step": 3}, tol=EXACT),
+        Case("dims", [], {"values": (3, 5, 7)}, tol=EXACT),
         Case("arange", [], {"start": 0.5, "stop": 2.0, "step": 0.25, "dtype": "float32"},
              tol=EXACT),
         Case("random_uniform", [], {"shape": shape, "low": -2.0, "high": 3.0, "seed": seed},
