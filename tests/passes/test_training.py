@@ -193,9 +193,14 @@ def test_symbolic_batch_step():
     first = [trainer.step(y, x=x) for _ in range(20)]
     assert first[-1] < first[0]
     assert trainer.step(y[:2], x=x[:2]) > 0  # another batch size, same graph
+    # a convolution's weight gradient sums over the batch (as a convolution's channels):
+    # one group at a symbolic batch builds; grouped ones need the batch static
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(KilnError, match=r"conv2d.*batch size is the symbolic size 'N'"):
-        make_train_step(conv, "mse", SGD(), inputs={"x": kiln.TensorSpec(("N", 1, 4, 3))})
+    make_train_step(conv, "mse", SGD(), inputs={"x": kiln.TensorSpec(("N", 1, 4, 3))})
+    grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(KilnError, match=r"conv2d.*batch size of a grouped convolution is the "
+                                        r"symbolic size 'N'"):
+        make_train_step(grouped, "mse", SGD(), inputs={"x": kiln.TensorSpec(("N", 2, 4, 3))})
 
 
 class WeightedSquaredError(nn.Module):
