@@ -153,10 +153,13 @@ def _flops(node: Node) -> int | str:
     fn = get_op(node.op).flops
     if fn is None:
         return 0
+    types = [v.type for v in (*node.inputs, *node.outputs)]
     try:
-        count = fn([v.type for v in node.inputs], [v.type for v in node.outputs], node.attrs)
-    except (KilnError, TypeError, ValueError):  # a count that needs static sizes
-        return 0
+        count = fn(types[:len(node.inputs)], types[len(node.inputs):], node.attrs)
+    except (KilnError, TypeError, ValueError):
+        if all(t.is_static for t in types):
+            raise  # a bug in the op's count, not a size it cannot count
+        return 0  # a count that needs static sizes: unknown at a symbolic size
     return int(count) if not isinstance(count, Sym) else str(count)
 
 

@@ -19,8 +19,8 @@ executor runs.
 from __future__ import annotations
 
 import ast
-import math
 import re
+from functools import lru_cache
 from typing import Any, Mapping
 
 from kiln.errors import ArtifactError, InputError
@@ -30,6 +30,12 @@ MAX_SIZE = (1 << 31) - 1
 _EXPR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+|//|[-+*() ]")
 
 
+@lru_cache(maxsize=4096)
+def _parsed(dim: str) -> ast.expr:
+    """A size expression's syntax tree (parsed once: ``bind_inputs`` runs on every call)."""
+    return ast.parse(dim, mode="eval").body
+
+
 def is_expression(dim: Any) -> bool:
     """Whether ``dim`` is a size expression that ``size_value`` can evaluate."""
     if not isinstance(dim, str) or not dim or len(dim) > 1000:
@@ -37,7 +43,7 @@ def is_expression(dim: Any) -> bool:
     if "".join(_EXPR.findall(dim)) != dim:
         return False
     try:
-        _check_node(ast.parse(dim, mode="eval").body)
+        _check_node(_parsed(dim))
     except (SyntaxError, ValueError):
         return False
     return True
@@ -66,14 +72,14 @@ def names_in(dim: Any) -> set[str]:
     """The size names a dim uses (none for an int)."""
     if isinstance(dim, int):
         return set()
-    return {n.id for n in ast.walk(ast.parse(dim, mode="eval")) if isinstance(n, ast.Name)}
+    return {n.id for n in ast.walk(_parsed(dim)) if isinstance(n, ast.Name)}
 
 
 def size_value(dim: int | str, sizes: Mapping[str, int]) -> int:
     """A dim's value with the named sizes ``sizes``."""
     if isinstance(dim, int):
         return dim
-    return _value(ast.parse(dim, mode="eval").body, sizes)
+    return _value(_parsed(dim), sizes)
 
 
 def _value(node: ast.AST, sizes: Mapping[str, int]) -> int:
@@ -266,7 +272,3 @@ def concrete_manifest(m: Mapping[str, Any], sizes: Mapping[str, int]) -> dict[st
     c["memory"] = plan_memory(kernels, c["values"], keep)
     return c
 
-
-def nbytes_at(info: Mapping[str, Any], sizes: Mapping[str, int], itemsize: int) -> int:
-    """Bytes of a value at the call size ``sizes``."""
-    return math.prod(size_value(d, sizes) for d in info["shape"]) * itemsize
