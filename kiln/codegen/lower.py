@@ -289,9 +289,9 @@ def lower_group(
         for v, t in zip(node.outputs, results):
             want = te_shape(v.type, sizes)
             if len(t.shape) != len(want) or t.dtype != v.dtype or not all(
-                    same_extent(_extent(a), b) for a, b in zip(t.shape, want)):
+                    same_extent(te_extent(a), b) for a, b in zip(t.shape, want)):
                 raise KilnError(f"{node_context(node)}: lowering gave {t.dtype}"
-                                f"{[_extent(d) for d in t.shape]}, type inference says "
+                                f"{[te_extent(d) for d in t.shape]}, type inference says "
                                 f"{v.type}")
             env[alias.get(v, v)] = t
 
@@ -309,6 +309,6 @@ def lower_group(
                         new_constants, sizes)
 
 
-def _extent(d: Any) -> Any:
-    """A TE shape entry as an int where it is constant, else the expression."""
+def te_extent(d: Any) -> Any:
+    """A TE shape entry as an int where it is constant, else the (symbolic) expression."""
     return int(d) if hasattr(d, "value") or isinstance(d, int) else d

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tvm import te, tirx
 
-from kiln.codegen.lower import Tiling
+from kiln.codegen.lower import Tiling, te_extent
 from kiln.errors import KilnError
 from kiln.ir.types import HALF_DTYPES, TensorType, is_float
 
@@ -34,7 +34,7 @@ def dtype_of(x) -> str:
 
 def shape_of(t) -> tuple:
     """A TE tensor's shape: ints, and TIR expressions for symbolic sizes."""
-    return tuple(int(d) if hasattr(d, "value") else d for d in t.shape)
+    return tuple(te_extent(d) for d in t.shape)
 
 
 def bcast(t, out_shape: Sequence[int]):
